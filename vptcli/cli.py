@@ -1,0 +1,69 @@
+"""The `vpt` command line: a thin Typer app.
+
+Each command lives in ``vptcli/commands/<name>.py`` as a plain typed function plus a
+``register(app)`` hook; the heavy modules (torch, timm, onnx) are imported inside the command
+bodies so that ``vpt --help`` stays fast. Errors of type :class:`vptcli.errors.VptError` are printed
+as one line and turn into a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+import typer
+
+from vptcli import __version__
+from vptcli.console import console
+from vptcli.errors import VptError
+
+# In the order of the data flow: data -> backbone -> train / evaluate -> export / predict.
+COMMAND_MODULES = ("ingest", "backbones", "train", "evaluate", "info", "export", "predict")
+
+app = typer.Typer(
+    name="vpt",
+    help="Visual prompt tuning (VPT / DA-VPT) of a frozen Vision Transformer for defect classification.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"vpt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", help="Print the version and exit.", callback=_version_callback, is_eager=True
+    ),
+) -> None:
+    """vpt: ingest a labelled image folder, tune prompt tokens on a frozen ViT, evaluate, export, predict."""
+
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"vptcli.commands.{_name}").register(app)
+
+
+def main() -> None:
+    """Entry point of the ``vpt`` console script."""
+    try:
+        rc = app(standalone_mode=False)
+    except click.exceptions.ClickException as exc:  # usage errors: click's own message, exit 2
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        console.print("aborted")
+        sys.exit(1)
+    except VptError as exc:
+        console.print(f"[bold red]error:[/bold red] {exc}", markup=True, highlight=False)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
+    sys.exit(rc if isinstance(rc, int) else 0)

@@ -1,0 +1,1 @@
+"""One module per CLI command: a plain typed function and ``register(app)``."""

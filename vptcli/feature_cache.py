@@ -1,0 +1,108 @@
+"""Cache of the frozen computation before the first prompted block.
+
+With late prompts (prompts only in blocks ``>= k``, see :class:`vptcli.prompting.PromptedViT`) the
+hidden states entering block k depend only on the image and the frozen backbone. They are computed
+once per image and *view* and reused every epoch, so later epochs run only blocks ``>= k`` forward
+and backward. With augmentation on, a fixed number of augmented views per image is cached (view 0 is
+the plain image, views 1.. are augmented draws keyed by the view number) and each epoch picks one
+view per image: the training data is the cached views, stated in the run's config, never silently
+stale.
+
+The cache lives in memory for a run. Its key (:meth:`FeatureCache.key`) holds the image hashes,
+the backbone identity, the image size, k, the views and the dtype: a cache is used only for the key
+it was built with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import torch
+
+from vptcli.errors import VptError
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def estimate_bytes(n_images: int, views: int, seq_len: int, dim: int, dtype: str) -> int:
+    """Memory of a cache of ``[views, n_images, seq_len, dim]`` in bytes."""
+    return views * n_images * seq_len * dim * torch.empty((), dtype=DTYPES[dtype]).element_size()
+
+
+@dataclass
+class FeatureCache:
+    """Hidden states entering block ``start_block`` for every (view, image).
+
+    Attributes:
+        hidden: ``[views, N, L, D]`` with ``L = num_prefix_tokens + num_patches`` (no prompts).
+        start_block: k. key: see :meth:`key`.
+    """
+
+    hidden: torch.Tensor
+    start_block: int
+    key: str
+
+    @staticmethod
+    def make_key(sha256s: list[str], backbone_identity: dict, img_size: int, start_block: int, views: int, augment_seed: int, dtype: str) -> str:
+        """sha256 of everything the cached values depend on."""
+        h = hashlib.sha256()
+        h.update(json.dumps([backbone_identity, img_size, start_block, views, augment_seed, dtype], sort_keys=True).encode())
+        for s in sha256s:
+            h.update(s.encode())
+        return h.hexdigest()
+
+    @classmethod
+    @torch.no_grad()
+    def build(
+        cls,
+        model,
+        dataset,
+        *,
+        views: int,
+        augment: bool,
+        key: str,
+        dtype: str = "float32",
+        batch_size: int = 32,
+        device: torch.device | str = "cpu",
+        progress=None,
+    ) -> FeatureCache:
+        """Run the frozen part once for every image and view.
+
+        Args:
+            model: :class:`vptcli.prompting.PromptedViT`. dataset: :class:`vptcli.datasets.ManifestDataset`.
+            views: number of views per image (view 0 plain, then augmented views when ``augment``).
+            progress: optional callable ``progress(done_images)`` for a progress bar.
+
+        Raises:
+            VptError: when ``views < 1``.
+        """
+        if views < 1:
+            raise VptError("--cache-views must be >= 1")
+        k = model.config.prompt_start_block if model.prompts is not None else 0
+        n = len(dataset)
+        out = None
+        done = 0
+        for v in range(views):
+            for start in range(0, n, batch_size):
+                idx = range(start, min(n, start + batch_size))
+                images = torch.stack([dataset.view(i, v, augment and v > 0) for i in idx]).to(device)
+                hidden = model.embed(images, k).to("cpu", DTYPES[dtype])
+                if out is None:
+                    out = torch.empty((views, n, *hidden.shape[1:]), dtype=DTYPES[dtype])
+                out[v, idx.start : idx.stop] = hidden
+                done += len(idx)
+                if progress is not None:
+                    progress(done)
+        if out is None:
+            raise VptError("cannot cache an empty split")
+        return cls(hidden=out, start_block=k, key=key)
+
+    def batch(self, view_of: torch.Tensor, indices: torch.Tensor, device, dtype=torch.float32) -> torch.Tensor:
+        """``[B, L, D]`` hidden states of images ``indices`` in views ``view_of`` (both ``[B]`` int64)."""
+        return self.hidden[view_of, indices].to(device=device, dtype=dtype, non_blocking=True)
+
+    @property
+    def nbytes(self) -> int:
+        return self.hidden.numel() * self.hidden.element_size()

@@ -1,9 +1,39 @@
-"""`vpt evaluate` (placeholder until its issue lands; registers nothing)."""
+"""`vpt eval MODEL DATA`: metrics of a trained prompt file on a held-out split."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 import typer
 
 
+def eval_command(
+    model: Path = typer.Argument(..., help="A run folder of `vpt train`, an export folder or a prompt file (.safetensors)."),
+    data: Path = typer.Argument(..., help="An ingest output folder (or a raw class-per-folder tree, ingested in memory)."),
+    split: str = typer.Option("test", help="Split to evaluate: test | val | train."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for report.json, report.md, confusion_matrix.png (default: MODEL/eval-SPLIT for a run folder)."),
+    weights: Optional[str] = typer.Option(None, help="Backbone weights to use instead of the file's own source."),
+    force: bool = typer.Option(False, help="Accept other weights of the same architecture (warns)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    batch_size: int = typer.Option(32, help="Images per forward pass."),
+) -> None:
+    """Evaluate: top-1, balanced accuracy, macro-F1, per-class P/R/F1, confusion matrix, ROC/PR-AUC (binary), ECE."""
+    from vptcli.console import console
+    from vptcli.console import out as stdout
+    from vptcli.evaluation import evaluate
+    from vptcli.metrics import render_report, write_report
+
+    report, context = evaluate(model, data, split=split, weights=weights, force=force, device=device, batch_size=batch_size)
+    render_report(report, console)
+    if out is None:
+        out = (model if model.is_dir() else model.parent) / f"eval-{split}"
+    paths = write_report(report, out, title=f"vpt eval — {split} split", context=context)
+    stdout.print(f"top-1 accuracy {100 * report['accuracy']:.2f}%  balanced accuracy {100 * report['balanced_accuracy']:.2f}%  "
+                 f"macro-F1 {report['macro_f1']:.3f}  ECE {report['ece']:.3f}  ({report['n_images']} images)")
+    stdout.print(f"report: {paths.get('report.json', out)}")
+
+
 def register(app: typer.Typer) -> None:
-    """Add this module's command(s) to the app."""
+    """Add `vpt eval`."""
+    app.command("eval")(eval_command)

@@ -415,7 +415,7 @@ def train(manifest, backbone, cfg: TrainConfig, run_dir: str | Path, *, resume: 
                         loss = loss + ml
                         ml_sum += float(ml.detach()) * len(y)
                 if not torch.isfinite(loss):
-                    raise VptError(f"non-finite loss ({float(loss)}) at epoch {epoch + 1}, step {step + 1}; nothing was saved for this epoch "
+                    raise VptError(f"non-finite loss ({float(loss.detach())}) at epoch {epoch + 1}, step {step + 1}; nothing was saved for this epoch "
                                    "(try a lower --lr" + (" or --no-amp" if dtype else "") + ")")
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()

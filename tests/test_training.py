@@ -1,0 +1,155 @@
+"""Training loop on a tiny random ViT: frozen backbone, run dir, resume equivalence, cache exactness, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vptcli.artifacts import read_prompt_file
+from vptcli.backbones import load_backbone
+from vptcli.ingest import ingest_folder
+from vptcli.training import TrainConfig, train
+
+IMG = 32
+
+
+def make_tree(root, n_per_class=10, size=40, seed=0):
+    """Two separable classes: bright-left vs bright-right halves, with noise."""
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(["bright_left", "bright_right"]):
+        (root / name).mkdir(parents=True)
+        for i in range(n_per_class):
+            img = rng.integers(0, 60, size=(size, size, 3), dtype=np.uint8)
+            if c == 0:
+                img[:, : size // 2] += 150
+            else:
+                img[:, size // 2 :] += 150
+            Image.fromarray(img).save(root / name / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = make_tree(tmp_path_factory.mktemp("data") / "src")
+    return ingest_folder(root, val_fraction=0.2, test_fraction=0.2, seed=0, progress=False).manifest
+
+
+def backbone():
+    return load_backbone("test_vit", weights="random", img_size=IMG)
+
+
+def cfg(**kw):
+    base = dict(method="vpt-deep", num_prompts=4, epochs=2, batch_size=4, lr=1e-2, backbone="test_vit", weights="random",
+                img_size=IMG, augment=False, cache="off", seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_train_writes_run_dir_and_keeps_backbone_frozen(tiny_data, tmp_path):
+    bb = backbone()
+    before = {k: v.clone() for k, v in bb.model.state_dict().items()}
+    result = train(tiny_data, bb, cfg(epochs=3, augment=True, cache="auto", cache_views=2), tmp_path / "run", show_progress=False)
+    after = bb.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    for name in ("config.json", "metrics.csv", "prompts.safetensors", "last.ckpt.safetensors", "last.state.json"):
+        assert (tmp_path / "run" / name).is_file(), name
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert all(np.isfinite(float(r["train_loss"])) for r in rows)
+    tensors, meta = read_prompt_file(tmp_path / "run" / "prompts.safetensors")
+    assert tuple(tensors["prompts"].shape) == (6, 4, 64)
+    assert meta.classes == ["bright_left", "bright_right"] and meta.method == "vpt-deep"
+    assert meta.data_fingerprint == tiny_data.fingerprint()
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["resolved"]["cache"] is True and config["resolved"]["cache_views"] == 2
+    assert result.tuned_parameters == 6 * 4 * 64 + 2 * 64 + 2
+
+
+def test_refuses_non_empty_run_dir(tiny_data, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "keep.txt").write_text("mine")
+    from vptcli.errors import VptError
+
+    with pytest.raises(VptError, match="not empty"):
+        train(tiny_data, backbone(), cfg(epochs=1), tmp_path / "run", show_progress=False)
+    assert (tmp_path / "run" / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("cache", ["off", "on"])
+def test_resume_ends_with_the_same_prompts(tiny_data, tmp_path, monkeypatch, cache):
+    import vptcli.training as tr
+
+    kw = dict(epochs=3, augment=True, cache=cache, cache_views=2, prompt_dropout=0.1)
+    full = train(tiny_data, backbone(), cfg(**kw), tmp_path / "full", show_progress=False)
+
+    real_print = tr._print_epoch
+
+    def crash_after_first(row, improved, Table):
+        real_print(row, improved, Table)
+        if row["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(tr, "_print_epoch", crash_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_data, backbone(), cfg(**kw), tmp_path / "cut", show_progress=False)
+    monkeypatch.setattr(tr, "_print_epoch", real_print)
+    resumed = train(tiny_data, backbone(), cfg(**kw), tmp_path / "cut", resume=True, show_progress=False)
+    a, _ = read_prompt_file(full.prompt_file)
+    b, _ = read_prompt_file(resumed.prompt_file)
+    assert resumed.best_epoch == full.best_epoch
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    last_a = (tmp_path / "full" / "metrics.csv").read_text().splitlines()
+    last_b = (tmp_path / "cut" / "metrics.csv").read_text().splitlines()
+    strip = lambda lines: [",".join(line.split(",")[:6]) for line in lines]  # noqa: E731 (timings differ)
+    assert strip(last_a) == strip(last_b)
+
+
+def test_cached_training_equals_uncached_at_k0(tiny_data, tmp_path):
+    a = train(tiny_data, backbone(), cfg(cache="off"), tmp_path / "a", show_progress=False)
+    b = train(tiny_data, backbone(), cfg(cache="on"), tmp_path / "b", show_progress=False)
+    ta, _ = read_prompt_file(a.prompt_file)
+    tb, _ = read_prompt_file(b.prompt_file)
+    for name in ta:
+        assert (ta[name] - tb[name]).abs().max() <= 1e-5, name
+
+
+def test_same_seed_same_result(tiny_data, tmp_path):
+    a = train(tiny_data, backbone(), cfg(augment=True), tmp_path / "a", show_progress=False)
+    b = train(tiny_data, backbone(), cfg(augment=True), tmp_path / "b", show_progress=False)
+    ta, _ = read_prompt_file(a.prompt_file)
+    tb, _ = read_prompt_file(b.prompt_file)
+    assert all(torch.equal(ta[n], tb[n]) for n in ta)
+
+
+@pytest.mark.parametrize("method", ["vpt-shallow", "da-vpt", "linear-probe", "full-finetune"])
+def test_every_method_trains(tiny_data, tmp_path, method):
+    bb = backbone()
+    before = {k: v.clone() for k, v in bb.model.state_dict().items()}
+    result = train(tiny_data, bb, cfg(method=method, epochs=1, lr=None), tmp_path / "run", show_progress=False)
+    tensors, meta = read_prompt_file(result.prompt_file)
+    changed = any(not torch.equal(before[k], v) for k, v in bb.model.state_dict().items())
+    assert changed == (method == "full-finetune")
+    assert ("prompts" in tensors) == (method in ("vpt-shallow", "da-vpt"))
+    assert meta.kind == ("full-model" if method == "full-finetune" else "prompts")
+    if method == "da-vpt":
+        row = next(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+        assert float(row["metric_loss"]) > 0
+
+
+def test_learns_a_separable_task(tiny_data, tmp_path):
+    result = train(tiny_data, backbone(), cfg(method="vpt-deep", epochs=8, lr=3e-2), tmp_path / "run", show_progress=False)
+    assert result.best_metrics["val_top1"] == 1.0
+
+
+def test_non_finite_loss_stops_without_checkpoint(tiny_data, tmp_path):
+    from vptcli.errors import VptError
+
+    with pytest.raises(VptError, match="non-finite loss"):
+        train(tiny_data, backbone(), cfg(lr=float("inf")), tmp_path / "run", show_progress=False)
+    assert not (tmp_path / "run" / "prompts.safetensors").exists()

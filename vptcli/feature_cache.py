@@ -60,6 +60,7 @@ class FeatureCache:
         model,
         dataset,
         *,
+        start_block: int,
         views: int,
         augment: bool,
         key: str,
@@ -72,6 +73,8 @@ class FeatureCache:
 
         Args:
             model: :class:`vptcli.prompting.PromptedViT`. dataset: :class:`vptcli.datasets.ManifestDataset`.
+            start_block: k, cache the hidden states entering block k (``len(blocks)`` for a linear
+                probe: the output of the last block, before the final norm).
             views: number of views per image (view 0 plain, then augmented views when ``augment``).
             progress: optional callable ``progress(done_images)`` for a progress bar.
 
@@ -80,7 +83,7 @@ class FeatureCache:
         """
         if views < 1:
             raise VptError("--cache-views must be >= 1")
-        k = model.config.prompt_start_block if model.prompts is not None else 0
+        k = start_block
         n = len(dataset)
         out = None
         done = 0

@@ -302,7 +302,8 @@ def train(manifest, backbone, cfg: TrainConfig, run_dir: str | Path, *, resume: 
         sample_weights = np.array([1.0 / counts[y] for y in train_ds.labels])
 
     # Frozen-computation cache (late prompts).
-    k = pcfg.prompt_start_block if pcfg.num_prompts > 0 else 0
+    # k: first block computed during training. Linear probe: none (cache the last block's output).
+    k = pcfg.prompt_start_block if pcfg.num_prompts > 0 else (n_blocks if cfg.method == "linear-probe" else 0)
     if cfg.method == "full-finetune":
         use_cache = False
         if cfg.cache == "on":
@@ -381,14 +382,14 @@ def train(manifest, backbone, cfg: TrainConfig, run_dir: str | Path, *, resume: 
             task = progress.add_task("caching frozen blocks", total=views * len(train_ds) + len(val_ds), info="")
             common = dict(backbone_identity=backbone.identity.to_dict(), img_size=int(backbone.data_config["input_size"][-1]),
                           start_block=k, augment_seed=cfg.seed, dtype=cfg.cache_dtype)
-            train_cache = FeatureCache.build(model, train_ds, views=views, augment=cfg.augment, dtype=cfg.cache_dtype, device=device,
+            train_cache = FeatureCache.build(model, train_ds, start_block=k, views=views, augment=cfg.augment, dtype=cfg.cache_dtype, device=device,
                                              batch_size=cfg.batch_size, key=FeatureCache.make_key([r.sha256 for r in train_ds.records], views=views, **common),
                                              progress=lambda d: progress.update(task, completed=d))
-            val_cache = FeatureCache.build(model, val_ds, views=1, augment=False, dtype=cfg.cache_dtype, device=device, batch_size=cfg.batch_size,
+            val_cache = FeatureCache.build(model, val_ds, start_block=k, views=1, augment=False, dtype=cfg.cache_dtype, device=device, batch_size=cfg.batch_size,
                                            key=FeatureCache.make_key([r.sha256 for r in val_ds.records], views=1, **common),
                                            progress=lambda d: progress.update(task, completed=views * len(train_ds) + d))
             progress.remove_task(task)
-            console.print(f"feature cache: blocks 0..{k - 1 if k else 'embed'} frozen, {views} view(s)/image, "
+            console.print(f"feature cache: {'embeddings' if k == 0 else f'blocks 0..{k - 1}'} computed once, {views} view(s)/image, "
                           f"{(train_cache.nbytes + val_cache.nbytes) / 1024**2:.0f} MiB, built in {time.perf_counter() - t0:.1f}s")
 
         labels_t = torch.tensor(train_ds.labels, dtype=torch.long)

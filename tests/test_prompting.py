@@ -206,7 +206,7 @@ def test_da_vpt_metric_loss_finite_and_decreases():
     opt = torch.optim.AdamW(model.tuned_parameters(), lr=1e-2)
     losses = []
     for _ in range(25):
-        feats, guided = model.forward_from(model.embed(x), 0, guided_block=5)
+        _feats, guided = model.forward_from(model.embed(x), 0, guided_block=5)
         ml, parts = da_vpt_metric_loss(guided, y, proxy, cfg)
         assert torch.isfinite(ml) and parts["pa_patch"] >= 0 and parts["pa_query"] >= 0
         opt.zero_grad()

@@ -146,7 +146,7 @@ def read_prompt_file(path: str | Path) -> tuple[dict[str, torch.Tensor], PromptF
         ArtifactError: not safetensors, truncated, no vptcli metadata, a newer format, tensors whose
             digest does not match the metadata (tampered), or missing/extra tensors for its method.
     """
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     p = resolve_prompt_path(path)
@@ -154,7 +154,7 @@ def read_prompt_file(path: str | Path) -> tuple[dict[str, torch.Tensor], PromptF
         with safe_open(str(p), framework="pt") as fh:
             raw_meta = (fh.metadata() or {}).get(METADATA_KEY)
         tensors = load_file(str(p))
-    except Exception as exc:  # safetensors raises SafetensorError / OSError / ValueError variants
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise ArtifactError(f"{p}: not a readable safetensors prompt file (truncated or corrupt?): {exc}") from None
     if raw_meta is None:
         raise ArtifactError(f"{p}: safetensors file without vptcli metadata; it was not written by `vpt train`")

@@ -52,7 +52,7 @@ def evaluate(model_path: str | Path, data: str | Path, *, split: str = "test", w
     from vptcli.metrics import classification_report
     from vptcli.training import resolve_device
 
-    model, meta, backbone, warnings = load_model(model_path, weights=weights, force=force)
+    model, meta, _backbone, warnings = load_model(model_path, weights=weights, force=force)
     for w in warnings:
         warn(w)
     manifest = load_or_ingest(Path(data))

@@ -194,12 +194,13 @@ def _save_last(run_dir: Path, model: PromptedViT, optimizer, scheduler, epoch: i
 
 
 def _load_last(run_dir: Path, model: PromptedViT, optimizer, scheduler) -> dict:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
         tensors = load_file(str(run_dir / LAST_CKPT))
         state = json.loads((run_dir / LAST_STATE).read_text(encoding="utf-8"))
-    except Exception as exc:
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise VptError(f"{run_dir}: cannot resume, the last checkpoint is unreadable ({exc})") from None
     model.load_tuned_state({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
     opt_state = {"state": {}, "param_groups": state["optimizer_param_groups"]}
@@ -380,8 +381,8 @@ def train(manifest, backbone, cfg: TrainConfig, run_dir: str | Path, *, resume: 
             views = cfg.cache_views if cfg.augment else 1
             t0 = time.perf_counter()
             task = progress.add_task("caching frozen blocks", total=views * len(train_ds) + len(val_ds), info="")
-            common = dict(backbone_identity=backbone.identity.to_dict(), img_size=int(backbone.data_config["input_size"][-1]),
-                          start_block=k, augment_seed=cfg.seed, dtype=cfg.cache_dtype)
+            common = {"backbone_identity": backbone.identity.to_dict(), "img_size": int(backbone.data_config["input_size"][-1]),
+                          "start_block": k, "augment_seed": cfg.seed, "dtype": cfg.cache_dtype}
             train_cache = FeatureCache.build(model, train_ds, start_block=k, views=views, augment=cfg.augment, dtype=cfg.cache_dtype, device=device,
                                              batch_size=cfg.batch_size, key=FeatureCache.make_key([r.sha256 for r in train_ds.records], views=views, **common),
                                              progress=lambda d: progress.update(task, completed=d))

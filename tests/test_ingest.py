@@ -8,7 +8,6 @@ import io
 import json
 import os
 import struct
-import sys
 import unicodedata
 import zlib
 from collections import Counter
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import run_vpt
 from PIL import Image
 
 from vptcli.errors import VptError
@@ -59,17 +59,6 @@ def snapshot(root: Path) -> dict[str, str]:
 def read_rows(out: Path) -> list[dict[str, str]]:
     with open(out / "manifest.csv", encoding="utf-8", newline="") as fh:
         return list(csv.DictReader(fh))
-
-
-def run_vpt(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    """Run the real console entry point (vptcli.cli.main) in-process -> (exit code, stdout, stderr)."""
-    from vptcli.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["vpt", *map(str, args)])
-    with pytest.raises(SystemExit) as info:
-        main()
-    captured = capsys.readouterr()
-    return info.value.code, captured.out, captured.err
 
 
 def flat(text: str) -> str:

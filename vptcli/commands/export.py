@@ -1,9 +1,47 @@
-"""`vpt export` (placeholder until its issue lands; registers nothing)."""
+"""`vpt export RUN_OR_PROMPT_FILE --out DIR`: ONNX graph + prompt file, checked against PyTorch."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
 
+def export(
+    model: Annotated[Path, typer.Argument(metavar="RUN_OR_PROMPT_FILE", help="A run folder of `vpt train`, an export folder or a prompt file (.safetensors).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write prompts.safetensors and model.onnx (shared.onnx with --shared-backbone) into.")],
+    opset: Annotated[int | None, typer.Option(help="ONNX opset (default 20).")] = None,
+    fp16: Annotated[bool, typer.Option("--fp16", help="Half-precision weights and compute (inputs/outputs stay float32); parity tolerance 5e-2 on logits.")] = False,
+    shared_backbone: Annotated[bool, typer.Option("--shared-backbone", help="Prompts and head become graph inputs: one graph serves every prompt file of this backbone.")] = False,
+    weights: Annotated[str | None, typer.Option(help="Backbone weights to use instead of the file's own source (path or 'random').")] = None,
+    force: Annotated[bool, typer.Option(help="Accept other weights of the same architecture (warns).")] = False,
+) -> None:
+    """Export to ONNX (input images float32 [N,3,H,W] RGB in [0,1]; outputs logits and probabilities) and check parity with PyTorch."""
+    from vptcli.console import console, warn
+    from vptcli.console import out as stdout
+    from vptcli.export import export_onnx
+
+    with console.status("exporting to ONNX and checking parity with PyTorch..."):
+        r = export_onnx(model, out, opset=opset, fp16=fp16, shared_backbone=shared_backbone, weights=weights, force=force)
+    for w in r.warnings:
+        warn(w)
+    for c in r.parity:
+        stdout.print(
+            f"parity batch {c.batch}: max |logits ONNX - PyTorch| {c.max_abs_logits:.2e}, "
+            f"max |probabilities| {c.max_abs_probabilities:.2e}, top-1 agrees {c.top1_agree}/{c.batch} "
+            f"({r.precision}, tolerance {r.tolerance:g})",
+            soft_wrap=True,
+        )
+    stdout.print(
+        f"{r.graph} graph, {r.precision}, opset {r.opset}, {r.exporter} exporter, inputs {', '.join(r.inputs)}; "
+        f"exported in {r.export_seconds:.1f} s ({r.total_seconds:.1f} s with checks)",
+        soft_wrap=True,
+    )
+    stdout.print(f"onnx: {r.onnx_path} ({r.onnx_bytes / 2**20:.1f} MiB{', with external data' if r.external_data else ''})", soft_wrap=True)
+    stdout.print(f"prompt file: {r.prompt_path} ({r.prompt_bytes / 1024:.1f} KiB)", soft_wrap=True)
+
+
 def register(app: typer.Typer) -> None:
-    """Add this module's command(s) to the app."""
+    """Add `vpt export`."""
+    app.command("export")(export)

@@ -1,9 +1,120 @@
-"""`vpt predict` (placeholder until its issue lands; registers nothing)."""
+"""`vpt predict MODEL PATH...`: classify image files with PyTorch or ONNX Runtime."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+TABLE_ROWS = 50
+"""Rows shown in the terminal table (all rows go to --out)."""
+
+
+def predict(
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="A run folder, prompt file (.safetensors) or export folder. With --onnx, omit it: every argument is a PATH.")],
+    paths: Annotated[list[str] | None, typer.Argument(metavar="PATH...", help="Image files, folders (recursive: image files only) or glob patterns.")] = None,
+    backend: Annotated[str, typer.Option(help="torch | onnx | auto (onnx for an export folder or --onnx, else torch).")] = "auto",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda (onnx: cuda requires CUDAExecutionProvider).")] = "auto",
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write all rows to FILE: .csv or .jsonl (default: CSV on stdout when it is not a terminal).")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", help="Class probabilities per row, best first.")] = 3,
+    reject_below: Annotated[float | None, typer.Option("--reject-below", help="Mark predictions whose confidence is under P as 'review' instead of a class.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
+    onnx: Annotated[Path | None, typer.Option("--onnx", help="An ONNX graph, e.g. a shared-backbone graph (with --prompts).")] = None,
+    prompts: Annotated[Path | None, typer.Option("--prompts", help="The prompt file to use (classes, preprocessing; prompts and head for a shared graph).")] = None,
+    weights: Annotated[str | None, typer.Option(help="torch backend: backbone weights instead of the file's own source.")] = None,
+    force: Annotated[bool, typer.Option(help="torch backend: accept other weights of the same architecture (warns).")] = False,
+    bit_depth: Annotated[int | None, typer.Option(help="Sensor bit depth of 16-bit files (as in `vpt ingest --bit-depth`).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Decoding threads (default: CPU count, at most 8).")] = None,
+) -> None:
+    """Predict classes of image files; one row per file (path, label, confidence, top-k, status, reason). Exit code 1 when any file failed."""
+    import sys
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.table import Table
+
+    from vptcli.console import console, warn
+    from vptcli.console import out as stdout
+    from vptcli.errors import VptError
+    from vptcli.inference import RowWriter, expand_inputs, open_predictor, predict_files
+
+    args = list(paths or [])
+    model_arg: str | None = model
+    if onnx is not None:  # MODEL is optional with --onnx: the first argument is then a PATH
+        args.insert(0, model)
+        model_arg = None
+    if not args:
+        raise VptError("no PATH given: pass image files, folders or glob patterns after MODEL")
+    files, problems, skipped = expand_inputs(args)
+    if skipped:
+        names = ", ".join(p.name for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        console.print(f"skipped {len(skipped)} file(s) without an image suffix in the folders given ({names})", soft_wrap=True)
+    if not files and not problems:
+        raise VptError(f"no image files found in {', '.join(args)}")
+    predictor = open_predictor(model_arg, backend=backend, device=device, onnx=onnx, prompts=prompts, weights=weights, force=force)
+    for w in predictor.warnings:
+        warn(w)
+    console.print(f"{predictor.backend} backend on {predictor.device}: {predictor.source} ({len(predictor.classes)} classes)",
+                  soft_wrap=True)
+
+    to_stdout = out is None and not stdout.is_terminal
+    writer = RowWriter(out, min(top_k, len(predictor.classes)) if top_k > 0 else top_k, stream=sys.stdout if to_stdout else None) \
+        if (out is not None or to_stdout) else None
+    counts = {"ok": 0, "review": 0, "error": 0}
+    shown = []
+    try:
+        with Progress(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                      TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
+                      disable=not console.is_terminal) as progress:
+            task = progress.add_task("predict", total=len(files), rate="")
+
+            def advance(n: int) -> None:
+                progress.advance(task, n)
+                t = progress.tasks[0]
+                if t.elapsed:
+                    progress.update(task, rate=f"{t.completed / t.elapsed:.1f} img/s")
+
+            for row in predict_files(predictor, files, batch_size=batch_size, top_k=top_k, reject_below=reject_below,
+                                     bit_depth=bit_depth, workers=workers, problems=problems, on_batch=advance):
+                counts[row.status] += 1
+                if writer is not None:
+                    writer.write(row)
+                if stdout.is_terminal and len(shown) < TABLE_ROWS:
+                    shown.append(row)
+        if writer is not None:
+            writer.close()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+
+    total = sum(counts.values())
+    if stdout.is_terminal:
+        t = Table(title=f"predictions ({predictor.backend}, {predictor.device})")
+        for col in ("path", "label", "confidence", "top-k", "status", "reason"):
+            t.add_column(col, overflow="fold")
+        style = {"ok": "green", "review": "yellow", "error": "red"}
+        for r in shown:
+            t.add_row(r.path, r.label or "", "" if r.confidence is None else f"{r.confidence:.3f}",
+                      ", ".join(f"{c} {p:.3f}" for c, p in r.top_k), f"[{style[r.status]}]{r.status}[/]", r.reason)
+        stdout.print(t)
+        if total > len(shown):
+            stdout.print(f"… {total - len(shown)} more rows" + (f" in {out}" if out else "; use --out FILE.csv to save all rows"),
+                         soft_wrap=True)
+    summary = (f"{total} files: {counts['ok']} ok, {counts['review']} review, {counts['error']} error; "
+               f"{predictor.backend} on {predictor.device}" + (f"; rows in {out}" if out else ""))
+    (console if to_stdout else stdout).print(summary, soft_wrap=True)
+    if counts["error"]:
+        raise typer.Exit(code=1)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's command(s) to the app."""
+    """Add `vpt predict`."""
+    app.command("predict")(predict)

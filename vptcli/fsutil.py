@@ -9,28 +9,60 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically: readers see the old file or the whole new one.
+def apply_umask_mode(path: str | os.PathLike) -> None:
+    """Give ``path`` the usual ``0666 & ~umask`` mode (temporary files are created 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
-    The parent folder is created if needed. Returns the final path.
-    Raises OSError when the folder cannot be written.
+
+class AtomicFile:
+    """A file written under a temporary name in the target folder and renamed over ``path`` on
+    :meth:`commit` (after flush + fsync), so readers see the old file or the whole new one; the
+    temporary file is removed on :meth:`abort`. Used as a context manager it commits on success and
+    aborts on an exception. The final file gets the usual ``0666 & ~umask`` mode (not mkstemp's 0600),
+    so a service account can read an exported model.
+
+    Raises:
+        OSError: the folder cannot be created or written.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+
+    def __init__(self, path: str | os.PathLike, mode: str = "wb", **open_kwargs: Any) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        self.file = os.fdopen(fd, mode, **open_kwargs)
+
+    def commit(self) -> Path:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        apply_umask_mode(self._tmp)
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        self.file.close()
         try:
-            os.unlink(tmp)
+            os.unlink(self._tmp)
         except FileNotFoundError:
             pass
-        raise
-    return path
+
+    def __enter__(self):
+        return self.file
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (see :class:`AtomicFile`). Returns the final path."""
+    with AtomicFile(path, "wb") as fh:
+        fh.write(data)
+    return Path(path)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

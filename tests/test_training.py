@@ -153,3 +153,28 @@ def test_non_finite_loss_stops_without_checkpoint(tiny_data, tmp_path):
     with pytest.raises(VptError, match="non-finite loss"):
         train(tiny_data, backbone(), cfg(lr=float("inf")), tmp_path / "run", show_progress=False)
     assert not (tmp_path / "run" / "prompts.safetensors").exists()
+
+
+def test_disk_cache_is_reused_and_keyed(tiny_data, tmp_path, monkeypatch):
+    from vptcli.prompting import PromptedViT
+
+    kw = {"cache": "on", "cache_dir": str(tmp_path / "cache"), "prompt_start_block": 2, "epochs": 1}
+    first = train(tiny_data, backbone(), cfg(**kw), tmp_path / "a", show_progress=False)
+    files = sorted((tmp_path / "cache").glob("*.safetensors"))
+    assert len(files) == 2  # train and val
+
+    real_embed = PromptedViT.embed
+
+    def embed_only_for_probing(self, images, until_block=0):
+        if images.shape[0] > 1:  # the cache build; a single zero image probes the sequence length
+            raise AssertionError("the frozen blocks were recomputed although a disk cache exists")
+        return real_embed(self, images, until_block)
+
+    monkeypatch.setattr(PromptedViT, "embed", embed_only_for_probing)
+    second = train(tiny_data, backbone(), cfg(**kw), tmp_path / "b", show_progress=False)
+    ta, _ = read_prompt_file(first.prompt_file)
+    tb, _ = read_prompt_file(second.prompt_file)
+    assert all(torch.equal(ta[n], tb[n]) for n in ta)
+    monkeypatch.setattr(PromptedViT, "embed", real_embed)
+    train(tiny_data, backbone(), cfg(**{**kw, "prompt_start_block": 3}), tmp_path / "c", show_progress=False)
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 4  # another k, other files

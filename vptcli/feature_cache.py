@@ -8,9 +8,12 @@ the plain image, views 1.. are augmented draws keyed by the view number) and eac
 view per image: the training data is the cached views, stated in the run's config, never silently
 stale.
 
-The cache lives in memory for a run. Its key (:meth:`FeatureCache.key`) holds the image hashes,
-the backbone identity, the image size, k, the views and the dtype: a cache is used only for the key
-it was built with.
+The cache lives in memory for a run and, with ``cache_dir``, also on disk as one safetensors file
+per key, so that later runs on the same data (other learning rates, prompts, methods with the same
+k) skip the frozen computation. The key (:meth:`FeatureCache.make_key`) is a sha256 over the image
+pixel hashes, the backbone identity, the image size, k, the views, the augmentation seed and the
+dtype: any change gives another key, hence another file; a file whose recorded key differs is
+ignored and rebuilt.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from vptcli.errors import VptError
+from vptcli.fsutil import atomic_save_safetensors
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -68,6 +73,7 @@ class FeatureCache:
         batch_size: int = 32,
         device: torch.device | str = "cpu",
         progress=None,
+        cache_dir: str | Path | None = None,
     ) -> FeatureCache:
         """Run the frozen part once for every image and view.
 
@@ -77,6 +83,8 @@ class FeatureCache:
                 probe: the output of the last block, before the final norm).
             views: number of views per image (view 0 plain, then augmented views when ``augment``).
             progress: optional callable ``progress(done_images)`` for a progress bar.
+            cache_dir: folder of on-disk caches; a file for ``key`` is loaded instead of computing,
+                and a computed cache is saved there (atomically).
 
         Raises:
             VptError: when ``views < 1``.
@@ -84,6 +92,13 @@ class FeatureCache:
         if views < 1:
             raise VptError("--cache-views must be >= 1")
         k = start_block
+        path = Path(cache_dir) / f"{key}.safetensors" if cache_dir is not None else None
+        if path is not None and path.is_file():
+            loaded = cls._load(path, key)
+            if loaded is not None and loaded.shape[:2] == (views, len(dataset)):
+                if progress is not None:
+                    progress(views * len(dataset))
+                return cls(hidden=loaded, start_block=k, key=key)
         n = len(dataset)
         out = None
         done = 0
@@ -100,7 +115,22 @@ class FeatureCache:
                     progress(done)
         if out is None:
             raise VptError("cannot cache an empty split")
+        if path is not None:
+            atomic_save_safetensors(path, {"hidden": out}, {"key": key, "start_block": str(k)})
         return cls(hidden=out, start_block=k, key=key)
+
+    @staticmethod
+    def _load(path: Path, key: str) -> torch.Tensor | None:
+        """The cached tensor in ``path`` when its recorded key is ``key``, else None."""
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                if (fh.metadata() or {}).get("key") != key:
+                    return None
+                return fh.get_tensor("hidden")
+        except (SafetensorError, OSError, ValueError):
+            return None
 
     def batch(self, view_of: torch.Tensor, indices: torch.Tensor, device, dtype=torch.float32) -> torch.Tensor:
         """``[B, L, D]`` hidden states of images ``indices`` in views ``view_of`` (both ``[B]`` int64)."""

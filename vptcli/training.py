@@ -70,6 +70,7 @@ class TrainConfig:
     cache_views: int = 4
     cache_dtype: str = "float32"
     cache_max_gb: float = 8.0
+    cache_dir: str | None = None
     beta: float = 0.1
     lam: float = 0.1
     guided_block: int | None = None
@@ -385,10 +386,10 @@ def train(manifest, backbone, cfg: TrainConfig, run_dir: str | Path, *, resume: 
                           "start_block": k, "augment_seed": cfg.seed, "dtype": cfg.cache_dtype}
             train_cache = FeatureCache.build(model, train_ds, start_block=k, views=views, augment=cfg.augment, dtype=cfg.cache_dtype, device=device,
                                              batch_size=cfg.batch_size, key=FeatureCache.make_key([r.sha256 for r in train_ds.records], views=views, **common),
-                                             progress=lambda d: progress.update(task, completed=d))
+                                             progress=lambda d: progress.update(task, completed=d), cache_dir=cfg.cache_dir)
             val_cache = FeatureCache.build(model, val_ds, start_block=k, views=1, augment=False, dtype=cfg.cache_dtype, device=device, batch_size=cfg.batch_size,
                                            key=FeatureCache.make_key([r.sha256 for r in val_ds.records], views=1, **common),
-                                           progress=lambda d: progress.update(task, completed=views * len(train_ds) + d))
+                                           progress=lambda d: progress.update(task, completed=views * len(train_ds) + d), cache_dir=cfg.cache_dir)
             progress.remove_task(task)
             console.print(f"feature cache: {'embeddings' if k == 0 else f'blocks 0..{k - 1}'} computed once, {views} view(s)/image, "
                           f"{(train_cache.nbytes + val_cache.nbytes) / 1024**2:.0f} MiB, built in {time.perf_counter() - t0:.1f}s")

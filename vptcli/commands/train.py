@@ -32,6 +32,7 @@ def train(
     cache_views: int = typer.Option(4, help="Augmented views cached per image (view 0 is the plain image)."),
     cache_dtype: str = typer.Option("float32", help="float32 (exact) | float16 | bfloat16 (half the memory)."),
     cache_max_gb: float = typer.Option(8.0, help="Largest feature cache allowed in memory, GiB."),
+    cache_dir: Path | None = typer.Option(None, help="Also keep feature caches on disk here (keyed by images, backbone, size, k, views), reused by later runs."),
     beta: float = typer.Option(0.1, help="DA-VPT: weight of Proxy-Anchor(mean patch token, prompts)."),
     lam: float = typer.Option(0.1, "--lambda", help="DA-VPT: weight of Proxy-Anchor(class-token query, prompts)."),
     guided_block: int | None = typer.Option(None, help="DA-VPT: block whose prompts are class proxies (default: the last)."),
@@ -49,6 +50,7 @@ def train(
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, device=device, amp=amp, seed=seed,
         workers=default_workers() if workers < 0 else workers, patience=patience, class_balance=class_balance,
         augment=augment, cache=cache, cache_views=cache_views, cache_dtype=cache_dtype, cache_max_gb=cache_max_gb,
+        cache_dir=str(cache_dir) if cache_dir else None,
         beta=beta, lam=lam, guided_block=guided_block, backbone=backbone, weights=weights, img_size=img_size,
     )
     if resume:

@@ -89,8 +89,8 @@ def test_resume_ends_with_the_same_prompts(tiny_data, tmp_path, monkeypatch, cac
 
     real_print = tr._print_epoch
 
-    def crash_after_first(row, improved, Table):
-        real_print(row, improved, Table)
+    def crash_after_first(row, improved):
+        real_print(row, improved)
         if row["epoch"] == 1:
             raise KeyboardInterrupt
 

@@ -48,6 +48,7 @@ import numpy as np
 from vptcli.artifacts import ArtifactError, PromptFileMeta, read_prompt_file, resolve_prompt_path
 from vptcli.errors import VptError
 from vptcli.fsutil import AtomicFile
+from vptcli.ingest import ignore_kind, walk_files
 
 BACKENDS = ("auto", "torch", "onnx")
 DEVICES = ("auto", "cpu", "cuda")
@@ -58,8 +59,6 @@ STATUS_REVIEW = "review"
 STATUS_ERROR = "error"
 OUTPUT_SUFFIXES = (".csv", ".jsonl")
 
-_IGNORED_FILES = frozenset({"thumbs.db", "ehthumbs.db", "desktop.ini"})
-_IGNORED_DIRS = frozenset({"__macosx"})
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -419,45 +418,12 @@ def open_predictor(
 # ------------------------------------------------------------------------------------------- inputs
 
 
-def _ignored(name: str, is_dir: bool) -> bool:
-    low = name.lower()
-    return name.startswith(".") or (is_dir and low in _IGNORED_DIRS) or (not is_dir and low in _IGNORED_FILES)
-
-
 def _walk(folder: Path) -> Iterator[Path]:
-    """Files under ``folder`` (recursive, sorted, links followed, loops cut), skipping what ingest
-    skips: hidden files and folders, ``__MACOSX``, ``Thumbs.db`` / ``desktop.ini``. An unlistable
-    sub-folder is yielded itself (its row then says it is unreadable)."""
-    seen: set[tuple[int, int]] = set()
-    stack = [folder]
-    while stack:
-        current = stack.pop()
-        try:
-            st = current.stat()
-        except OSError:
-            continue
-        if (st.st_dev, st.st_ino) in seen:
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        try:
-            with os.scandir(current) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except OSError:
-            yield current  # decoding it gives an "unreadable" row
-            continue
-        dirs = []
-        for e in entries:
-            try:
-                is_dir = e.is_dir()
-            except OSError:
-                is_dir = False
-            if _ignored(e.name, is_dir):
-                continue
-            if is_dir:
-                dirs.append(Path(e.path))
-            else:
-                yield Path(e.path)
-        stack.extend(reversed(dirs))
+    """Files under ``folder`` as ingest scans them (:func:`vptcli.ingest.walk_files`: recursive,
+    sorted, links followed, loops cut, hidden and system files skipped). An unlistable sub-folder is
+    yielded itself (its row then says it is unreadable)."""
+    for path, _error in walk_files(folder):
+        yield path
 
 
 def is_image_name(path: Path) -> bool:
@@ -512,7 +478,7 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list
                 mp = Path(m)
                 if mp.is_dir():
                     add_folder(mp)
-                elif not _ignored(mp.name, False):
+                elif ignore_kind(mp.name, False) is None:
                     add(mp)
         else:
             problems.append((s, "missing: no such file or folder"))

@@ -40,6 +40,7 @@ import random
 import time
 import unicodedata
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -389,6 +390,18 @@ def _rel(src: Path, path: Path) -> str:
     return _nfc(Path(os.path.relpath(path, src)).as_posix())
 
 
+def ignore_kind(name: str, is_dir: bool) -> str | None:
+    """Why a folder entry is not scanned (one of the ``IGNORED_*`` labels), or None to scan it:
+    hidden files and folders, ``__MACOSX``, ``Thumbs.db`` / ``desktop.ini`` and the like."""
+    if name.startswith("."):
+        return IGNORED_HIDDEN_DIR if is_dir else IGNORED_HIDDEN_FILE
+    if is_dir and name.lower() in IGNORED_DIR_NAMES:
+        return IGNORED_MACOSX
+    if not is_dir and name.lower() in IGNORED_FILE_NAMES:
+        return IGNORED_SYSTEM
+    return None
+
+
 def _list_dir(folder: Path, ignored: Counter) -> tuple[list[Path], list[Path]]:
     """Non-ignored (sub-folders, files) of ``folder``, sorted by name; links followed.
 
@@ -397,22 +410,45 @@ def _list_dir(folder: Path, ignored: Counter) -> tuple[list[Path], list[Path]]:
     with os.scandir(folder) as it:
         entries = sorted(it, key=lambda e: e.name)
     for entry in entries:
-        name = entry.name
         try:
             is_dir = entry.is_dir()  # follows symbolic links
         except OSError:
             is_dir = False
-        if name.startswith("."):
-            ignored[IGNORED_HIDDEN_DIR if is_dir else IGNORED_HIDDEN_FILE] += 1
-        elif is_dir and name.lower() in IGNORED_DIR_NAMES:
-            ignored[IGNORED_MACOSX] += 1
-        elif not is_dir and name.lower() in IGNORED_FILE_NAMES:
-            ignored[IGNORED_SYSTEM] += 1
+        kind = ignore_kind(entry.name, is_dir)
+        if kind is not None:
+            ignored[kind] += 1
         elif is_dir:
             dirs.append(Path(entry.path))
         else:
             files.append(Path(entry.path))
     return dirs, files
+
+
+def walk_files(folder: Path, ignored: Counter | None = None) -> Iterator[tuple[Path, OSError | None]]:
+    """Every file under ``folder`` that is not ignored (:func:`ignore_kind`), at any depth, in sorted
+    depth-first order, following links and cutting loops, as ``(path, None)``; a sub-folder that
+    cannot be listed comes as ``(folder, error)``. ``ignored`` counts what was skipped and why."""
+    ignored = Counter() if ignored is None else ignored
+    seen: set[tuple[int, int]] = set()
+    stack = [folder]
+    while stack:
+        current = stack.pop()
+        try:
+            st = current.stat()
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            ignored[IGNORED_LOOP] += 1
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        try:
+            dirs, found = _list_dir(current, ignored)
+        except OSError as exc:
+            yield current, exc
+            continue
+        for f in found:
+            yield f, None
+        stack.extend(reversed(dirs))
 
 
 def _list_top(folder: Path, ignored: Counter) -> tuple[list[Path], list[Path]]:
@@ -423,32 +459,15 @@ def _list_top(folder: Path, ignored: Counter) -> tuple[list[Path], list[Path]]:
 
 
 def _walk_class(src: Path, folder: Path, label: str, split: str, ignored: Counter) -> list[_Candidate]:
-    """A candidate for every non-ignored file under ``folder`` (any depth, links followed, loops
-    cut), sorted by path; an unreadable sub-folder becomes one skipped candidate."""
-    files: list[Path] = []
-    unreadable: list[_Candidate] = []
-    seen: set[tuple[int, int]] = set()
-    stack = [folder]
-    while stack:
-        current = stack.pop()
-        try:
-            st = current.stat()
-            key = (st.st_dev, st.st_ino)
-        except OSError:
-            continue
-        if key in seen:
-            ignored[IGNORED_LOOP] += 1
-            continue
-        seen.add(key)
-        try:
-            dirs, found = _list_dir(current, ignored)
-        except OSError as exc:
-            reason = f"unreadable: cannot list this folder ({exc.strerror or exc})"
-            unreadable.append(_Candidate(current, _rel(src, current), label, "", reason))
-            continue
-        files.extend(found)
-        stack.extend(reversed(dirs))
-    out = [_Candidate(f, _rel(src, f), label, split) for f in files] + unreadable
+    """A candidate for every non-ignored file under ``folder`` (see :func:`walk_files`), sorted by
+    path; an unreadable sub-folder becomes one skipped candidate."""
+    out = []
+    for path, error in walk_files(folder, ignored):
+        if error is None:
+            out.append(_Candidate(path, _rel(src, path), label, split))
+        else:
+            reason = f"unreadable: cannot list this folder ({error.strerror or error})"
+            out.append(_Candidate(path, _rel(src, path), label, "", reason))
     return sorted(out, key=lambda c: c.rel)
 
 

@@ -256,7 +256,6 @@ def train(manifest, backbone, cfg: TrainConfig, run_dir: str | Path, *, resume: 
             for that epoch), an existing run without ``resume``, or a resume of another config.
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-    from rich.table import Table
     from sklearn.metrics import f1_score
 
     cfg.validate()
@@ -463,7 +462,7 @@ def train(manifest, backbone, cfg: TrainConfig, run_dir: str | Path, *, resume: 
                 bad_epochs += 1
             atomic_write_text(run_dir / METRICS_CSV, _metrics_row_csv(history))
             _save_last(run_dir, model, optimizer, scheduler, epoch, {"history": history, "best": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs})
-            _print_epoch(row, improved, Table)
+            _print_epoch(row, improved)
             if cfg.patience and bad_epochs >= cfg.patience:
                 console.print(f"early stop: val macro-F1 did not improve for {cfg.patience} epochs (best epoch {best_epoch})")
                 stopped_early = True
@@ -514,7 +513,9 @@ def _mean_class_features(model: PromptedViT, ds: ManifestDataset, n_classes: int
     return sums / counts.clamp(min=1).unsqueeze(1)
 
 
-def _print_epoch(row: dict, improved: bool, Table) -> None:
+def _print_epoch(row: dict, improved: bool) -> None:
+    from rich.table import Table
+
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
     for col in ("epoch", "train loss", "val loss", "val top-1", "val macro-F1", "img/s", ""):
         table.add_column(col, justify="right")

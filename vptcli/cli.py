@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import sys
 
-import click
 import typer
 
 from vptcli import __version__
@@ -51,19 +50,17 @@ for _name in COMMAND_MODULES:
 
 
 def main() -> None:
-    """Entry point of the ``vpt`` console script."""
+    """Entry point of the ``vpt`` console script.
+
+    Typer runs in standalone mode, so usage errors get Typer's own message and exit code 2 (whichever
+    click Typer bundles); errors of ours are one line, and so are OS errors on the user's paths.
+    """
     try:
-        rc = app(standalone_mode=False)
-    except click.exceptions.ClickException as exc:  # usage errors: click's own message, exit 2
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        console.print("aborted")
-        sys.exit(1)
+        app()
     except VptError as exc:
         console.print(f"[bold red]error:[/bold red] {exc}", markup=True, highlight=False)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        console.print("interrupted")
-        sys.exit(130)
-    sys.exit(rc if isinstance(rc, int) else 0)
+    except OSError as exc:  # e.g. --out names an existing file, a folder is not writable
+        where = f"{exc.filename}: " if exc.filename else ""
+        console.print(f"[bold red]error:[/bold red] {where}{exc.strerror or exc}", markup=True, highlight=False)
+        sys.exit(2)

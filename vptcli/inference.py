@@ -597,6 +597,24 @@ def _load_one(predictor: Predictor, path: Path, max_pixels: int | None, bit_dept
         return None, f"preprocessing failed: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
 
 
+def check_predict_options(*, batch_size: int = 32, top_k: int = 3, reject_below: float | None = None,
+                          out: str | os.PathLike | None = None) -> None:
+    """Validate predict options before any model is loaded.
+
+    Raises:
+        VptError: ``batch_size`` or ``top_k`` below 1, ``reject_below`` outside [0, 1], or an ``out``
+            file name that is not ``.csv`` / ``.jsonl``.
+    """
+    if batch_size < 1:
+        raise VptError(f"--batch-size must be at least 1, got {batch_size}")
+    if top_k < 1:
+        raise VptError(f"--top-k must be at least 1, got {top_k}")
+    if reject_below is not None and not 0.0 <= reject_below <= 1.0:
+        raise VptError(f"--reject-below must be a probability in [0, 1], got {reject_below}")
+    if out is not None and Path(out).suffix.lower() not in OUTPUT_SUFFIXES:
+        raise VptError(f"--out {out}: use a .csv or .jsonl file name (the extension picks the format)")
+
+
 def predict_files(
     predictor: Predictor,
     paths: list[Path],
@@ -620,12 +638,7 @@ def predict_files(
     Raises:
         VptError: invalid ``batch_size`` / ``top_k`` / ``reject_below``.
     """
-    if batch_size < 1:
-        raise VptError(f"--batch-size must be at least 1, got {batch_size}")
-    if top_k < 1:
-        raise VptError(f"--top-k must be at least 1, got {top_k}")
-    if reject_below is not None and not 0.0 <= reject_below <= 1.0:
-        raise VptError(f"--reject-below must be a probability in [0, 1], got {reject_below}")
+    check_predict_options(batch_size=batch_size, top_k=top_k, reject_below=reject_below)
     classes = predictor.classes
     k = min(top_k, len(classes))
     workers = workers or max(1, min(8, (os.cpu_count() or 2)))

@@ -274,7 +274,7 @@ def ingest_folder(
     if conflicts:
         warnings.append(
             f"{len(conflicts)} group(s) of identical images carry different labels (label conflicts); "
-            "they are kept, each group in one split; see the report, or use --strict to refuse them"
+            "they are kept, each group in one split; see ingest_report.md (`vpt ingest`), or use --strict to refuse them"
         )
 
     manifest = Manifest(
@@ -319,7 +319,7 @@ def check_out_dir(src: str | os.PathLike, out_dir: str | os.PathLike,
         if out_real == folder or folder in out_real.parents:
             suggestion = src_real.parent / f"{src_real.name}-ingest"
             raise VptError(
-                f"--out {out} is inside the source folder {src}; vpt ingest never writes into it (and "
+                f"--out {out} is inside the source folder {src}; vpt never writes into it (and "
                 f"the output would be read as a class); choose a folder outside it, e.g. {suggestion}"
             )
     if out.exists() and not out.is_dir():
@@ -339,6 +339,10 @@ def write_ingest_outputs(result: IngestResult, out_dir: str | os.PathLike) -> No
         raise VptError(f"cannot write to {out}: {exc.strerror or exc}; choose a writable --out folder") from None
 
 
+MAX_LISTED_SKIPPED = 20
+"""Skipped files named one by one when a raw folder is ingested in memory."""
+
+
 def load_or_ingest(data: str | os.PathLike, **ingest_kwargs) -> Manifest:
     """The manifest for ``data``: read it when ``data`` is a ``vpt ingest`` output folder (it holds
     ``manifest.json``) or the path of its ``manifest.csv``/``manifest.json``, otherwise ingest the raw image folder in memory with
@@ -353,6 +357,10 @@ def load_or_ingest(data: str | os.PathLike, **ingest_kwargs) -> Manifest:
     result = ingest_folder(data, **ingest_kwargs)
     for line in result.warnings:
         warn(line)
+    for rec in result.skipped[:MAX_LISTED_SKIPPED]:
+        warn(f"skipped {rec.path}: {rec.reason}")
+    if len(result.skipped) > MAX_LISTED_SKIPPED:
+        warn(f"... and {len(result.skipped) - MAX_LISTED_SKIPPED} more skipped files (`vpt ingest {data} --out DIR` lists them all)")
     console.print(
         f"{len(result.manifest.usable())} usable images in {len(result.manifest.classes)} classes from "
         f"{data} (ingested in memory; `vpt ingest {data} --out DIR` saves the manifest)",

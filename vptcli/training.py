@@ -95,6 +95,14 @@ class TrainConfig:
             raise VptError("--cache must be auto, on or off")
         if self.cache_dtype not in DTYPES:
             raise VptError(f"--cache-dtype must be one of {', '.join(DTYPES)}")
+        if self.lr is not None and not self.lr > 0:
+            raise VptError(f"--lr must be > 0 (got {self.lr})")
+        if self.weight_decay < 0 or not 0 <= self.prompt_dropout < 1 or self.label_smoothing < 0:
+            raise VptError("--weight-decay must be >= 0 and --prompt-dropout in [0, 1)")
+        if self.cache_views < 1 or self.cache_max_gb <= 0:
+            raise VptError("--cache-views must be >= 1 and --cache-max-gb > 0")
+        if self.workers < 0:
+            raise VptError("--workers must be >= 0")
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -367,7 +375,11 @@ def train(manifest, backbone, cfg: TrainConfig, run_dir: str | Path, *, resume: 
         state = _load_last(run_dir, model, optimizer, scheduler)
         start_epoch = state["epoch"] + 1
         history, best, best_epoch, bad_epochs = state["history"], state["best"], state["best_epoch"], state["bad_epochs"]
-        console.print(f"resuming {run_dir} after epoch {start_epoch}")
+        if start_epoch >= cfg.epochs:
+            console.print(f"{run_dir} already finished its {cfg.epochs} epochs; nothing to resume "
+                          "(start a new run to train longer: the learning-rate schedule depends on --epochs)")
+        else:
+            console.print(f"resuming {run_dir} after epoch {start_epoch} of {cfg.epochs}, with the run's saved settings")
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_dir / CONFIG_JSON, resolved)
@@ -394,6 +406,8 @@ def train(manifest, backbone, cfg: TrainConfig, run_dir: str | Path, *, resume: 
                           f"{(train_cache.nbytes + val_cache.nbytes) / 1024**2:.0f} MiB, built in {time.perf_counter() - t0:.1f}s")
 
         labels_t = torch.tensor(train_ds.labels, dtype=torch.long)
+        if start_epoch < cfg.epochs:
+            console.print(_epoch_cells(EPOCH_COLUMNS), style="bold", markup=False)
         stopped_early = False
         for epoch in range(start_epoch, cfg.epochs):
             torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout draws of this epoch
@@ -513,15 +527,18 @@ def _mean_class_features(model: PromptedViT, ds: ManifestDataset, n_classes: int
     return sums / counts.clamp(min=1).unsqueeze(1)
 
 
-def _print_epoch(row: dict, improved: bool) -> None:
-    from rich.table import Table
+EPOCH_COLUMNS = ("epoch", "train loss", "val loss", "val top-1", "val macro-F1", "img/s")
 
-    table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
-    for col in ("epoch", "train loss", "val loss", "val top-1", "val macro-F1", "img/s", ""):
-        table.add_column(col, justify="right")
-    table.add_row(str(row["epoch"]), f"{row['train_loss']:.4f}", f"{row['val_loss']:.4f}", f"{100 * row['val_top1']:.1f}%",
-                  f"{row['val_macro_f1']:.3f}", f"{row['train_img_per_s']:.1f}", "best" if improved else "")
-    console.print(table)
+
+def _epoch_cells(cells) -> str:
+    return "  ".join(str(c).rjust(len(h)) for c, h in zip(cells, EPOCH_COLUMNS))
+
+
+def _print_epoch(row: dict, improved: bool) -> None:
+    """One line per epoch under the header (:data:`EPOCH_COLUMNS`)."""
+    cells = (row["epoch"], f"{row['train_loss']:.4f}", f"{row['val_loss']:.4f}", f"{100 * row['val_top1']:.1f}%",
+             f"{row['val_macro_f1']:.3f}", f"{row['train_img_per_s']:.1f}")
+    console.print(_epoch_cells(cells) + ("  best" if improved else ""), markup=False)
 
 
 def default_workers() -> int:

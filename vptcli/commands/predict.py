@@ -25,6 +25,7 @@ def predict(
     weights: Annotated[str | None, typer.Option(help="torch backend: backbone weights instead of the file's own source.")] = None,
     force: Annotated[bool, typer.Option(help="torch backend: accept other weights of the same architecture (warns).")] = False,
     bit_depth: Annotated[int | None, typer.Option(help="Sensor bit depth of 16-bit files (as in `vpt ingest --bit-depth`).")] = None,
+    max_pixels: Annotated[int | None, typer.Option(help="Refuse images with more pixels than this (default: Pillow's limit, 89,478,485).")] = None,
     workers: Annotated[int | None, typer.Option(help="Decoding threads (default: CPU count, at most 8).")] = None,
 ) -> None:
     """Predict classes of image files; one row per file (path, label, confidence, top-k, status, reason). Exit code 1 when any file failed."""
@@ -43,8 +44,15 @@ def predict(
     from vptcli.console import console, warn
     from vptcli.console import out as stdout
     from vptcli.errors import VptError
-    from vptcli.inference import RowWriter, expand_inputs, open_predictor, predict_files
+    from vptcli.inference import (
+        RowWriter,
+        check_predict_options,
+        expand_inputs,
+        open_predictor,
+        predict_files,
+    )
 
+    check_predict_options(batch_size=batch_size, top_k=top_k, reject_below=reject_below, out=out)
     args = list(paths or [])
     model_arg: str | None = model
     if onnx is not None:  # MODEL is optional with --onnx: the first argument is then a PATH
@@ -82,7 +90,8 @@ def predict(
                     progress.update(task, rate=f"{t.completed / t.elapsed:.1f} img/s")
 
             for row in predict_files(predictor, files, batch_size=batch_size, top_k=top_k, reject_below=reject_below,
-                                     bit_depth=bit_depth, workers=workers, problems=problems, on_batch=advance):
+                                     bit_depth=bit_depth, max_pixels=max_pixels, workers=workers, problems=problems,
+                                     on_batch=advance):
                 counts[row.status] += 1
                 if writer is not None:
                     writer.write(row)

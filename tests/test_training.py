@@ -133,8 +133,10 @@ def test_every_method_trains(tiny_data, tmp_path, method):
     before = {k: v.clone() for k, v in bb.model.state_dict().items()}
     result = train(tiny_data, bb, cfg(method=method, epochs=1, lr=None), tmp_path / "run", show_progress=False)
     tensors, meta = read_prompt_file(result.prompt_file)
-    changed = any(not torch.equal(before[k], v) for k, v in bb.model.state_dict().items())
-    assert changed == (method == "full-finetune")
+    # The caller's backbone never changes, not even for full fine-tuning (which tunes a copy).
+    assert all(torch.equal(before[k], v) for k, v in bb.model.state_dict().items())
+    if method == "full-finetune":
+        assert any(not torch.equal(before[n[len("backbone."):]], t) for n, t in tensors.items() if n.startswith("backbone."))
     assert ("prompts" in tensors) == (method in ("vpt-shallow", "da-vpt"))
     assert meta.kind == ("full-model" if method == "full-finetune" else "prompts")
     if method == "da-vpt":

@@ -25,6 +25,7 @@ backbone's data config) happens inside the model, so PyTorch and ONNX take the s
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -102,7 +103,8 @@ class PromptedViT(nn.Module):
 
     Args:
         backbone: a timm ``VisionTransformer`` with ``num_classes=0``. Its parameters are frozen here
-            (``requires_grad=False``) unless ``config.method == "full-finetune"``.
+            (``requires_grad=False``); with ``config.method == "full-finetune"`` a copy is tuned and
+            the given module is left untouched.
         num_classes: C, the head's outputs.
         config: :class:`PromptConfig`.
         mean, std: per-channel normalisation applied to ``[0, 1]`` input (the backbone's data config).
@@ -136,7 +138,10 @@ class PromptedViT(nn.Module):
         if config.method not in PROMPT_METHODS and config.num_prompts:
             config = PromptConfig(config.method, 0, config.prompt_start_block, 0.0)
         self.config = config
-        self.backbone = backbone
+        # Full fine-tuning changes the weights: tune a copy, so that the caller's frozen backbone (and
+        # the sha256 that identifies it) stays what it is.
+        self.backbone = copy.deepcopy(backbone) if config.method == "full-finetune" else backbone
+        backbone = self.backbone
         self.num_classes = num_classes
         self.embed_dim = int(backbone.embed_dim)
         self.num_prefix_tokens = int(backbone.num_prefix_tokens)

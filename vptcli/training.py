@@ -351,6 +351,9 @@ def train(manifest, backbone, cfg: TrainConfig, run_dir: str | Path, *, resume: 
     )
     if balance != "off":
         console.print(f"class balance: {balance} (imbalance {imbalance:.1f}:1)")
+    if device.type == "cpu" and pcfg.num_prompts and k == 0 and n_blocks > 3:
+        console.print(f"hint: on a CPU, late prompts (--prompt-start-block {n_blocks - 3}) train about 5x faster, "
+                      "with prompts in the last 3 blocks only (a different model; see docs/benchmarks.md)")
 
     proxy_of_class = None
     loss_cfg = DAVPTLossConfig(beta=cfg.beta, lam=cfg.lam)

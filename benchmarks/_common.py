@@ -17,6 +17,7 @@ The ELPV images are CC BY-NC-SA 4.0 (Buerhop-Lutz et al. 2018; Deitsch et al. 20
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import platform
@@ -113,6 +114,23 @@ def machine_info() -> dict:
 
 
 # --------------------------------------------------------------------------------------------- data
+
+
+def start(name: str, args):
+    """Common start of a benchmark: threads, a wide stderr console, the results path and the backbone.
+
+    Returns ``(console, date, out_path, backbone)``; ``--smoke`` uses timm's tiny ``test_vit`` with
+    random weights at 32 px, otherwise the default backbone (DINOv2 ViT-S/14).
+    """
+    from rich.console import Console
+
+    from vptcli.backbones import load_backbone
+
+    set_threads(args.threads)
+    date = dt.date.today().isoformat()
+    out = args.out or Path(__file__).resolve().parent / "results" / f"{name}-{date}{'-smoke' if args.smoke else ''}.json"
+    backbone = load_backbone("test_vit", weights="random", img_size=32) if args.smoke else load_backbone()
+    return Console(stderr=True, width=200), date, out, backbone
 
 
 def elpv_protocol(task: str = "binary", seed: int = 0, val_fraction: float = 0.15):

@@ -77,29 +77,21 @@ def parse_try(text: str, base: dict) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    C.set_threads(args.threads)
     import json
 
     import numpy as np
     import torch
-    from rich.console import Console
     from rich.table import Table
 
-    from vptcli.backbones import load_backbone
     from vptcli.datasets import ManifestDataset
     from vptcli.metrics import classification_report
     from vptcli.training import TrainConfig, train
 
-    con = Console(stderr=True, width=200)
-    date = dt.date.today().isoformat()
-    out = args.out or Path(__file__).resolve().parent / "results" / f"elpv-{date}{'-smoke' if args.smoke else ''}.json"
+    con, date, out, backbone = C.start("elpv", args)
     if args.smoke:
-        backbone = load_backbone("test_vit", weights="random", img_size=32)
         args.k_fewshot = min(args.k_fewshot, 2)
         args.k_full = min(args.k_full, 3)
         args.epochs_fewshot = args.epochs_full = 1
-    else:
-        backbone = load_backbone()
     memo = C.HiddenMemo(backbone, base_k=min(args.k_fewshot, args.k_full))
     memo.install()
 

@@ -66,27 +66,18 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    C.set_threads(args.threads)
     import numpy as np
     import torch
     import torch.nn.functional as F
-    from rich.console import Console
     from rich.table import Table
 
-    from vptcli.backbones import load_backbone
     from vptcli.datasets import ManifestDataset
     from vptcli.losses import DAVPTLossConfig, class_to_proxy, da_vpt_metric_loss
     from vptcli.metrics import classification_report
     from vptcli.prompting import PromptConfig, PromptedViT
     from vptcli.training import DEFAULT_LR, TrainConfig, train
 
-    con = Console(stderr=True, width=200)
-    date = dt.date.today().isoformat()
-    out = args.out or Path(__file__).resolve().parent / "results" / f"train_speed-{date}{'-smoke' if args.smoke else ''}.json"
-    if args.smoke:
-        backbone = load_backbone("test_vit", weights="random", img_size=32)
-    else:
-        backbone = load_backbone()
+    con, date, out, backbone = C.start("train_speed", args)
     n_blocks = len(backbone.model.blocks)
     manifest, _records, _split = C.elpv_manifest("binary")
     if args.smoke:
@@ -129,6 +120,8 @@ def main(argv=None) -> int:
         bb = backbone.model
         torch.manual_seed(0)
         pcfg = PromptConfig(method, args.prompts if method in ("vpt-deep", "da-vpt") else 0, min(k, n_blocks - 1), 0.0)
+        if pcfg.num_prompts:
+            k = pcfg.prompt_start_block  # a smaller (smoke) backbone has fewer blocks
         model = PromptedViT(bb, 2, pcfg, tuple(backbone.data_config["mean"]), tuple(backbone.data_config["std"]))
         lr = DEFAULT_LR[method]
         if method == "full-finetune":
@@ -205,7 +198,7 @@ def main(argv=None) -> int:
         save()
     test_ds = ManifestDataset(manifest, "test", backbone.data_config, augment=False)
     runs_root = C.WORK / "train_speed_runs" / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    epoch_plan = [(k, "on") for k in args.epoch_ks] + ([(0, "off")] if args.naive_accuracy else [])
+    epoch_plan = [(min(k, n_blocks - 1), "on") for k in args.epoch_ks] + ([(0, "off")] if args.naive_accuracy else [])
     for k, cache in epoch_plan:
         cfg = TrainConfig(method="vpt-deep", num_prompts=args.prompts, prompt_start_block=k, epochs=args.epochs,
                           batch_size=args.batch_size, augment=args.cache_views > 1 if cache == "on" else False,

@@ -52,12 +52,20 @@ from vptcli.ingest import ignore_kind, walk_files
 
 BACKENDS = ("auto", "torch", "onnx")
 DEVICES = ("auto", "cpu", "cuda")
+
 CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
 STATUS_OK = "ok"
 STATUS_REVIEW = "review"
 STATUS_ERROR = "error"
 OUTPUT_SUFFIXES = (".csv", ".jsonl")
+
+
+def check_device(device: str) -> None:
+    """Raise VptError unless ``device`` is one of :data:`DEVICES`."""
+    if device not in DEVICES:
+        raise VptError(f"--device must be auto, cpu or cuda, got {device!r}")
+
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -135,8 +143,7 @@ class TorchPredictor(Predictor):
         from vptcli.artifacts import load_model
         from vptcli.training import resolve_device
 
-        if device not in DEVICES:
-            raise VptError(f"--device must be auto, cpu or cuda, got {device!r}")
+        check_device(device)
         dev = resolve_device(device)
         model, meta, _bb, warns = load_model(model_path, weights=weights, force=force)
         self.meta = meta
@@ -186,8 +193,7 @@ class OnnxPredictor(Predictor):
         super().__init__()
         from vptcli.export import GRAPH_SHARED, GRAPH_SINGLE, read_graph_metadata
 
-        if device not in DEVICES:
-            raise VptError(f"--device must be auto, cpu or cuda, got {device!r}")
+        check_device(device)
         self.onnx_path = Path(onnx_path)
         if not self.onnx_path.is_file():
             raise PredictorError(f"{self.onnx_path}: no such ONNX file")
@@ -314,8 +320,7 @@ def create_session(onnx_path: str | os.PathLike, device: str = "auto"):
     """
     import onnxruntime as ort
 
-    if device not in DEVICES:
-        raise VptError(f"--device must be auto, cpu or cuda, got {device!r}")
+    check_device(device)
     available = list(ort.get_available_providers())
     warns: list[str] = []
     opts = ort.SessionOptions()

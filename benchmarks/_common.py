@@ -4,8 +4,8 @@
   stratified 15 % validation part carved from train (1,672 / 296 / 656), materialised as a
   pre-split symlink tree and ingested once; few-shot manifests keep ``N`` training images per class
   (``vptcli.elpv.few_shot``) and the same val/test images.
-- :class:`HiddenMemo`: a per-image memo of the frozen hidden states entering block k, installed in
-  place of ``vptcli.feature_cache.FeatureCache.build`` so several ``train()`` calls in one benchmark
+- :class:`HiddenMemo`: a per-image memo of the frozen hidden states entering block k, passed to
+  ``train(cache_builder=memo.build)`` in place of ``FeatureCache.build`` so several ``train()`` calls in one benchmark
   process share the frozen computation. Its key holds everything the value depends on (image
   sha256, k, view, augmentation draw, backbone identity); entries at a larger k are derived from a
   stored smaller k by running the missing frozen blocks. The values equal what ``FeatureCache.build``
@@ -257,27 +257,22 @@ class HiddenMemo:
         self.seconds += time.perf_counter() - t0
         return torch.stack([self.store[key] for key in keys])
 
-    def install(self) -> None:
-        """Route ``FeatureCache.build`` (as used by ``vptcli.training.train``) through the memo."""
-        from vptcli import feature_cache, training
+    def build(self, model, dataset, *, start_block, views, augment, key, dtype="float32", batch_size=32, device="cpu",
+              progress=None, **_ignored):
+        """``FeatureCache.build``'s signature, served from the memo (``train(cache_builder=memo.build)``);
+        ignores ``cache_dir`` (the memo replaces the on-disk cache inside one benchmark process)."""
+        from vptcli import feature_cache
+        from vptcli.errors import VptError
 
-        memo = self
-
-        def build(model, dataset, *, start_block, views, augment, key, dtype="float32", batch_size=32, device="cpu", progress=None, **_ignored):
-            # (e.g. cache_dir: the memo replaces the on-disk cache inside one benchmark process)
-            from vptcli.errors import VptError
-
-            if views < 1:
-                raise VptError("--cache-views must be >= 1")
-            if model.backbone is not memo.backbone.model:
-                raise RuntimeError("HiddenMemo used with another backbone object")
-            per_view = [memo.get(model, dataset, start_block, v, augment and v > 0, batch_size) for v in range(views)]
-            hidden = torch.stack(per_view).to(feature_cache.DTYPES[dtype])
-            if progress is not None:
-                progress(views * len(dataset))
-            return feature_cache.FeatureCache(hidden=hidden, start_block=start_block, key=key)
-
-        training.FeatureCache.build = staticmethod(build)  # type: ignore[method-assign]
+        if views < 1:
+            raise VptError("--cache-views must be >= 1")
+        if model.backbone is not self.backbone.model:
+            raise RuntimeError("HiddenMemo used with another backbone object")
+        per_view = [self.get(model, dataset, start_block, v, augment and v > 0, batch_size) for v in range(views)]
+        hidden = torch.stack(per_view).to(feature_cache.DTYPES[dtype])
+        if progress is not None:
+            progress(views * len(dataset))
+        return feature_cache.FeatureCache(hidden=hidden, start_block=start_block, key=key)
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.store.values())
@@ -295,28 +290,20 @@ def load_trained(run_dir: Path, backbone):
     return build_model(meta, tensors, backbone), meta
 
 
-@torch.no_grad()
-def test_probs(model, ds, memo: HiddenMemo | None, batch_size: int = 32) -> np.ndarray:
-    """Softmax probabilities on ``ds`` (plain eval transform). Frozen-prefix models reuse the memo
-    (hidden states entering block k, k = prompt_start_block, or 12 for a linear probe); full
-    fine-tuning runs ``vptcli.evaluation.predict_split``."""
-    from vptcli.evaluation import predict_split
+def predicted_probs(model, ds, memo: HiddenMemo | None, batch_size: int = 32) -> np.ndarray:
+    """Softmax probabilities on ``ds`` (plain eval transform) via ``vptcli.evaluation.predict_probs``.
+    Methods with a frozen prefix reuse the memo (hidden states entering the method's first trained
+    block); the others run on images."""
+    from vptcli.evaluation import chunks, predict_probs
 
     cfg = model.config
-    n_blocks = len(model.backbone.blocks)
-    if cfg.method == "full-finetune" or memo is None:
-        return predict_split(model, ds, batch_size=batch_size)
-    k = cfg.prompt_start_block if cfg.num_prompts > 0 else n_blocks
-    if cfg.method == "linear-probe":
-        k = n_blocks
-    hidden = memo.get(model, ds, k, 0, False, batch_size)
-    model.eval()
-    out = []
-    with torch.inference_mode():
-        for s in range(0, len(ds), batch_size):
-            feats = model.forward_from(hidden[s : s + batch_size], k)[0]
-            out.append(model.head(feats).float().softmax(-1).numpy())
-    return np.concatenate(out)
+    if not cfg.spec.uses_cache or memo is None:
+        batches = ((torch.stack([ds[i][0] for i in ix]), None, None) for ix in chunks(range(len(ds)), batch_size))
+    else:
+        k = cfg.spec.first_trained_block(cfg.prompt_start_block, len(model.backbone.blocks))
+        hidden = memo.get(model, ds, k, 0, False, batch_size)
+        batches = ((hidden[ix[0] : ix[-1] + 1], None, k) for ix in chunks(range(len(ds)), batch_size))
+    return predict_probs(model, batches)[0]
 
 
 @torch.no_grad()

@@ -93,7 +93,6 @@ def main(argv=None) -> int:
         args.k_full = min(args.k_full, 3)
         args.epochs_fewshot = args.epochs_full = 1
     memo = C.HiddenMemo(backbone, base_k=min(args.k_fewshot, args.k_full))
-    memo.install()
 
     manifest, records, split = C.elpv_manifest(args.task)
     if args.smoke:
@@ -178,7 +177,7 @@ def main(argv=None) -> int:
         memo_s0 = memo.seconds
         t0 = time.perf_counter()
         try:
-            res = train(m, bb, cfg, run_dir, show_progress=False)
+            res = train(m, bb, cfg, run_dir, cache_builder=memo.build)
         except Exception as exc:  # noqa: BLE001  (keep the other rows)
             con.print(f"[red]{jid} failed: {exc!r}[/red]")
             result["rows"].append({"id": jid, "error": repr(exc)})
@@ -188,7 +187,7 @@ def main(argv=None) -> int:
         memo_train = memo.seconds - memo_s0
         t1 = time.perf_counter()
         model, _meta = C.load_trained(res.run_dir, bb if method != "full-finetune" else backbone)
-        probs = C.test_probs(model, test_ds, memo)
+        probs = C.predicted_probs(model, test_ds, memo)
         test_s = time.perf_counter() - t1
         peak = C.peak_rss_mb()
         rep = classification_report(np.asarray(test_ds.labels), probs, list(m.classes))

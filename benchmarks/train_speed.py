@@ -73,9 +73,10 @@ def main(argv=None) -> int:
 
     from vptcli.datasets import ManifestDataset
     from vptcli.losses import DAVPTLossConfig, class_to_proxy, da_vpt_metric_loss
+    from vptcli.methods import spec
     from vptcli.metrics import classification_report
     from vptcli.prompting import PromptConfig, PromptedViT
-    from vptcli.training import DEFAULT_LR, TrainConfig, train
+    from vptcli.training import TrainConfig, train
 
     con, date, out, backbone = C.start("train_speed", args)
     n_blocks = len(backbone.model.blocks)
@@ -123,7 +124,7 @@ def main(argv=None) -> int:
         if pcfg.num_prompts:
             k = pcfg.prompt_start_block  # a smaller (smoke) backbone has fewer blocks
         model = PromptedViT(bb, 2, pcfg, tuple(backbone.data_config["mean"]), tuple(backbone.data_config["std"]))
-        lr = DEFAULT_LR[method]
+        lr = spec(method).default_lr
         if method == "full-finetune":
             groups = [{"params": list(model.backbone.parameters()), "lr": lr}, {"params": list(model.head.parameters()), "lr": lr * 30}]
         else:
@@ -206,12 +207,12 @@ def main(argv=None) -> int:
                           backbone=backbone.identity.name)
         C.reset_peak_rss()
         t0 = time.perf_counter()
-        res = train(manifest, backbone, cfg, runs_root / f"vpt-deep-k{k}-cache-{cache}", show_progress=False)
+        res = train(manifest, backbone, cfg, runs_root / f"vpt-deep-k{k}-cache-{cache}")
         wall = time.perf_counter() - t0
         peak = C.peak_rss_mb()
         t1 = time.perf_counter()
         model, _meta = C.load_trained(res.run_dir, backbone)
-        probs = C.test_probs(model, test_ds, None)
+        probs = C.predicted_probs(model, test_ds, None)
         rep = classification_report(np.asarray(test_ds.labels), probs, list(manifest.classes))
         row = {"method": "vpt-deep", "prompt_start_block": k, "cache": cache, "cache_views": args.cache_views if cache == "on" else 0,
                "augment": cfg.augment, "epochs": args.epochs, "wall_seconds_train_incl_cache_and_val": round(wall, 1),

@@ -337,7 +337,7 @@ def test_train_export_predict_round_trip_both_backends(tmp_path, capsys, monkeyp
     manifest = ingest_folder(tmp_path / "src", val_fraction=0.2, test_fraction=0.2, seed=0, progress=False).manifest
     cfg = TrainConfig(method="vpt-deep", num_prompts=3, epochs=1, batch_size=4, lr=1e-2, backbone="test_vit",
                       weights="random", img_size=IMG, augment=False, cache="off", seed=0)
-    train(manifest, load_backbone("test_vit", weights="random", img_size=IMG), cfg, tmp_path / "run", show_progress=False)
+    train(manifest, load_backbone("test_vit", weights="random", img_size=IMG), cfg, tmp_path / "run")
 
     code, out, err = run_cli(["export", tmp_path / "run", "--out", tmp_path / "exp"], capsys, monkeypatch)
     assert code == 0, err

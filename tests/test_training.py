@@ -53,11 +53,12 @@ def cfg(**kw):
 def test_train_writes_run_dir_and_keeps_backbone_frozen(tiny_data, tmp_path):
     bb = backbone()
     before = {k: v.clone() for k, v in bb.model.state_dict().items()}
-    result = train(tiny_data, bb, cfg(epochs=3, augment=True, cache="auto", cache_views=2), tmp_path / "run", show_progress=False)
+    result = train(tiny_data, bb, cfg(epochs=3, augment=True, cache="auto", cache_views=2), tmp_path / "run")
     after = bb.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    for name in ("config.json", "metrics.csv", "prompts.safetensors", "last.ckpt.safetensors", "last.state.json"):
+    for name in ("config.json", "metrics.csv", "prompts.safetensors", "last.ckpt.safetensors"):
         assert (tmp_path / "run" / name).is_file(), name
+    assert not (tmp_path / "run" / "last.state.json").exists()  # one checkpoint file, never half-updated
     rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     assert all(np.isfinite(float(r["train_loss"])) for r in rows)
@@ -76,29 +77,25 @@ def test_refuses_non_empty_run_dir(tiny_data, tmp_path):
     from vptcli.errors import VptError
 
     with pytest.raises(VptError, match="not empty"):
-        train(tiny_data, backbone(), cfg(epochs=1), tmp_path / "run", show_progress=False)
+        train(tiny_data, backbone(), cfg(epochs=1), tmp_path / "run")
     assert (tmp_path / "run" / "keep.txt").read_text() == "mine"
 
 
 @pytest.mark.parametrize("cache", ["off", "on"])
-def test_resume_ends_with_the_same_prompts(tiny_data, tmp_path, monkeypatch, cache):
-    import vptcli.training as tr
+def test_resume_ends_with_the_same_prompts(tiny_data, tmp_path, cache):
+    from vptcli.training import TrainReporter
 
     kw = {"epochs": 3, "augment": True, "cache": cache, "cache_views": 2, "prompt_dropout": 0.1}
-    full = train(tiny_data, backbone(), cfg(**kw), tmp_path / "full", show_progress=False)
+    full = train(tiny_data, backbone(), cfg(**kw), tmp_path / "full")
 
-    real_print = tr._print_epoch
+    class CrashAfterFirst(TrainReporter):
+        def epoch_done(self, row, improved):
+            if row["epoch"] == 1:
+                raise KeyboardInterrupt
 
-    def crash_after_first(row, improved):
-        real_print(row, improved)
-        if row["epoch"] == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(tr, "_print_epoch", crash_after_first)
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_data, backbone(), cfg(**kw), tmp_path / "cut", show_progress=False)
-    monkeypatch.setattr(tr, "_print_epoch", real_print)
-    resumed = train(tiny_data, backbone(), cfg(**kw), tmp_path / "cut", resume=True, show_progress=False)
+        train(tiny_data, backbone(), cfg(**kw), tmp_path / "cut", reporter=CrashAfterFirst())
+    resumed = train(tiny_data, backbone(), cfg(**kw), tmp_path / "cut", resume=True)
     a, _ = read_prompt_file(full.prompt_file)
     b, _ = read_prompt_file(resumed.prompt_file)
     assert resumed.best_epoch == full.best_epoch
@@ -111,8 +108,8 @@ def test_resume_ends_with_the_same_prompts(tiny_data, tmp_path, monkeypatch, cac
 
 
 def test_cached_training_equals_uncached_at_k0(tiny_data, tmp_path):
-    a = train(tiny_data, backbone(), cfg(cache="off"), tmp_path / "a", show_progress=False)
-    b = train(tiny_data, backbone(), cfg(cache="on"), tmp_path / "b", show_progress=False)
+    a = train(tiny_data, backbone(), cfg(cache="off"), tmp_path / "a")
+    b = train(tiny_data, backbone(), cfg(cache="on"), tmp_path / "b")
     ta, _ = read_prompt_file(a.prompt_file)
     tb, _ = read_prompt_file(b.prompt_file)
     for name in ta:
@@ -120,8 +117,8 @@ def test_cached_training_equals_uncached_at_k0(tiny_data, tmp_path):
 
 
 def test_same_seed_same_result(tiny_data, tmp_path):
-    a = train(tiny_data, backbone(), cfg(augment=True), tmp_path / "a", show_progress=False)
-    b = train(tiny_data, backbone(), cfg(augment=True), tmp_path / "b", show_progress=False)
+    a = train(tiny_data, backbone(), cfg(augment=True), tmp_path / "a")
+    b = train(tiny_data, backbone(), cfg(augment=True), tmp_path / "b")
     ta, _ = read_prompt_file(a.prompt_file)
     tb, _ = read_prompt_file(b.prompt_file)
     assert all(torch.equal(ta[n], tb[n]) for n in ta)
@@ -131,7 +128,7 @@ def test_same_seed_same_result(tiny_data, tmp_path):
 def test_every_method_trains(tiny_data, tmp_path, method):
     bb = backbone()
     before = {k: v.clone() for k, v in bb.model.state_dict().items()}
-    result = train(tiny_data, bb, cfg(method=method, epochs=1, lr=None), tmp_path / "run", show_progress=False)
+    result = train(tiny_data, bb, cfg(method=method, epochs=1, lr=None), tmp_path / "run")
     tensors, meta = read_prompt_file(result.prompt_file)
     # The caller's backbone never changes, not even for full fine-tuning (which tunes a copy).
     assert all(torch.equal(before[k], v) for k, v in bb.model.state_dict().items())
@@ -145,7 +142,7 @@ def test_every_method_trains(tiny_data, tmp_path, method):
 
 
 def test_learns_a_separable_task(tiny_data, tmp_path):
-    result = train(tiny_data, backbone(), cfg(method="vpt-deep", epochs=8, lr=3e-2), tmp_path / "run", show_progress=False)
+    result = train(tiny_data, backbone(), cfg(method="vpt-deep", epochs=8, lr=3e-2), tmp_path / "run")
     assert result.best_metrics["val_top1"] == 1.0
 
 
@@ -153,7 +150,7 @@ def test_non_finite_loss_stops_without_checkpoint(tiny_data, tmp_path):
     from vptcli.errors import VptError
 
     with pytest.raises(VptError, match="non-finite loss"):
-        train(tiny_data, backbone(), cfg(lr=float("inf")), tmp_path / "run", show_progress=False)
+        train(tiny_data, backbone(), cfg(lr=float("inf")), tmp_path / "run")
     assert not (tmp_path / "run" / "prompts.safetensors").exists()
 
 
@@ -161,7 +158,7 @@ def test_disk_cache_is_reused_and_keyed(tiny_data, tmp_path, monkeypatch):
     from vptcli.prompting import PromptedViT
 
     kw = {"cache": "on", "cache_dir": str(tmp_path / "cache"), "prompt_start_block": 2, "epochs": 1}
-    first = train(tiny_data, backbone(), cfg(**kw), tmp_path / "a", show_progress=False)
+    first = train(tiny_data, backbone(), cfg(**kw), tmp_path / "a")
     files = sorted((tmp_path / "cache").glob("*.safetensors"))
     assert len(files) == 2  # train and val
 
@@ -173,10 +170,10 @@ def test_disk_cache_is_reused_and_keyed(tiny_data, tmp_path, monkeypatch):
         return real_embed(self, images, until_block)
 
     monkeypatch.setattr(PromptedViT, "embed", embed_only_for_probing)
-    second = train(tiny_data, backbone(), cfg(**kw), tmp_path / "b", show_progress=False)
+    second = train(tiny_data, backbone(), cfg(**kw), tmp_path / "b")
     ta, _ = read_prompt_file(first.prompt_file)
     tb, _ = read_prompt_file(second.prompt_file)
     assert all(torch.equal(ta[n], tb[n]) for n in ta)
     monkeypatch.setattr(PromptedViT, "embed", real_embed)
-    train(tiny_data, backbone(), cfg(**{**kw, "prompt_start_block": 3}), tmp_path / "c", show_progress=False)
+    train(tiny_data, backbone(), cfg(**{**kw, "prompt_start_block": 3}), tmp_path / "c")
     assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 4  # another k, other files

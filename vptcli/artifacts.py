@@ -108,7 +108,7 @@ def make_meta(model: PromptedViT, backbone, classes: list[str], *, data_fingerpr
         classes=list(classes),
         data_fingerprint=data_fingerprint,
         metrics=dict(metrics or {}),
-        kind="full-model" if model.config.method == "full-finetune" else "prompts",
+        kind=model.config.spec.artifact_kind,
     )
 
 

@@ -196,7 +196,7 @@ def shared_structure(meta: PromptFileMeta) -> dict:
     """What a shared-backbone graph fixes besides the backbone: deep or shallow prompts, prompt count
     and first prompted block (VPT-deep and DA-VPT have the same structure)."""
     cfg = meta.prompt_config
-    n = int(cfg.num_prompts) if meta.method in ("vpt-shallow", "vpt-deep", "da-vpt") else 0
+    n = int(cfg.num_prompts) if cfg.spec.has_prompts else 0
     return {
         "prompts": n > 0,
         "deep": bool(cfg.deep) if n else False,

@@ -2,7 +2,7 @@
 
 - :class:`TorchPredictor`: the prompt file (run folder, export folder or ``.safetensors``) loaded on its
   backbone with :func:`vptcli.artifacts.load_model`; device ``auto | cpu | cuda``
-  (:func:`vptcli.training.resolve_device`).
+  (:func:`vptcli.device.resolve_device`).
 - :class:`OnnxPredictor`: ONNX Runtime on ``model.onnx`` of an export folder (single graph), or on a
   shared-backbone graph (``shared.onnx``) fed with the prompt tokens and head of a prompt file
   (``--onnx shared.onnx --prompts task.safetensors``). The prompt file's metadata gives the classes and
@@ -46,12 +46,12 @@ from pathlib import Path
 import numpy as np
 
 from vptcli.artifacts import ArtifactError, PromptFileMeta, read_prompt_file, resolve_prompt_path
+from vptcli.device import check_device, resolve_device
 from vptcli.errors import VptError
 from vptcli.fsutil import AtomicFile
 from vptcli.ingest import ignore_kind, walk_files
 
 BACKENDS = ("auto", "torch", "onnx")
-DEVICES = ("auto", "cpu", "cuda")
 
 CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
@@ -59,12 +59,6 @@ STATUS_OK = "ok"
 STATUS_REVIEW = "review"
 STATUS_ERROR = "error"
 OUTPUT_SUFFIXES = (".csv", ".jsonl")
-
-
-def check_device(device: str) -> None:
-    """Raise VptError unless ``device`` is one of :data:`DEVICES`."""
-    if device not in DEVICES:
-        raise VptError(f"--device must be auto, cpu or cuda, got {device!r}")
 
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -141,7 +135,6 @@ class TorchPredictor(Predictor):
                  force: bool = False) -> None:
         super().__init__()
         from vptcli.artifacts import load_model
-        from vptcli.training import resolve_device
 
         check_device(device)
         dev = resolve_device(device)

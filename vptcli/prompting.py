@@ -4,7 +4,7 @@
 tuners): the backbone is a timm ``VisionTransformer`` whose weights never change; the adapter is a
 prompt-token tensor ``[depth, n_prompts, dim]`` plus a linear head on the final normed class token.
 
-Methods (one flag, :data:`METHODS`):
+Methods (one flag; declared in :mod:`vptcli.methods`, which this module asks):
 
 - ``vpt-shallow`` / ``vpt-deep``: Jia et al., "Visual Prompt Tuning", ECCV 2022 (github KMnP/vpt).
   Prompt tokens sit after the prefix tokens (class token and any register tokens) and before the patch
@@ -32,10 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-METHODS = ("vpt-shallow", "vpt-deep", "da-vpt", "linear-probe", "full-finetune")
-"""Training methods, in the CLI's spelling."""
-
-PROMPT_METHODS = ("vpt-shallow", "vpt-deep", "da-vpt")
+from vptcli.methods import DEFAULT_METHOD, MethodSpec, spec
 
 
 @dataclass(frozen=True)
@@ -43,21 +40,26 @@ class PromptConfig:
     """Prompt settings of a :class:`PromptedViT` (stored in every prompt file).
 
     Attributes:
-        method: one of :data:`METHODS`.
+        method: one of :data:`vptcli.methods.METHODS`.
         num_prompts: prompt tokens per prompted block (0 for linear probe / full fine-tuning).
         prompt_start_block: first block that sees prompts (0 = classic VPT).
         prompt_dropout: dropout probability on prompt tokens, training only.
     """
 
-    method: str = "vpt-deep"
+    method: str = DEFAULT_METHOD.value
     num_prompts: int = 10
     prompt_start_block: int = 0
     prompt_dropout: float = 0.0
 
     @property
+    def spec(self) -> MethodSpec:
+        """The method's :class:`vptcli.methods.MethodSpec` (ValueError for an unknown method)."""
+        return spec(self.method)
+
+    @property
     def deep(self) -> bool:
         """True for a set of prompts per block (VPT-deep, DA-VPT)."""
-        return self.method in ("vpt-deep", "da-vpt")
+        return self.spec.deep
 
     def to_dict(self) -> dict:
         return {
@@ -103,7 +105,7 @@ class PromptedViT(nn.Module):
 
     Args:
         backbone: a timm ``VisionTransformer`` with ``num_classes=0``. Its parameters are frozen here
-            (``requires_grad=False``); with ``config.method == "full-finetune"`` a copy is tuned and
+            (``requires_grad=False``); for a method that tunes the backbone a copy is tuned and
             the given module is left untouched.
         num_classes: C, the head's outputs.
         config: :class:`PromptConfig`.
@@ -128,19 +130,18 @@ class PromptedViT(nn.Module):
         std: tuple[float, ...] = (0.5, 0.5, 0.5),
     ) -> None:
         super().__init__()
-        if config.method not in METHODS:
-            raise ValueError(f"unknown method {config.method!r}; choose one of {', '.join(METHODS)}")
+        method = config.spec  # ValueError for an unknown method
         n_blocks = len(backbone.blocks)
         if not 0 <= config.prompt_start_block < n_blocks:
             raise ValueError(f"prompt_start_block must be in [0, {n_blocks - 1}], got {config.prompt_start_block}")
         if config.num_prompts < 0:
             raise ValueError("num_prompts must be >= 0")
-        if config.method not in PROMPT_METHODS and config.num_prompts:
+        if not method.has_prompts and config.num_prompts:
             config = PromptConfig(config.method, 0, config.prompt_start_block, 0.0)
         self.config = config
         # Full fine-tuning changes the weights: tune a copy, so that the caller's frozen backbone (and
         # the sha256 that identifies it) stays what it is.
-        self.backbone = copy.deepcopy(backbone) if config.method == "full-finetune" else backbone
+        self.backbone = copy.deepcopy(backbone) if method.tunes_backbone else backbone
         backbone = self.backbone
         self.num_classes = num_classes
         self.embed_dim = int(backbone.embed_dim)
@@ -148,7 +149,7 @@ class PromptedViT(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
-        full = config.method == "full-finetune"
+        full = method.tunes_backbone
         for p in backbone.parameters():
             p.requires_grad_(full)
         if not full:
@@ -170,7 +171,7 @@ class PromptedViT(nn.Module):
     def train(self, mode: bool = True) -> PromptedViT:
         """Set training mode; the frozen backbone stays in eval mode (no dropout/drop-path in it)."""
         super().train(mode)
-        if self.config.method != "full-finetune":
+        if not self.config.spec.tunes_backbone:
             self.backbone.eval()
         return self
 
@@ -292,7 +293,7 @@ class PromptedViT(nn.Module):
             state["prompts"] = self.prompts.detach()
         state["head.weight"] = self.head.weight.detach()
         state["head.bias"] = self.head.bias.detach()
-        if self.config.method == "full-finetune":
+        if self.config.spec.tunes_backbone:
             for name, t in self.backbone.state_dict().items():
                 state[f"backbone.{name}"] = t.detach()
         return state
@@ -316,5 +317,5 @@ class PromptedViT(nn.Module):
                 self.prompts.copy_(state["prompts"])
             self.head.weight.copy_(state["head.weight"])
             self.head.bias.copy_(state["head.bias"])
-            if self.config.method == "full-finetune":
+            if self.config.spec.tunes_backbone:
                 self.backbone.load_state_dict({k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")})

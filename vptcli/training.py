@@ -6,20 +6,29 @@ grad scaler), validation every epoch, best-by-validation prompt file, early stop
 resume: every random draw of an epoch (order, augmentation, dropout) is seeded by ``(seed, epoch)``,
 so a run interrupted after epoch k and resumed ends where an uninterrupted run ends.
 
+In parts, as timm's ``train.py`` separates ``train_one_epoch`` / ``validate`` / checkpointing and
+Ultralytics' trainer separates setup from the loop: :func:`setup` (data, model, class balance, cache
+plan, optimiser), :func:`build_caches`, :func:`train_one_epoch`, :func:`validate`,
+:func:`save_checkpoint` / :func:`load_checkpoint`, and :func:`train` tying them together. The library
+prints nothing: progress and messages go to a :class:`TrainReporter` (silent by default; the CLI's
+console reporter lives in :mod:`vptcli.commands.render`).
+
 Run directory: ``config.json`` (every resolved setting), ``metrics.csv`` (one row per epoch),
-``prompts.safetensors`` (best epoch, see :mod:`vptcli.artifacts`), ``last.ckpt.safetensors`` +
-``last.state.json`` (tuned tensors, optimiser and scheduler state, epoch) — all written atomically.
+``prompts.safetensors`` (best epoch, see :mod:`vptcli.artifacts`), ``last.ckpt.safetensors`` (tuned
+tensors and optimiser tensors, with the optimiser, scheduler, grad-scaler and loop state as JSON in
+its metadata: one file, so it is never half-updated) — all written atomically.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import math
-import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,86 +37,57 @@ import torch.nn.functional as F
 
 from vptcli import __version__
 from vptcli.artifacts import PROMPT_FILE, make_meta, save_prompt_file
-from vptcli.console import console, warn
 from vptcli.datasets import ManifestDataset, class_counts, sample_rng
+from vptcli.device import amp_dtype, resolve_device
 from vptcli.errors import VptError
-from vptcli.feature_cache import DTYPES, FeatureCache, estimate_bytes
+from vptcli.evaluation import chunks, predict_probs
+from vptcli.feature_cache import FeatureCache, estimate_bytes
 from vptcli.fsutil import atomic_save_safetensors, atomic_write_json, atomic_write_text
 from vptcli.losses import DAVPTLossConfig, class_to_proxy, da_vpt_metric_loss
-from vptcli.prompting import METHODS, PROMPT_METHODS, PromptConfig, PromptedViT
-
-DEFAULT_LR = {"vpt-shallow": 3e-3, "vpt-deep": 3e-3, "da-vpt": 3e-3, "linear-probe": 3e-3, "full-finetune": 3e-5}
-"""AdamW learning rate per method (prompts and head; full fine-tuning: the backbone, head x 30)."""
+from vptcli.prompting import PromptConfig, PromptedViT
+from vptcli.train_config import CONFIG_JSON, TrainConfig, load_run_config
 
 LAST_CKPT = "last.ckpt.safetensors"
-LAST_STATE = "last.state.json"
+LEGACY_LAST_STATE = "last.state.json"  # runs written before the one-file checkpoint
 METRICS_CSV = "metrics.csv"
-CONFIG_JSON = "config.json"
+CKPT_FORMAT = "vptcli-last"
+
+__all__ = ["CONFIG_JSON", "LAST_CKPT", "METRICS_CSV", "TrainConfig", "TrainReporter", "TrainResult", "load_run_config", "train"]
 
 
-@dataclass
-class TrainConfig:
-    """Every setting of a training run (saved resolved in ``config.json``)."""
+class TrainReporter:
+    """Where :func:`train` reports progress; this base class is silent (library use, tests).
 
-    method: str = "vpt-deep"
-    num_prompts: int = 10
-    prompt_start_block: int = 0
-    prompt_dropout: float = 0.0
-    epochs: int = 20
-    batch_size: int = 32
-    lr: float | None = None
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.0
-    device: str = "auto"
-    amp: bool = True
-    seed: int = 0
-    workers: int = 0
-    patience: int = 0
-    class_balance: str = "auto"  # auto | weighted | sampler | off
-    augment: bool = True
-    cache: str = "auto"  # auto | on | off
-    cache_views: int = 4
-    cache_dtype: str = "float32"
-    cache_max_gb: float = 8.0
-    cache_dir: str | None = None
-    beta: float = 0.1
-    lam: float = 0.1
-    guided_block: int | None = None
-    backbone: str = ""
-    weights: str | None = None
-    img_size: int | None = None
+    The CLI passes :class:`vptcli.commands.render.ConsoleTrainReporter`. Subclasses override what
+    they show; every method has a no-op default.
+    """
 
-    def resolved_lr(self) -> float:
-        return float(self.lr if self.lr is not None else DEFAULT_LR[self.method])
+    def warn(self, message: str) -> None:
+        """A warning (one line)."""
 
-    def validate(self) -> None:
-        """Raise VptError on settings that cannot work."""
-        if self.method not in METHODS:
-            raise VptError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise VptError("--epochs and --batch-size must be >= 1")
-        if self.method in PROMPT_METHODS and self.num_prompts < 1:
-            raise VptError(f"--method {self.method} needs --prompts >= 1 (use linear-probe for none)")
-        if self.class_balance not in ("auto", "weighted", "sampler", "off"):
-            raise VptError("--class-balance must be auto, weighted, sampler or off")
-        if self.cache not in ("auto", "on", "off"):
-            raise VptError("--cache must be auto, on or off")
-        if self.cache_dtype not in DTYPES:
-            raise VptError(f"--cache-dtype must be one of {', '.join(DTYPES)}")
-        if self.lr is not None and not self.lr > 0:
-            raise VptError(f"--lr must be > 0 (got {self.lr})")
-        if self.weight_decay < 0 or not 0 <= self.prompt_dropout < 1 or self.label_smoothing < 0:
-            raise VptError("--weight-decay must be >= 0 and --prompt-dropout in [0, 1)")
-        if self.cache_views < 1 or self.cache_max_gb <= 0:
-            raise VptError("--cache-views must be >= 1 and --cache-max-gb > 0")
-        if self.workers < 0:
-            raise VptError("--workers must be >= 0")
+    def run_started(self, info: dict) -> None:
+        """After setup: ``info`` holds method, backbone name/source, device, amp dtype, tuned and
+        backbone parameter counts, class balance and imbalance, and ``cpu_hint_block`` (or None)."""
 
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+    def resumed(self, run_dir: Path, next_epoch: int, epochs: int) -> None:
+        """A resume continues after epoch ``next_epoch`` (``>= epochs``: nothing left to do)."""
+
+    @contextlib.contextmanager
+    def task(self, description: str, total: int) -> Iterator[Callable[..., None]]:
+        """A progress task; yields ``update(completed, info="")``."""
+        yield lambda completed, info="": None
+
+    def cache_built(self, start_block: int, views: int, nbytes: int, seconds: float) -> None:
+        """The feature cache is ready (``start_block`` k: blocks ``0..k-1`` were computed once)."""
+
+    def epochs_started(self) -> None:
+        """Before the first epoch row of this call."""
+
+    def epoch_done(self, row: dict, improved: bool) -> None:
+        """One epoch's metrics row (see :data:`METRICS_CSV`); ``improved``: a new best prompt file."""
+
+    def early_stop(self, patience: int, best_epoch: int) -> None:
+        """Validation did not improve for ``patience`` epochs."""
 
 
 @dataclass
@@ -124,35 +104,462 @@ class TrainResult:
     stopped_early: bool = False
 
 
-def load_run_config(run_dir: str | Path) -> TrainConfig:
-    """The settings a run was started with (its ``config.json``).
+@dataclass
+class LoopState:
+    """What the epoch loop carries from one epoch to the next (saved in the last checkpoint)."""
+
+    next_epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    best: list | None = None
+    best_epoch: int = -1
+    bad_epochs: int = 0
+
+
+@dataclass
+class Setup:
+    """Everything :func:`setup` resolved before the first step (no file written yet)."""
+
+    cfg: TrainConfig
+    device: torch.device
+    dtype: torch.dtype | None
+    classes: list[str]
+    train_ds: ManifestDataset
+    val_ds: ManifestDataset
+    model: PromptedViT
+    start_block: int  # k: first block a training step computes
+    guided_block: int | None
+    balance: str
+    imbalance: float
+    counts: list[int]
+    class_weight: torch.Tensor | None
+    sample_weights: np.ndarray | None
+    use_cache: bool
+    proxy_of_class: torch.Tensor | None = None
+
+
+@dataclass
+class Optimisation:
+    """Optimiser, per-step schedule and AMP grad scaler of a run."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+
+
+# ------------------------------------------------------------------------------------------- setup
+
+
+def build_model(cfg: TrainConfig, backbone, n_classes: int, device: torch.device) -> tuple[PromptedViT, int | None]:
+    """The :class:`PromptedViT` of ``cfg`` on ``backbone`` and its DA-VPT guided block (else None).
 
     Raises:
-        VptError: the file is missing or unreadable.
+        VptError: ``--prompt-start-block`` or ``--guided-block`` outside the backbone's blocks.
     """
-    path = Path(run_dir) / CONFIG_JSON
-    try:
-        return TrainConfig.from_dict(json.loads(path.read_text(encoding="utf-8"))["train"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise VptError(f"{path}: cannot read the run's settings ({exc})") from None
+    n_blocks = len(backbone.model.blocks)
+    if not 0 <= cfg.prompt_start_block < n_blocks:
+        raise VptError(f"--prompt-start-block must be in [0, {n_blocks - 1}] for this backbone")
+    pcfg = PromptConfig(cfg.method, cfg.num_prompts_used, cfg.prompt_start_block, cfg.prompt_dropout)
+    dc = backbone.data_config
+    model = PromptedViT(backbone.model, n_classes, pcfg, tuple(dc["mean"]), tuple(dc["std"])).to(device)
+    guided_block = None
+    if cfg.spec.metric_loss:
+        guided_block = n_blocks - 1 if cfg.guided_block is None else cfg.guided_block
+        if not cfg.prompt_start_block <= guided_block < n_blocks:
+            raise VptError(f"--guided-block must be in [{cfg.prompt_start_block}, {n_blocks - 1}]")
+    return model, guided_block
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU. ``cuda`` without a GPU -> VptError."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise VptError("--device cuda asked for, but torch sees no CUDA GPU (torch.cuda.is_available() is False)")
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise VptError(f"--device must be auto, cpu or cuda, got {device!r}")
-    return torch.device(device)
+def class_balance(cfg: TrainConfig, labels: list[int], classes: list[str], device: torch.device):
+    """``(balance, imbalance, counts, class_weight [C] or None, sample_weights [N] or None)``.
+
+    ``auto``: a class-weighted loss when the largest class has more than 3x the smallest one's images.
+
+    Raises:
+        VptError: a class without training images.
+    """
+    n_classes = len(classes)
+    counts = class_counts(labels, n_classes)
+    if min(counts) == 0:
+        empty = [classes[i] for i, c in enumerate(counts) if c == 0]
+        raise VptError(f"class(es) with no training image: {', '.join(empty)}")
+    imbalance = max(counts) / min(counts)
+    balance = cfg.class_balance if cfg.class_balance != "auto" else ("weighted" if imbalance > 3 else "off")
+    class_weight = sample_weights = None
+    if balance == "weighted":
+        class_weight = torch.tensor([len(labels) / (n_classes * c) for c in counts], dtype=torch.float32, device=device)
+    elif balance == "sampler":
+        sample_weights = np.array([1.0 / counts[y] for y in labels])
+    return balance, imbalance, counts, class_weight, sample_weights
 
 
-def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    """bf16 on CUDA GPUs that support it, fp16 on older ones, None (fp32) on CPU or when disabled."""
-    if not enabled or device.type != "cuda":
+def plan_cache(cfg: TrainConfig, model: PromptedViT, input_size, k: int, n_train: int, n_val: int,
+               device: torch.device, reporter: TrainReporter) -> bool:
+    """Whether to cache the frozen blocks before block ``k`` (``--cache auto|on|off`` and the memory cap).
+
+    Raises:
+        VptError: ``--cache on`` but the cache would exceed ``--cache-max-gb``.
+    """
+    if not cfg.spec.uses_cache:
+        if cfg.cache == "on":
+            reporter.warn(f"--cache on ignored: {cfg.method} changes every block")
+        return False
+    seq_len = model.embed(torch.zeros(1, *input_size, device=device), k).shape[1]
+    need = (estimate_bytes(n_train, cfg.views, seq_len, model.embed_dim, cfg.cache_dtype)
+            + estimate_bytes(n_val, 1, seq_len, model.embed_dim, cfg.cache_dtype))
+    fits = need <= cfg.cache_max_gb * 1024**3
+    if cfg.cache == "on" and not fits:
+        raise VptError(f"the feature cache needs {need / 1024**3:.1f} GiB > --cache-max-gb {cfg.cache_max_gb}; "
+                       "use --cache-dtype float16, fewer --cache-views or --cache off")
+    if cfg.cache == "auto" and not fits:
+        reporter.warn(f"feature cache off: it would need {need / 1024**3:.1f} GiB > --cache-max-gb {cfg.cache_max_gb}")
+    return cfg.cache == "on" or (cfg.cache == "auto" and fits)
+
+
+def setup(manifest, backbone, cfg: TrainConfig, reporter: TrainReporter) -> Setup:
+    """Device, data sets, model, class balance and cache plan of a run (seeds torch with ``cfg.seed``).
+
+    Raises:
+        VptError: empty train or val split, a class without training images, bad block indices, or
+            a cache that cannot fit.
+    """
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    classes = list(manifest.classes)
+    train_ds = ManifestDataset(manifest, "train", backbone.data_config, augment=cfg.augment, seed=cfg.seed)
+    val_ds = ManifestDataset(manifest, "val", backbone.data_config, augment=False, seed=cfg.seed)
+    if len(train_ds) == 0 or len(val_ds) == 0:
+        raise VptError(f"need images in both train and val splits (train={len(train_ds)}, val={len(val_ds)}); "
+                       "re-run `vpt ingest` with a --val-fraction > 0")
+    model, guided_block = build_model(cfg, backbone, len(classes), device)
+    k = cfg.spec.first_trained_block(cfg.prompt_start_block, len(backbone.model.blocks))
+    balance, imbalance, counts, class_weight, sample_weights = class_balance(cfg, train_ds.labels, classes, device)
+    use_cache = plan_cache(cfg, model, backbone.data_config["input_size"], k, len(train_ds), len(val_ds), device, reporter)
+    return Setup(cfg, device, amp_dtype(device, cfg.amp), classes, train_ds, val_ds, model, k, guided_block,
+                 balance, imbalance, counts, class_weight, sample_weights, use_cache)
+
+
+def make_optimisation(cfg: TrainConfig, model: PromptedViT, n_train: int, dtype: torch.dtype | None) -> Optimisation:
+    """AdamW over the tuned parameters (a backbone-tuning method: backbone at lr, head at
+    ``head_lr_scale`` x lr), warm-up + cosine per step, and a grad scaler for fp16 AMP."""
+    base_lr = cfg.resolved_lr()
+    if cfg.spec.tunes_backbone:
+        groups = [
+            {"params": list(model.backbone.parameters()), "lr": base_lr},
+            {"params": list(model.head.parameters()), "lr": base_lr * cfg.spec.head_lr_scale},
+        ]
+    else:
+        groups = [{"params": model.tuned_parameters(), "lr": base_lr}]
+    optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(n_train / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(total, int(cfg.warmup_epochs * steps_per_epoch)))
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    return Optimisation(optimizer, scheduler, scaler)
+
+
+def da_vpt_proxies(s: Setup) -> torch.Tensor | None:
+    """Class -> prompt-proxy assignment ``[C]`` for a metric-loss method (None otherwise)."""
+    if not s.cfg.spec.metric_loss:
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    n_classes, n_prompts = len(s.classes), s.model.config.num_prompts
+    class_feats = None
+    if n_classes > n_prompts:
+        class_feats = _mean_class_features(s.model, s.train_ds, n_classes, s.device, s.cfg.batch_size)
+    return class_to_proxy(n_classes, n_prompts, class_feats, seed=s.cfg.seed).to(s.device)
+
+
+def run_info(s: Setup, backbone) -> dict:
+    """What :meth:`TrainReporter.run_started` gets."""
+    n_blocks = len(backbone.model.blocks)
+    hint = n_blocks - 3 if (s.device.type == "cpu" and s.model.config.num_prompts and s.start_block == 0 and n_blocks > 3) else None
+    return {"method": s.cfg.method, "backbone": backbone.identity.name, "source": backbone.identity.source,
+            "device": str(s.device), "amp_dtype": _dtype_name(s.dtype), "tuned": s.model.num_tuned(),
+            "backbone_parameters": s.model.num_backbone(), "balance": s.balance, "imbalance": s.imbalance,
+            "cpu_hint_block": hint}
+
+
+def resolved_settings(s: Setup, backbone, manifest) -> dict:
+    """``config.json``: the config and every value resolved from it."""
+    cfg = s.cfg
+    tuned, nb = s.model.num_tuned(), s.model.num_backbone()
+    return {"train": asdict(cfg), "resolved": {
+        "lr": cfg.resolved_lr(), "device": str(s.device), "amp_dtype": _dtype_name(s.dtype),
+        "class_balance": s.balance, "class_counts": dict(zip(s.classes, s.counts)), "cache": s.use_cache,
+        "cache_views": cfg.views if s.use_cache else 0, "guided_block": s.guided_block,
+        "tuned_parameters": tuned, "backbone_parameters": nb, "tuned_percent": 100 * tuned / nb,
+        "backbone": backbone.identity.to_dict(),
+        "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in backbone.data_config.items()},
+        "manifest_root": str(manifest.root), "manifest_fingerprint": manifest.fingerprint(),
+        "n_train": len(s.train_ds), "n_val": len(s.val_ds), "tool_version": __version__,
+    }}
+
+
+def build_caches(s: Setup, backbone, reporter: TrainReporter, builder=None) -> tuple[FeatureCache, FeatureCache]:
+    """The train (``views`` per image) and val (1 view) feature caches of the frozen blocks before k.
+
+    Args:
+        builder: a callable with :meth:`FeatureCache.build`'s signature (default: that method); the
+            benchmarks pass one that shares hidden states across runs.
+    """
+    builder = builder or FeatureCache.build
+    cfg, k, views = s.cfg, s.start_block, s.cfg.views
+    n_train = len(s.train_ds)
+    common = {"backbone_identity": backbone.identity.to_dict(), "img_size": int(backbone.data_config["input_size"][-1]),
+              "start_block": k, "augment_seed": cfg.seed, "dtype": cfg.cache_dtype}
+    t0 = time.perf_counter()
+    with reporter.task("caching frozen blocks", views * n_train + len(s.val_ds)) as update:
+        train_cache = builder(s.model, s.train_ds, start_block=k, views=views, augment=cfg.augment, dtype=cfg.cache_dtype,
+                              device=s.device, batch_size=cfg.batch_size,
+                              key=FeatureCache.make_key([r.sha256 for r in s.train_ds.records], views=views, **common),
+                              progress=lambda d: update(d), cache_dir=cfg.cache_dir)
+        val_cache = builder(s.model, s.val_ds, start_block=k, views=1, augment=False, dtype=cfg.cache_dtype,
+                            device=s.device, batch_size=cfg.batch_size,
+                            key=FeatureCache.make_key([r.sha256 for r in s.val_ds.records], views=1, **common),
+                            progress=lambda d: update(views * n_train + d), cache_dir=cfg.cache_dir)
+    reporter.cache_built(k, views, train_cache.nbytes + val_cache.nbytes, time.perf_counter() - t0)
+    return train_cache, val_cache
+
+
+# ------------------------------------------------------------------------------------------ epochs
+
+
+def train_one_epoch(s: Setup, opt: Optimisation, epoch: int, cache: FeatureCache | None,
+                    update: Callable[..., None]) -> dict:
+    """One pass over the training split; returns ``{"loss", "metric_loss", "seen", "seconds"}``.
+
+    Raises:
+        VptError: a non-finite loss (names the epoch and step; nothing is saved for this epoch).
+    """
+    cfg, model, device, dtype, k = s.cfg, s.model, s.device, s.dtype, s.start_block
+    loss_cfg = DAVPTLossConfig(beta=cfg.beta, lam=cfg.lam)
+    torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout draws of this epoch
+    order = epoch_order(len(s.train_ds), cfg.seed, epoch, s.sample_weights)
+    labels = torch.tensor(s.train_ds.labels, dtype=torch.long)
+    model.train()
+    t0 = time.perf_counter()
+    loss_sum, seen, ml_sum = 0.0, 0, 0.0
+    for step, (inputs, y) in enumerate(_train_batches(s.train_ds, order, cfg, cache, epoch, labels)):
+        y = y.to(device)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            hidden = inputs.to(device) if cache is not None else model.embed(inputs.to(device), k)
+            feats, guided = model.forward_from(hidden, k, s.guided_block)
+            loss = F.cross_entropy(model.head(feats).float(), y, weight=s.class_weight, label_smoothing=cfg.label_smoothing)
+            if guided is not None:
+                ml, _ = da_vpt_metric_loss(guided, y, s.proxy_of_class, loss_cfg)
+                loss = loss + ml
+                ml_sum += float(ml.detach()) * len(y)
+        if not torch.isfinite(loss):
+            raise VptError(f"non-finite loss ({float(loss.detach())}) at epoch {epoch + 1}, step {step + 1}; nothing was saved "
+                           "for this epoch (try a lower --lr" + (" or --no-amp" if dtype else "") + ")")
+        opt.optimizer.zero_grad(set_to_none=True)
+        opt.scaler.scale(loss).backward()
+        opt.scaler.step(opt.optimizer)
+        opt.scaler.update()
+        opt.scheduler.step()
+        loss_sum += float(loss.detach()) * len(y)
+        seen += len(y)
+        update(seen, f"loss {loss_sum / seen:.4f}  {seen / (time.perf_counter() - t0):.1f} img/s")
+    return {"loss": loss_sum / seen, "metric_loss": ml_sum / seen, "seen": seen, "seconds": time.perf_counter() - t0}
+
+
+def validate(s: Setup, cache: FeatureCache | None) -> dict:
+    """Validation loss, top-1 and macro-F1 (from the val cache when there is one)."""
+    from sklearn.metrics import f1_score
+
+    ds, bs, k = s.val_ds, s.cfg.batch_size, s.start_block
+    if cache is not None:
+        batches = ((cache.batch(torch.zeros(len(ix), dtype=torch.long), torch.as_tensor(ix), s.device),
+                    torch.as_tensor([ds.labels[i] for i in ix]), k) for ix in chunks(range(len(ds)), bs))
+    else:
+        batches = ((torch.stack([ds[i][0] for i in ix]), torch.as_tensor([ds.labels[i] for i in ix]), None)
+                   for ix in chunks(range(len(ds)), bs))
+    probs, y, loss = predict_probs(s.model, batches, s.device, s.dtype)
+    if len(y) == 0:
+        raise VptError("validation split is empty")
+    pred = probs.argmax(1)
+    f1 = f1_score(y, pred, average="macro", labels=list(range(len(s.classes))), zero_division=0)
+    return {"val_loss": round(loss, 6), "val_top1": round(float((pred == y).mean()), 6), "val_macro_f1": round(float(f1), 6)}
+
+
+def epoch_row(s: Setup, opt: Optimisation, epoch: int, fit: dict, val: dict) -> dict:
+    """The ``metrics.csv`` row of an epoch."""
+    return {
+        "epoch": epoch + 1,
+        "train_loss": round(fit["loss"], 6),
+        "metric_loss": round(fit["metric_loss"], 6) if s.cfg.spec.metric_loss else "",
+        **val,
+        "lr": f"{opt.scheduler.get_last_lr()[0]:.3e}",
+        "train_seconds": round(fit["seconds"], 2),
+        "train_img_per_s": round(fit["seen"] / fit["seconds"], 2),
+    }
+
+
+def record_epoch(s: Setup, opt: Optimisation, state: LoopState, row: dict, run_dir: Path, backbone, manifest) -> bool:
+    """Update ``state`` with ``row``; write the prompt file when it is a new best, the metrics and
+    the last checkpoint. Returns whether it improved."""
+    state.history.append(row)
+    score = [row["val_macro_f1"], -row["val_loss"]]
+    improved = state.best is None or tuple(score) > tuple(state.best)
+    if improved:
+        state.best, state.best_epoch, state.bad_epochs = score, row["epoch"], 0
+        metrics = {"epoch": row["epoch"], "val_top1": row["val_top1"], "val_macro_f1": row["val_macro_f1"], "val_loss": row["val_loss"]}
+        meta = make_meta(s.model, backbone, s.classes, data_fingerprint=manifest.fingerprint(), metrics=metrics)
+        save_prompt_file(run_dir / PROMPT_FILE, s.model, meta)
+    else:
+        state.bad_epochs += 1
+    state.next_epoch = row["epoch"]
+    atomic_write_text(run_dir / METRICS_CSV, _metrics_csv(state.history))
+    save_checkpoint(run_dir, s.model, opt, state)
+    return improved
+
+
+# -------------------------------------------------------------------------------------- checkpoint
+
+
+def save_checkpoint(run_dir: Path, model: PromptedViT, opt: Optimisation, state: LoopState) -> Path:
+    """Write ``last.ckpt.safetensors``: tuned and optimiser tensors, plus JSON metadata holding the
+    optimiser's param groups and scalars, the scheduler, the grad scaler and ``state`` (one atomic file)."""
+    tensors = {f"model.{k}": v for k, v in model.tuned_state().items()}
+    opt_state = opt.optimizer.state_dict()
+    for pid, st in opt_state["state"].items():
+        for name, val in st.items():
+            if torch.is_tensor(val):
+                tensors[f"optim.{pid}.{name}"] = val
+    scalars = {str(pid): {n: float(v) for n, v in st.items() if not torch.is_tensor(v)} for pid, st in opt_state["state"].items()}
+    meta = {
+        "epoch": state.next_epoch - 1,
+        "optimizer_param_groups": opt_state["param_groups"],
+        "optimizer_scalars": scalars,
+        "scheduler": opt.scheduler.state_dict(),
+        "scaler": opt.scaler.state_dict(),
+        "history": state.history,
+        "best": state.best,
+        "best_epoch": state.best_epoch,
+        "bad_epochs": state.bad_epochs,
+    }
+    return atomic_save_safetensors(run_dir / LAST_CKPT, tensors,
+                                   {"format": CKPT_FORMAT, "epoch": str(meta["epoch"]), "state": json.dumps(meta)})
+
+
+def load_checkpoint(run_dir: Path, model: PromptedViT, opt: Optimisation) -> LoopState:
+    """Restore what :func:`save_checkpoint` wrote (also a run's older two-file checkpoint).
+
+    Raises:
+        VptError: the checkpoint is missing or unreadable.
+    """
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    path = run_dir / LAST_CKPT
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get("state")
+        tensors = load_file(str(path))
+        meta = json.loads(raw) if raw is not None else json.loads((run_dir / LEGACY_LAST_STATE).read_text(encoding="utf-8"))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise VptError(f"{run_dir}: cannot resume, the last checkpoint is unreadable ({exc})") from None
+    model.load_tuned_state({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+    opt_state = {"state": {}, "param_groups": meta["optimizer_param_groups"]}
+    for key, val in tensors.items():
+        if key.startswith("optim."):
+            _, pid, name = key.split(".", 2)
+            opt_state["state"].setdefault(int(pid), {})[name] = val
+    for pid, sc in meta.get("optimizer_scalars", {}).items():
+        for name, v in sc.items():
+            opt_state["state"].setdefault(int(pid), {})[name] = torch.tensor(v)
+    opt.optimizer.load_state_dict(opt_state)
+    opt.scheduler.load_state_dict(meta["scheduler"])
+    if meta.get("scaler"):
+        opt.scaler.load_state_dict(meta["scaler"])
+    return LoopState(meta["epoch"] + 1, meta["history"], meta["best"], meta["best_epoch"], meta["bad_epochs"])
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a last checkpoint to resume from."""
+    return (run_dir / LAST_CKPT).is_file()
+
+
+# ------------------------------------------------------------------------------------------- train
+
+
+def start_config(run_dir: Path, cfg: TrainConfig, resume: bool) -> TrainConfig:
+    """The config to run: ``cfg`` for a new run (``run_dir`` empty or absent), the run's saved one
+    for a resume.
+
+    Raises:
+        VptError: a non-empty ``run_dir`` without ``resume``, or nothing to resume.
+    """
+    if not resume:
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise VptError(f"{run_dir}: folder exists and is not empty; choose another --out or pass --resume")
+        return cfg
+    if not has_checkpoint(run_dir):
+        raise VptError(f"{run_dir}: nothing to resume (no {LAST_CKPT}); start without --resume")
+    return load_run_config(run_dir)
+
+
+def train(manifest, backbone, cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False,
+          reporter: TrainReporter | None = None, cache_builder=None) -> TrainResult:
+    """Train ``cfg.method`` on ``manifest``'s train split, validate on its val split.
+
+    Args:
+        manifest: :class:`vptcli.manifest.Manifest` with ``train`` and ``val`` images.
+        backbone: :class:`vptcli.backbones.LoadedBackbone` (frozen).
+        run_dir: output folder; must be empty or absent unless ``resume`` (then the run's saved
+            settings are used, not ``cfg``).
+        reporter: progress and messages (default: silent).
+        cache_builder: replaces :meth:`FeatureCache.build` (see :func:`build_caches`).
+
+    Returns:
+        :class:`TrainResult`.
+
+    Raises:
+        VptError: bad settings, empty splits, non-finite loss (names epoch and step; nothing written
+            for that epoch), an existing run without ``resume``, or nothing to resume.
+    """
+    reporter = reporter or TrainReporter()
+    run_dir = Path(run_dir)
+    cfg = start_config(run_dir, cfg, resume)
+    s = setup(manifest, backbone, cfg, reporter)
+    opt = make_optimisation(cfg, s.model, len(s.train_ds), s.dtype)
+    reporter.run_started(run_info(s, backbone))
+    s.proxy_of_class = da_vpt_proxies(s)
+    state = LoopState()
+    if resume:
+        state = load_checkpoint(run_dir, s.model, opt)
+        reporter.resumed(run_dir, state.next_epoch, cfg.epochs)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / CONFIG_JSON, resolved_settings(s, backbone, manifest))
+    stopped_early = _fit(s, opt, state, run_dir, backbone, manifest, reporter, cache_builder)
+    best_row = state.history[state.best_epoch - 1] if 1 <= state.best_epoch <= len(state.history) else {}
+    return TrainResult(run_dir, run_dir / PROMPT_FILE, state.best_epoch, best_row, s.model.num_tuned(),
+                       s.model.num_backbone(), state.history, stopped_early)
+
+
+def _fit(s: Setup, opt: Optimisation, state: LoopState, run_dir: Path, backbone, manifest,
+         reporter: TrainReporter, cache_builder) -> bool:
+    """The epoch loop from ``state.next_epoch``; returns whether it stopped early."""
+    cfg = s.cfg
+    if state.next_epoch >= cfg.epochs:
+        return False
+    train_cache = val_cache = None
+    if s.use_cache:
+        train_cache, val_cache = build_caches(s, backbone, reporter, cache_builder)
+    reporter.epochs_started()
+    for epoch in range(state.next_epoch, cfg.epochs):
+        with reporter.task(f"epoch {epoch + 1}/{cfg.epochs}", len(s.train_ds)) as update:
+            fit = train_one_epoch(s, opt, epoch, train_cache, update)
+        row = epoch_row(s, opt, epoch, fit, validate(s, val_cache))
+        improved = record_epoch(s, opt, state, row, run_dir, backbone, manifest)
+        reporter.epoch_done(row, improved)
+        if cfg.patience and state.bad_epochs >= cfg.patience:
+            reporter.early_stop(cfg.patience, state.best_epoch)
+            return True
+    return False
+
+
+# ----------------------------------------------------------------------------------------- helpers
 
 
 def epoch_order(n: int, seed: int, epoch: int, weights: np.ndarray | None = None) -> np.ndarray:
@@ -173,326 +580,16 @@ def _warmup_cosine(total_steps: int, warmup_steps: int):
     return f
 
 
-def _metrics_row_csv(rows: list[dict]) -> str:
+def _dtype_name(dtype: torch.dtype | None) -> str | None:
+    return str(dtype).replace("torch.", "") if dtype else None
+
+
+def _metrics_csv(rows: list[dict]) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
     w.writeheader()
     w.writerows(rows)
     return buf.getvalue()
-
-
-def _save_last(run_dir: Path, model: PromptedViT, optimizer, scheduler, epoch: int, state: dict) -> None:
-    tensors = {f"model.{k}": v for k, v in model.tuned_state().items()}
-    opt_state = optimizer.state_dict()
-    for pid, st in opt_state["state"].items():
-        for name, val in st.items():
-            if torch.is_tensor(val):
-                tensors[f"optim.{pid}.{name}"] = val
-    scalars = {str(pid): {n: float(v) for n, v in st.items() if not torch.is_tensor(v)} for pid, st in opt_state["state"].items()}
-    atomic_save_safetensors(run_dir / LAST_CKPT, tensors, {"format": "vptcli-last", "epoch": str(epoch)})
-    atomic_write_json(
-        run_dir / LAST_STATE,
-        {
-            "epoch": epoch,
-            "optimizer_param_groups": opt_state["param_groups"],
-            "optimizer_scalars": scalars,
-            "scheduler": scheduler.state_dict(),
-            **state,
-        },
-    )
-
-
-def _load_last(run_dir: Path, model: PromptedViT, optimizer, scheduler) -> dict:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        tensors = load_file(str(run_dir / LAST_CKPT))
-        state = json.loads((run_dir / LAST_STATE).read_text(encoding="utf-8"))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise VptError(f"{run_dir}: cannot resume, the last checkpoint is unreadable ({exc})") from None
-    model.load_tuned_state({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
-    opt_state = {"state": {}, "param_groups": state["optimizer_param_groups"]}
-    for key, val in tensors.items():
-        if key.startswith("optim."):
-            _, pid, name = key.split(".", 2)
-            opt_state["state"].setdefault(int(pid), {})[name] = val
-    for pid, sc in state.get("optimizer_scalars", {}).items():
-        for name, v in sc.items():
-            opt_state["state"].setdefault(int(pid), {})[name] = torch.tensor(v)
-    optimizer.load_state_dict(opt_state)
-    scheduler.load_state_dict(state["scheduler"])
-    return state
-
-
-@torch.no_grad()
-def predict_probs(model: PromptedViT, batches, device: torch.device, dtype: torch.dtype | None) -> tuple[np.ndarray, np.ndarray, float]:
-    """Run ``model`` over ``(inputs, labels, from_block)`` batches -> ``(probs [N, C], labels [N], mean CE loss)``."""
-    model.eval()
-    probs, labels, loss_sum, n = [], [], 0.0, 0
-    with torch.inference_mode():
-        for inputs, y, from_block in batches:
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                if from_block is None:
-                    logits = model(inputs.to(device))
-                else:
-                    logits = model.head(model.forward_from(inputs, from_block)[0])
-            logits = logits.float()
-            y = y.to(device)
-            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-            n += len(y)
-            probs.append(logits.softmax(-1).cpu().numpy())
-            labels.append(y.cpu().numpy())
-    if n == 0:
-        raise VptError("validation split is empty")
-    return np.concatenate(probs), np.concatenate(labels), loss_sum / n
-
-
-def train(manifest, backbone, cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, show_progress: bool = True) -> TrainResult:
-    """Train ``cfg.method`` on ``manifest``'s train split, validate on its val split.
-
-    Args:
-        manifest: :class:`vptcli.manifest.Manifest` with ``train`` and ``val`` images.
-        backbone: :class:`vptcli.backbones.LoadedBackbone` (frozen).
-        run_dir: output folder; must be empty or absent unless ``resume``.
-
-    Returns:
-        :class:`TrainResult`.
-
-    Raises:
-        VptError: bad settings, empty splits, non-finite loss (names epoch and step; nothing written
-            for that epoch), an existing run without ``resume``, or a resume of another config.
-    """
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-    from sklearn.metrics import f1_score
-
-    cfg.validate()
-    run_dir = Path(run_dir)
-    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
-        raise VptError(f"{run_dir}: folder exists and is not empty; choose another --out or pass --resume")
-    if resume:
-        if not (run_dir / LAST_STATE).is_file():
-            raise VptError(f"{run_dir}: nothing to resume (no {LAST_STATE}); start without --resume")
-        cfg = load_run_config(run_dir)
-
-    device = resolve_device(cfg.device)
-    dtype = amp_dtype(device, cfg.amp)
-    torch.manual_seed(cfg.seed)
-    classes = list(manifest.classes)
-    n_classes = len(classes)
-    train_ds = ManifestDataset(manifest, "train", backbone.data_config, augment=cfg.augment, seed=cfg.seed)
-    val_ds = ManifestDataset(manifest, "val", backbone.data_config, augment=False, seed=cfg.seed)
-    if len(train_ds) == 0 or len(val_ds) == 0:
-        raise VptError(f"need images in both train and val splits (train={len(train_ds)}, val={len(val_ds)}); re-run `vpt ingest` with a --val-fraction > 0")
-
-    pcfg = PromptConfig(cfg.method, cfg.num_prompts if cfg.method in PROMPT_METHODS else 0, cfg.prompt_start_block, cfg.prompt_dropout)
-    n_blocks = len(backbone.model.blocks)
-    if not 0 <= cfg.prompt_start_block < n_blocks:
-        raise VptError(f"--prompt-start-block must be in [0, {n_blocks - 1}] for this backbone")
-    model = PromptedViT(backbone.model, n_classes, pcfg, tuple(backbone.data_config["mean"]), tuple(backbone.data_config["std"])).to(device)
-    guided_block = None
-    if cfg.method == "da-vpt":
-        guided_block = n_blocks - 1 if cfg.guided_block is None else cfg.guided_block
-        if not cfg.prompt_start_block <= guided_block < n_blocks:
-            raise VptError(f"--guided-block must be in [{cfg.prompt_start_block}, {n_blocks - 1}]")
-
-    # Class balance.
-    counts = class_counts(train_ds.labels, n_classes)
-    if min(counts) == 0:
-        empty = [classes[i] for i, c in enumerate(counts) if c == 0]
-        raise VptError(f"class(es) with no training image: {', '.join(empty)}")
-    imbalance = max(counts) / min(counts)
-    balance = cfg.class_balance if cfg.class_balance != "auto" else ("weighted" if imbalance > 3 else "off")
-    class_weight = None
-    sample_weights = None
-    if balance == "weighted":
-        class_weight = torch.tensor([len(train_ds) / (n_classes * c) for c in counts], dtype=torch.float32, device=device)
-    elif balance == "sampler":
-        sample_weights = np.array([1.0 / counts[y] for y in train_ds.labels])
-
-    # Frozen-computation cache (late prompts).
-    # k: first block computed during training. Linear probe: none (cache the last block's output).
-    k = pcfg.prompt_start_block if pcfg.num_prompts > 0 else (n_blocks if cfg.method == "linear-probe" else 0)
-    if cfg.method == "full-finetune":
-        use_cache = False
-        if cfg.cache == "on":
-            warn("--cache on ignored: full fine-tuning changes every block")
-    else:
-        views = cfg.cache_views if cfg.augment else 1
-        seq_len = model.embed(torch.zeros(1, *backbone.data_config["input_size"], device=device), k).shape[1]
-        need = estimate_bytes(len(train_ds), views, seq_len, model.embed_dim, cfg.cache_dtype) + estimate_bytes(len(val_ds), 1, seq_len, model.embed_dim, cfg.cache_dtype)
-        fits = need <= cfg.cache_max_gb * 1024**3
-        use_cache = cfg.cache == "on" or (cfg.cache == "auto" and fits)
-        if cfg.cache == "on" and not fits:
-            raise VptError(f"the feature cache needs {need / 1024**3:.1f} GiB > --cache-max-gb {cfg.cache_max_gb}; use --cache-dtype float16, fewer --cache-views or --cache off")
-        if cfg.cache == "auto" and not fits:
-            warn(f"feature cache off: it would need {need / 1024**3:.1f} GiB > --cache-max-gb {cfg.cache_max_gb}")
-
-    base_lr = cfg.resolved_lr()
-    if cfg.method == "full-finetune":
-        groups = [
-            {"params": [p for p in model.backbone.parameters()], "lr": base_lr},
-            {"params": list(model.head.parameters()), "lr": base_lr * 30},
-        ]
-    else:
-        groups = [{"params": model.tuned_parameters(), "lr": base_lr}]
-    optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train_ds) / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(total, int(cfg.warmup_epochs * steps_per_epoch)))
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-
-    tuned, nb = model.num_tuned(), model.num_backbone()
-    console.print(
-        f"method [bold]{cfg.method}[/bold] on {backbone.identity.name} ({backbone.identity.source}); device {device}"
-        + (f" with AMP {str(dtype).replace('torch.', '')}" if dtype else "")
-        + f"; tuned parameters {tuned:,} = {100 * tuned / nb:.3f}% of the backbone ({nb:,})",
-        markup=True,
-    )
-    if balance != "off":
-        console.print(f"class balance: {balance} (imbalance {imbalance:.1f}:1)")
-    if device.type == "cpu" and pcfg.num_prompts and k == 0 and n_blocks > 3:
-        console.print(f"hint: on a CPU, late prompts (--prompt-start-block {n_blocks - 3}) train about 5x faster, "
-                      "with prompts in the last 3 blocks only (a different model; see docs/benchmarks.md)")
-
-    proxy_of_class = None
-    loss_cfg = DAVPTLossConfig(beta=cfg.beta, lam=cfg.lam)
-    if cfg.method == "da-vpt":
-        class_feats = None
-        if n_classes > pcfg.num_prompts:
-            class_feats = _mean_class_features(model, train_ds, n_classes, device, cfg.batch_size)
-        proxy_of_class = class_to_proxy(n_classes, pcfg.num_prompts, class_feats, seed=cfg.seed).to(device)
-
-    resolved = {"train": asdict(cfg), "resolved": {
-        "lr": base_lr, "device": str(device), "amp_dtype": str(dtype).replace("torch.", "") if dtype else None,
-        "class_balance": balance, "class_counts": dict(zip(classes, counts)), "cache": use_cache,
-        "cache_views": (cfg.cache_views if cfg.augment else 1) if use_cache else 0, "guided_block": guided_block,
-        "tuned_parameters": tuned, "backbone_parameters": nb, "tuned_percent": 100 * tuned / nb,
-        "backbone": backbone.identity.to_dict(), "data_config": {k_: list(v) if isinstance(v, tuple) else v for k_, v in backbone.data_config.items()},
-        "manifest_root": str(manifest.root), "manifest_fingerprint": manifest.fingerprint(),
-        "n_train": len(train_ds), "n_val": len(val_ds), "tool_version": __version__,
-    }}
-
-    start_epoch, history, best, best_epoch, bad_epochs = 0, [], None, -1, 0
-    if resume:
-        state = _load_last(run_dir, model, optimizer, scheduler)
-        start_epoch = state["epoch"] + 1
-        history, best, best_epoch, bad_epochs = state["history"], state["best"], state["best_epoch"], state["bad_epochs"]
-        if start_epoch >= cfg.epochs:
-            console.print(f"{run_dir} already finished its {cfg.epochs} epochs; nothing to resume "
-                          "(start a new run to train longer: the learning-rate schedule depends on --epochs)")
-        else:
-            console.print(f"resuming {run_dir} after epoch {start_epoch} of {cfg.epochs}, with the run's saved settings")
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / CONFIG_JSON, resolved)
-
-    train_cache = val_cache = None
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                        console=console, disable=not show_progress, transient=True)
-    with progress:
-        if use_cache and start_epoch < cfg.epochs:
-            views = cfg.cache_views if cfg.augment else 1
-            t0 = time.perf_counter()
-            task = progress.add_task("caching frozen blocks", total=views * len(train_ds) + len(val_ds), info="")
-            common = {"backbone_identity": backbone.identity.to_dict(), "img_size": int(backbone.data_config["input_size"][-1]),
-                          "start_block": k, "augment_seed": cfg.seed, "dtype": cfg.cache_dtype}
-            train_cache = FeatureCache.build(model, train_ds, start_block=k, views=views, augment=cfg.augment, dtype=cfg.cache_dtype, device=device,
-                                             batch_size=cfg.batch_size, key=FeatureCache.make_key([r.sha256 for r in train_ds.records], views=views, **common),
-                                             progress=lambda d: progress.update(task, completed=d), cache_dir=cfg.cache_dir)
-            val_cache = FeatureCache.build(model, val_ds, start_block=k, views=1, augment=False, dtype=cfg.cache_dtype, device=device, batch_size=cfg.batch_size,
-                                           key=FeatureCache.make_key([r.sha256 for r in val_ds.records], views=1, **common),
-                                           progress=lambda d: progress.update(task, completed=views * len(train_ds) + d), cache_dir=cfg.cache_dir)
-            progress.remove_task(task)
-            console.print(f"feature cache: {'embeddings' if k == 0 else f'blocks 0..{k - 1}'} computed once, {views} view(s)/image, "
-                          f"{(train_cache.nbytes + val_cache.nbytes) / 1024**2:.0f} MiB, built in {time.perf_counter() - t0:.1f}s")
-
-        labels_t = torch.tensor(train_ds.labels, dtype=torch.long)
-        if start_epoch < cfg.epochs:
-            console.print(_epoch_cells(EPOCH_COLUMNS), style="bold", markup=False)
-        stopped_early = False
-        for epoch in range(start_epoch, cfg.epochs):
-            torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout draws of this epoch
-            order = epoch_order(len(train_ds), cfg.seed, epoch, sample_weights)
-            model.train()
-            t0 = time.perf_counter()
-            task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=len(order), info="")
-            loss_sum, seen, ml_sum = 0.0, 0, 0.0
-            for step, batch in enumerate(_train_batches(train_ds, order, cfg, train_cache, epoch, labels_t)):
-                inputs, y = batch
-                y = y.to(device)
-                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                    if train_cache is not None:
-                        feats, guided = model.forward_from(inputs.to(device), k, guided_block)
-                    else:
-                        feats, guided = model.forward_from(model.embed(inputs.to(device), k), k, guided_block)
-                    logits = model.head(feats)
-                    loss = F.cross_entropy(logits.float(), y, weight=class_weight, label_smoothing=cfg.label_smoothing)
-                    if guided is not None:
-                        ml, _ = da_vpt_metric_loss(guided, y, proxy_of_class, loss_cfg)
-                        loss = loss + ml
-                        ml_sum += float(ml.detach()) * len(y)
-                if not torch.isfinite(loss):
-                    raise VptError(f"non-finite loss ({float(loss.detach())}) at epoch {epoch + 1}, step {step + 1}; nothing was saved for this epoch "
-                                   "(try a lower --lr" + (" or --no-amp" if dtype else "") + ")")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                loss_sum += float(loss.detach()) * len(y)
-                seen += len(y)
-                elapsed = time.perf_counter() - t0
-                progress.update(task, advance=len(y), info=f"loss {loss_sum / seen:.4f}  {seen / elapsed:.1f} img/s")
-            progress.remove_task(task)
-            train_time = time.perf_counter() - t0
-
-            if val_cache is not None:
-                vb = ((val_cache.batch(torch.zeros(len(ix), dtype=torch.long), torch.as_tensor(ix), device), torch.as_tensor([val_ds.labels[i] for i in ix]), k)
-                      for ix in _chunks(range(len(val_ds)), cfg.batch_size))
-            else:
-                vb = ((torch.stack([val_ds[i][0] for i in ix]), torch.as_tensor([val_ds.labels[i] for i in ix]), None)
-                      for ix in _chunks(range(len(val_ds)), cfg.batch_size))
-            probs, yv, val_loss = predict_probs(model, vb, device, dtype)
-            pred = probs.argmax(1)
-            row = {
-                "epoch": epoch + 1,
-                "train_loss": round(loss_sum / seen, 6),
-                "metric_loss": round(ml_sum / seen, 6) if cfg.method == "da-vpt" else "",
-                "val_loss": round(val_loss, 6),
-                "val_top1": round(float((pred == yv).mean()), 6),
-                "val_macro_f1": round(float(f1_score(yv, pred, average="macro", labels=list(range(n_classes)), zero_division=0)), 6),
-                "lr": f"{scheduler.get_last_lr()[0]:.3e}",
-                "train_seconds": round(train_time, 2),
-                "train_img_per_s": round(seen / train_time, 2),
-            }
-            history.append(row)
-            score = (row["val_macro_f1"], -row["val_loss"])
-            improved = best is None or tuple(score) > tuple(best)
-            if improved:
-                best, best_epoch, bad_epochs = list(score), epoch + 1, 0
-                meta = make_meta(model, backbone, classes, data_fingerprint=manifest.fingerprint(),
-                                 metrics={"epoch": epoch + 1, "val_top1": row["val_top1"], "val_macro_f1": row["val_macro_f1"], "val_loss": row["val_loss"]})
-                save_prompt_file(run_dir / PROMPT_FILE, model, meta)
-            else:
-                bad_epochs += 1
-            atomic_write_text(run_dir / METRICS_CSV, _metrics_row_csv(history))
-            _save_last(run_dir, model, optimizer, scheduler, epoch, {"history": history, "best": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs})
-            _print_epoch(row, improved)
-            if cfg.patience and bad_epochs >= cfg.patience:
-                console.print(f"early stop: val macro-F1 did not improve for {cfg.patience} epochs (best epoch {best_epoch})")
-                stopped_early = True
-                break
-
-    best_row = history[best_epoch - 1] if best_epoch >= 1 and best_epoch - 1 < len(history) else {}
-    return TrainResult(run_dir, run_dir / PROMPT_FILE, best_epoch, best_row, tuned, nb, history, stopped_early)
-
-
-def _chunks(seq, size: int):
-    seq = list(seq)
-    for i in range(0, len(seq), size):
-        yield seq[i : i + size]
 
 
 def _train_batches(ds: ManifestDataset, order: np.ndarray, cfg: TrainConfig, cache: FeatureCache | None, epoch: int, labels: torch.Tensor):
@@ -521,30 +618,10 @@ def _mean_class_features(model: PromptedViT, ds: ManifestDataset, n_classes: int
     sums = torch.zeros(n_classes, model.embed_dim)
     counts = torch.zeros(n_classes)
     bb = model.backbone
-    for ix in _chunks(range(len(ds)), batch_size):
+    for ix in chunks(range(len(ds)), batch_size):
         x = torch.stack([ds.view(i, 0, False) for i in ix]).to(device)
         feats = bb.forward_head(bb.forward_features((x - model.mean) / model.std), pre_logits=True).cpu()
         y = torch.as_tensor([ds.labels[i] for i in ix])
         sums.index_add_(0, y, feats)
         counts.index_add_(0, y, torch.ones(len(ix)))
     return sums / counts.clamp(min=1).unsqueeze(1)
-
-
-EPOCH_COLUMNS = ("epoch", "train loss", "val loss", "val top-1", "val macro-F1", "img/s")
-
-
-def _epoch_cells(cells) -> str:
-    return "  ".join(str(c).rjust(len(h)) for c, h in zip(cells, EPOCH_COLUMNS))
-
-
-def _print_epoch(row: dict, improved: bool) -> None:
-    """One line per epoch under the header (:data:`EPOCH_COLUMNS`)."""
-    cells = (row["epoch"], f"{row['train_loss']:.4f}", f"{row['val_loss']:.4f}", f"{100 * row['val_top1']:.1f}%",
-             f"{row['val_macro_f1']:.3f}", f"{row['train_img_per_s']:.1f}")
-    console.print(_epoch_cells(cells) + ("  best" if improved else ""), markup=False)
-
-
-def default_workers() -> int:
-    """Loader workers: half the CPU cores, at most 8 (0 on a 2-core machine, where they only compete)."""
-    n = os.cpu_count() or 1
-    return 0 if n <= 2 else min(8, n // 2)

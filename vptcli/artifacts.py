@@ -16,7 +16,6 @@ Prompt file (``*.safetensors``, never a pickle):
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 
 from vptcli import __version__
+from vptcli.digests import tensors_digest
 from vptcli.errors import VptError
 from vptcli.fsutil import atomic_save_safetensors
 from vptcli.prompting import PromptConfig, PromptedViT
@@ -77,16 +77,6 @@ class PromptFileMeta:
             "crop_pct": self.crop_pct,
             "crop_mode": self.crop_mode,
         }
-
-
-def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
-    """sha256 over tensor names, dtypes, shapes and bytes, in sorted name order."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def make_meta(model: PromptedViT, backbone, classes: list[str], *, data_fingerprint: str = "", metrics: dict | None = None) -> PromptFileMeta:

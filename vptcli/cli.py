@@ -10,12 +10,28 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import Annotated
 
 import typer
 
 from vptcli import __version__
 from vptcli.console import console
 from vptcli.errors import VptError
+
+
+def _no_type_for_flags() -> None:
+    """Show boolean flags as flags in ``--help`` (``--force``), not with a ``<bool>`` type column."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag else shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich
+
+
+_no_type_for_flags()
 
 # In the order of the data flow: data -> backbone -> train / evaluate -> export / predict.
 COMMAND_MODULES = ("ingest", "backbones", "train", "evaluate", "info", "export", "predict")
@@ -38,9 +54,9 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(
-        False, "--version", help="Print the version and exit.", callback=_version_callback, is_eager=True
-    ),
+    version: Annotated[bool, typer.Option(
+        "--version", help="Print the version and exit.", callback=_version_callback, is_eager=True
+    )] = False,
 ) -> None:
     """vpt: ingest a labelled image folder, tune prompt tokens on a frozen ViT, evaluate, export, predict."""
 

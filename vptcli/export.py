@@ -10,7 +10,7 @@ Two graphs:
   (``prompts`` ``[depth, n_prompts, D]``, absent for a linear probe) and the head (``head_weight``
   ``[C, D]``, ``head_bias`` ``[C]``, ``C`` dynamic) are graph inputs, so one file serves every prompt
   file of the same backbone and prompt structure (deep or shallow, prompt count, first prompted
-  block); ``vpt predict --onnx shared.onnx --prompts task.safetensors`` feeds them. The graph records
+  block); ``vpt predict --onnx shared.onnx --prompt-file task.safetensors`` feeds them. The graph records
   the backbone identity, so a prompt file of another backbone is refused. A linear-probe file gives a
   graph without ``prompts`` that serves every linear-probe file of that backbone. Full fine-tuning
   artefacts carry their own backbone and cannot use a shared graph.
@@ -60,7 +60,7 @@ from pathlib import Path
 
 from vptcli import __version__
 from vptcli.artifacts import ArtifactError, PromptFileMeta, read_prompt_file, resolve_prompt_path
-from vptcli.errors import VptError
+from vptcli.errors import VptError, one_line
 from vptcli.fsutil import apply_umask_mode, atomic_write_bytes
 
 DEFAULT_OPSET = 20
@@ -313,12 +313,7 @@ def _root_cause(exc: BaseException) -> str:
     while exc.__cause__ is not None and exc.__cause__ is not exc:
         exc = exc.__cause__
     lines = [ln for ln in str(exc).splitlines() if ln.strip()]
-    return f"{type(exc).__name__}: {_one_line(lines[0] if lines else '')}"
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
+    return f"{type(exc).__name__}: {one_line(lines[0] if lines else '', 300)}"
 
 
 def export_onnx(
@@ -358,17 +353,72 @@ def export_onnx(
         ExportError: shared backbone asked for a full model, exporter failure, checker failure, or
             parity beyond tolerance.
     """
-    import numpy as np
-    import onnx
-    import onnxruntime as ort
     import torch
 
     from vptcli.artifacts import load_model
 
     t_start = time.perf_counter()
+    opset = int(opset) if opset is not None else DEFAULT_OPSET
+    src, out = _check_request(model_path, out_dir, exporter, shared_backbone)
+    model, meta, _backbone, warn_list = load_model(src, weights=weights, force=force)
+    model = model.float().eval().cpu()
+    graph = GRAPH_SHARED if shared_backbone else GRAPH_SINGLE
+    precision = "fp16" if fp16 else "fp32"
+    tol = FP16_LOGIT_TOL if fp16 else FP32_LOGIT_TOL
+
+    # Reference logits (fp32 PyTorch) before anything is converted.
+    parity_images = {b: synthetic_images(b, int(meta.img_size), seed=b) for b in PARITY_BATCHES}
+    with torch.inference_mode():
+        reference = {b: model(x).numpy().astype("float64") for b, x in parity_images.items()}
+    tuned = {k: v.detach().float().cpu() for k, v in model.tuned_state().items() if not k.startswith("backbone.")}
+
+    export_model = model
+    if fp16:
+        import copy
+
+        export_model = copy.deepcopy(model).half().eval()
+    spec = _graph_spec(graph, export_model, tuned, torch.float16 if fp16 else torch.float32, int(meta.img_size))
+    onnx_name = SHARED_ONNX_FILE if graph == GRAPH_SHARED else ONNX_FILE
+    weight_bytes = sum(p.numel() * p.element_size() for p in export_model.parameters())
+    large_path = None
+    if weight_bytes > EXTERNAL_DATA_BYTES:
+        import tempfile
+
+        out.mkdir(parents=True, exist_ok=True)
+        large_path = os.path.join(tempfile.mkdtemp(prefix=".vpt-export-", dir=out), onnx_name)
+    try:
+        t_export = time.perf_counter()
+        proto, used, failures = _export_with_fallback(spec, opset, exporter, large_path, src)
+        export_seconds = time.perf_counter() - t_export
+        warn_list = list(warn_list) + [f"{f}; used the {used} exporter instead" for f in failures]
+        data = _stamp_and_check(proto, meta, graph, precision, used, opset, large_path, src)
+        parity = _parity(data if data is not None else large_path, parity_images, reference, tuned, spec["input_names"],
+                         graph, len(meta.classes), tol, precision, src)
+        prompt_out, onnx_path, onnx_bytes, prompt_bytes = _write_export(src, out, onnx_name, data, large_path, warn_list)
+    except BaseException:
+        if large_path is not None:
+            import shutil
+
+            shutil.rmtree(os.path.dirname(large_path), ignore_errors=True)
+        raise
+    return ExportResult(
+        out_dir=out, onnx_path=onnx_path, prompt_path=prompt_out, graph=graph, precision=precision, opset=opset,
+        exporter=used, tolerance=tol, parity=parity, export_seconds=export_seconds,
+        total_seconds=time.perf_counter() - t_start, onnx_bytes=onnx_bytes, prompt_bytes=prompt_bytes,
+        external_data=data is None, inputs=list(spec["input_names"]), outputs=["logits", "probabilities"],
+        warnings=warn_list,
+    )
+
+
+def _check_request(model_path, out_dir, exporter: str, shared_backbone: bool) -> tuple[Path, Path]:
+    """The prompt file's path and the output folder, checked before any model is loaded.
+
+    Raises:
+        ExportError: unknown exporter, a shared backbone for a full model, ``out_dir`` is a file.
+        ArtifactError: a truncated or tampered prompt file.
+    """
     if exporter not in EXPORTERS:
         raise ExportError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
-    opset = int(opset) if opset is not None else DEFAULT_OPSET
     src = resolve_prompt_path(model_path)
     _, file_meta = read_prompt_file(src)  # clear errors for truncated / tampered files before anything else
     if shared_backbone and file_meta.kind == "full-model":
@@ -379,170 +429,156 @@ def export_onnx(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out}: exists and is not a folder; pass a folder for --out")
+    return src, out
 
-    model, meta, _backbone, warn_list = load_model(src, weights=weights, force=force)
-    model = model.float().eval().cpu()
-    graph = GRAPH_SHARED if shared_backbone else GRAPH_SINGLE
-    precision = "fp16" if fp16 else "fp32"
-    tol = FP16_LOGIT_TOL if fp16 else FP32_LOGIT_TOL
-    size = int(meta.img_size)
-    C = len(meta.classes)
 
-    # Reference logits (fp32 PyTorch) before anything is converted.
-    parity_images = {b: synthetic_images(b, size, seed=b) for b in PARITY_BATCHES}
-    with torch.inference_mode():
-        reference = {b: model(x).numpy().astype(np.float64) for b, x in parity_images.items()}
-    tuned = {k: v.detach().float().cpu() for k, v in model.tuned_state().items() if not k.startswith("backbone.")}
+def _graph_spec(graph: str, export_model, tuned: dict, dtype, size: int) -> dict:
+    """The module to export with its example args, input names, dynamic shapes (dynamo) and axes
+    (TorchScript)."""
+    import torch
 
-    export_model = model
-    if fp16:
-        import copy
-
-        export_model = copy.deepcopy(model).half().eval()
-    dtype = torch.float16 if fp16 else torch.float32
     SingleGraph, SharedGraph, SharedHeadGraph = _graph_modules()
     x1 = synthetic_images(1, size, seed=1)
     if graph == GRAPH_SINGLE:
-        module = SingleGraph(export_model, dtype).eval()
-        args = (x1,)
-        input_names = ["images"]
-        dyn_shapes = {"images": {0: torch.export.Dim("batch")}}
-        dyn_axes = {"images": {0: "batch"}, "logits": {0: "batch"}, "probabilities": {0: "batch"}}
+        return {"module": SingleGraph(export_model, dtype).eval(), "args": (x1,), "input_names": ["images"],
+                "dynamic_shapes": {"images": {0: torch.export.Dim("batch")}},
+                "dynamic_axes": {"images": {0: "batch"}, "logits": {0: "batch"}, "probabilities": {0: "batch"}}}
+    has_prompts = export_model.prompts is not None
+    module = (SharedGraph if has_prompts else SharedHeadGraph)(export_model, dtype).eval()
+    batch, classes = torch.export.Dim("batch"), torch.export.Dim("classes")
+    head = (tuned["head.weight"], tuned["head.bias"])
+    if has_prompts:
+        args = (x1, tuned["prompts"], *head)
+        input_names = ["images", "prompts", "head_weight", "head_bias"]
+        dyn_shapes = {"images": {0: batch}, "prompts": None, "head_weight": {0: classes}, "head_bias": {0: classes}}
     else:
-        has_prompts = export_model.prompts is not None
-        module = (SharedGraph if has_prompts else SharedHeadGraph)(export_model, dtype).eval()
-        batch, classes = torch.export.Dim("batch"), torch.export.Dim("classes")
-        head = (tuned["head.weight"], tuned["head.bias"])
-        if has_prompts:
-            args = (x1, tuned["prompts"], *head)
-            input_names = ["images", "prompts", "head_weight", "head_bias"]
-            dyn_shapes = {"images": {0: batch}, "prompts": None, "head_weight": {0: classes}, "head_bias": {0: classes}}
-        else:
-            args = (x1, *head)
-            input_names = ["images", "head_weight", "head_bias"]
-            dyn_shapes = {"images": {0: batch}, "head_weight": {0: classes}, "head_bias": {0: classes}}
-        dyn_axes = {
-            "images": {0: "batch"}, "head_weight": {0: "classes"}, "head_bias": {0: "classes"},
-            "logits": {0: "batch", 1: "classes"}, "probabilities": {0: "batch", 1: "classes"},
-        }
+        args = (x1, *head)
+        input_names = ["images", "head_weight", "head_bias"]
+        dyn_shapes = {"images": {0: batch}, "head_weight": {0: classes}, "head_bias": {0: classes}}
+    dyn_axes = {
+        "images": {0: "batch"}, "head_weight": {0: "classes"}, "head_bias": {0: "classes"},
+        "logits": {0: "batch", 1: "classes"}, "probabilities": {0: "batch", 1: "classes"},
+    }
+    return {"module": module, "args": args, "input_names": input_names, "dynamic_shapes": dyn_shapes, "dynamic_axes": dyn_axes}
 
-    onnx_name = SHARED_ONNX_FILE if graph == GRAPH_SHARED else ONNX_FILE
-    weight_bytes = sum(p.numel() * p.element_size() for p in export_model.parameters())
-    large_path = None
-    if weight_bytes > EXTERNAL_DATA_BYTES:
-        import tempfile
 
-        out.mkdir(parents=True, exist_ok=True)
-        large_path = os.path.join(tempfile.mkdtemp(prefix=".vpt-export-", dir=out), onnx_name)
-    try:
-        order = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
-        proto, used, failures = None, None, []
-        t_export = time.perf_counter()
-        for name in order:
-            try:
-                proto = _torch_export(
-                    module, args, input_names=input_names, dynamic_shapes=dyn_shapes, dynamic_axes=dyn_axes,
-                    opset=opset, exporter=name, large_path=large_path,
-                )
-                got = _default_opset(proto)
-                if got != opset:  # the dynamo exporter builds opset >= 18 and keeps it when down-conversion fails
-                    failures.append(f"{name} exporter produced opset {got} instead of {opset} (its version conversion failed)")
-                    proto = None
-                    continue
-                used = name
-                break
-            except Exception as exc:  # noqa: BLE001 - exporter internals raise many types; reported by name
-                failures.append(f"{name} exporter failed: {_root_cause(exc)}")
-        export_seconds = time.perf_counter() - t_export
-        if proto is None:
-            raise ExportError(f"{src}: ONNX export failed at opset {opset}: " + " | ".join(failures))
-        warn_list = list(warn_list) + [f"{f}; used the {used} exporter instead" for f in failures]
+def _export_with_fallback(spec: dict, opset: int, exporter: str, large_path, src: Path):
+    """``(proto, exporter used, failures of the ones tried before)``: dynamo, then TorchScript for ``auto``.
 
-        # Metadata, then checks on exactly what will be written.
-        del proto.metadata_props[:]
-        for k, v in graph_metadata(meta, graph=graph, precision=precision, exporter=used, opset=opset).items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = k, v
-        proto.doc_string = (
-            f"vptcli {__version__}: {meta.method} on {meta.backbone.get('name')} ({graph} graph, {precision}); "
-            "input images float32 [N,3,H,W] RGB in [0,1]"
-        )
+    Raises:
+        ExportError: every exporter tried failed (each failure named).
+    """
+    order = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
+    failures = []
+    for name in order:
         try:
-            if large_path is not None:
-                onnx.save_model(proto, large_path)  # the tensors stay in <large_path>.data
-                onnx.checker.check_model(large_path, full_check=True)
-                data = None
-            else:
-                data = proto.SerializeToString()
-                onnx.checker.check_model(proto, full_check=True)
-        except Exception as exc:  # noqa: BLE001 - checker errors come in several types
-            raise ExportError(f"{src}: the exported graph fails onnx.checker: {_one_line(exc)}") from None
-        _check_dynamic_batch(proto, src)
-
-        sess_opts = ort.SessionOptions()
-        sess_opts.log_severity_level = 3
-        try:
-            session = ort.InferenceSession(
-                data if data is not None else large_path,
-                sess_opts, providers=["CPUExecutionProvider"],
+            proto = _torch_export(
+                spec["module"], spec["args"], input_names=spec["input_names"], dynamic_shapes=spec["dynamic_shapes"],
+                dynamic_axes=spec["dynamic_axes"], opset=opset, exporter=name, large_path=large_path,
             )
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-            raise ExportError(f"{src}: ONNX Runtime cannot load the exported graph: {_one_line(exc)}") from None
-        parity: list[ParityCheck] = []
-        for b, x in parity_images.items():
-            feed = {"images": x.numpy()}
-            if graph == GRAPH_SHARED:
-                if "prompts" in input_names:
-                    feed["prompts"] = tuned["prompts"].numpy()
-                feed["head_weight"] = tuned["head.weight"].numpy()
-                feed["head_bias"] = tuned["head.bias"].numpy()
-            logits, probs = session.run(["logits", "probabilities"], feed)
-            ref = reference[b]
-            if logits.shape != (b, C) or probs.shape != (b, C):
-                raise ExportError(f"{src}: the graph returned shapes {logits.shape}/{probs.shape} for a batch of {b}, expected ({b}, {C})")
-            ref_probs = _softmax(ref)
-            agree = int((logits.argmax(1) == ref.argmax(1)).sum())
-            parity.append(ParityCheck(
-                batch=b,
-                max_abs_logits=float(np.abs(logits.astype(np.float64) - ref).max()),
-                max_abs_probabilities=float(np.abs(probs.astype(np.float64) - ref_probs).max()),
-                top1_agree=agree,
-            ))
-            _check_parity(parity[-1], ref, logits, tol, precision, src)
-        del session
+        except Exception as exc:  # noqa: BLE001 - exporter internals raise many types; reported by name
+            failures.append(f"{name} exporter failed: {_root_cause(exc)}")
+            continue
+        got = _default_opset(proto)
+        if got != opset:  # the dynamo exporter builds opset >= 18 and keeps it when down-conversion fails
+            failures.append(f"{name} exporter produced opset {got} instead of {opset} (its version conversion failed)")
+            continue
+        return proto, name, failures
+    raise ExportError(f"{src}: ONNX export failed at opset {opset}: " + " | ".join(failures))
 
-        # Write: prompt file copy, then the graph (both atomic).
-        out.mkdir(parents=True, exist_ok=True)
-        prompt_bytes = src.read_bytes()
-        prompt_out = atomic_write_bytes(out / "prompts.safetensors", prompt_bytes)
-        onnx_path = out / onnx_name
-        stale_data = out / f"{onnx_name}.data"
-        if data is not None:
-            atomic_write_bytes(onnx_path, data)
-            if stale_data.exists():
-                stale_data.unlink()
-            onnx_bytes = len(data)
-        else:
-            os.replace(f"{large_path}.data", stale_data)
-            os.replace(large_path, onnx_path)
-            os.rmdir(os.path.dirname(large_path))
-            apply_umask_mode(stale_data)
-            apply_umask_mode(onnx_path)
-            onnx_bytes = onnx_path.stat().st_size + stale_data.stat().st_size
-            warn_list.append(f"weights exceed 2 GB: tensors are in {stale_data.name} beside {onnx_name}; keep both files together")
-    except BaseException:
-        if large_path is not None:
-            import shutil
 
-            shutil.rmtree(os.path.dirname(large_path), ignore_errors=True)
-        raise
-    return ExportResult(
-        out_dir=out, onnx_path=onnx_path, prompt_path=prompt_out, graph=graph, precision=precision, opset=opset,
-        exporter=used, tolerance=tol, parity=parity, export_seconds=export_seconds,
-        total_seconds=time.perf_counter() - t_start, onnx_bytes=onnx_bytes, prompt_bytes=len(prompt_bytes),
-        external_data=data is None, inputs=list(input_names), outputs=["logits", "probabilities"],
-        warnings=warn_list,
+def _stamp_and_check(proto, meta: PromptFileMeta, graph: str, precision: str, used: str, opset: int, large_path, src: Path):
+    """Write the metadata into ``proto`` and run ``onnx.checker`` on exactly what will be written.
+
+    Returns:
+        The serialised graph (bytes), or None when it was saved to ``large_path`` (external data).
+
+    Raises:
+        ExportError: the checker fails, or the batch axis is not dynamic.
+    """
+    import onnx
+
+    del proto.metadata_props[:]
+    for k, v in graph_metadata(meta, graph=graph, precision=precision, exporter=used, opset=opset).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    proto.doc_string = (
+        f"vptcli {__version__}: {meta.method} on {meta.backbone.get('name')} ({graph} graph, {precision}); "
+        "input images float32 [N,3,H,W] RGB in [0,1]"
     )
+    try:
+        if large_path is not None:
+            onnx.save_model(proto, large_path)  # the tensors stay in <large_path>.data
+            onnx.checker.check_model(large_path, full_check=True)
+            data = None
+        else:
+            data = proto.SerializeToString()
+            onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:  # noqa: BLE001 - checker errors come in several types
+        raise ExportError(f"{src}: the exported graph fails onnx.checker: {one_line(exc, 300)}") from None
+    _check_dynamic_batch(proto, src)
+    return data
+
+
+def _parity(graph_source, parity_images: dict, reference: dict, tuned: dict, input_names: list[str], graph: str,
+            n_classes: int, tol: float, precision: str, src: Path) -> list[ParityCheck]:
+    """Run the graph in ONNX Runtime (CPU) on the parity batches and compare with the fp32 reference.
+
+    Raises:
+        ExportError: the graph cannot be loaded, returns wrong shapes, or differs beyond ``tol``.
+    """
+    import numpy as np
+    import onnxruntime as ort
+
+    sess_opts = ort.SessionOptions()
+    sess_opts.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(graph_source, sess_opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+        raise ExportError(f"{src}: ONNX Runtime cannot load the exported graph: {one_line(exc, 300)}") from None
+    parity: list[ParityCheck] = []
+    for b, x in parity_images.items():
+        feed = {"images": x.numpy()}
+        if graph == GRAPH_SHARED:
+            if "prompts" in input_names:
+                feed["prompts"] = tuned["prompts"].numpy()
+            feed["head_weight"] = tuned["head.weight"].numpy()
+            feed["head_bias"] = tuned["head.bias"].numpy()
+        logits, probs = session.run(["logits", "probabilities"], feed)
+        ref = reference[b]
+        if logits.shape != (b, n_classes) or probs.shape != (b, n_classes):
+            raise ExportError(f"{src}: the graph returned shapes {logits.shape}/{probs.shape} for a batch of {b}, "
+                              f"expected ({b}, {n_classes})")
+        parity.append(ParityCheck(
+            batch=b,
+            max_abs_logits=float(np.abs(logits.astype(np.float64) - ref).max()),
+            max_abs_probabilities=float(np.abs(probs.astype(np.float64) - _softmax(ref)).max()),
+            top1_agree=int((logits.argmax(1) == ref.argmax(1)).sum()),
+        ))
+        _check_parity(parity[-1], ref, logits, tol, precision, src)
+    return parity
+
+
+def _write_export(src: Path, out: Path, onnx_name: str, data: bytes | None, large_path, warn_list: list[str]):
+    """Write the prompt-file copy, then the graph (both atomic). Returns ``(prompt path, graph path,
+    graph bytes incl. external data, prompt bytes)``."""
+    out.mkdir(parents=True, exist_ok=True)
+    prompt_bytes = src.read_bytes()
+    prompt_out = atomic_write_bytes(out / "prompts.safetensors", prompt_bytes)
+    onnx_path = out / onnx_name
+    stale_data = out / f"{onnx_name}.data"
+    if data is not None:
+        atomic_write_bytes(onnx_path, data)
+        if stale_data.exists():
+            stale_data.unlink()
+        return prompt_out, onnx_path, len(data), len(prompt_bytes)
+    os.replace(f"{large_path}.data", stale_data)
+    os.replace(large_path, onnx_path)
+    os.rmdir(os.path.dirname(large_path))
+    apply_umask_mode(stale_data)
+    apply_umask_mode(onnx_path)
+    warn_list.append(f"weights exceed 2 GB: tensors are in {stale_data.name} beside {onnx_name}; keep both files together")
+    return prompt_out, onnx_path, onnx_path.stat().st_size + stale_data.stat().st_size, len(prompt_bytes)
 
 
 def _softmax(logits):

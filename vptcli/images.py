@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from vptcli.errors import VptError
+from vptcli.errors import VptError, one_line
 
 __all__ = [
     "ALPHA_BACKGROUND",
@@ -210,7 +210,7 @@ def decode_image(
                 ZeroDivisionError, RuntimeError) as exc:
             # What Pillow raises for damaged data: "image file is truncated", "broken PNG file", ...
             detail = str(exc).strip() or type(exc).__name__
-            raise ImageDecodeError(path, f"{KIND_CORRUPT}: {_one_line(detail)}") from None
+            raise ImageDecodeError(path, f"{KIND_CORRUPT}: {one_line(detail, 200)}") from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -523,6 +523,3 @@ def _describe_content(path: Path) -> str:
     return f"{KIND_NOT_IMAGE}: {kind}"
 
 
-def _one_line(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"

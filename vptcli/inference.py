@@ -5,7 +5,7 @@
   (:func:`vptcli.device.resolve_device`).
 - :class:`OnnxPredictor`: ONNX Runtime on ``model.onnx`` of an export folder (single graph), or on a
   shared-backbone graph (``shared.onnx``) fed with the prompt tokens and head of a prompt file
-  (``--onnx shared.onnx --prompts task.safetensors``). The prompt file's metadata gives the classes and
+  (``--onnx shared.onnx --prompt-file task.safetensors``). The prompt file's metadata gives the classes and
   the preprocessing; the graph's metadata must name the same backbone (timm name and weights sha256),
   image size, mean/std and prompt structure, and a single graph must have been made from exactly this
   prompt file (tensor digest), otherwise the pair is refused with the difference shown.
@@ -47,9 +47,9 @@ import numpy as np
 
 from vptcli.artifacts import ArtifactError, PromptFileMeta, read_prompt_file, resolve_prompt_path
 from vptcli.device import check_device, resolve_device
-from vptcli.errors import VptError
+from vptcli.errors import VptError, one_line
+from vptcli.files import ignore_kind, walk_files
 from vptcli.fsutil import AtomicFile
-from vptcli.ingest import ignore_kind, walk_files
 
 BACKENDS = ("auto", "torch", "onnx")
 
@@ -335,7 +335,7 @@ def create_session(onnx_path: str | os.PathLike, device: str = "auto"):
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
             session, err = None, exc
     if session is None:
-        raise PredictorError(f"{onnx_path}: ONNX Runtime cannot load this graph: {' '.join(str(err).split())[:300]}")
+        raise PredictorError(f"{onnx_path}: ONNX Runtime cannot load this graph: {one_line(err, 300)}")
     used = list(session.get_providers())
     if want_cuda and CUDA_EP not in used:
         reason = _cuda_failure_reason(log.getvalue())
@@ -376,7 +376,7 @@ def open_predictor(
     weights: str | None = None,
     force: bool = False,
 ) -> Predictor:
-    """Open the predictor for ``vpt predict``'s MODEL / ``--onnx`` / ``--prompts``.
+    """Open the predictor for ``vpt predict``'s MODEL / ``--onnx`` / ``--prompt-file``.
 
     ``backend="auto"``: ONNX when ``onnx`` is given or MODEL is an export folder with a graph (or a
     ``.onnx`` file), else PyTorch. The prompt file is ``prompts`` when given, else MODEL's
@@ -389,7 +389,7 @@ def open_predictor(
     if backend not in BACKENDS:
         raise VptError(f"--backend must be auto, torch or onnx, got {backend!r}")
     if model is None and onnx is None and prompts is None:
-        raise VptError("give MODEL (a run folder, export folder or prompt file) or --onnx/--prompts")
+        raise VptError("give MODEL (a run folder, export folder or prompt file) or --onnx/--prompt-file")
     graph = Path(onnx) if onnx is not None else (find_graph(model) if model is not None else None)
     if backend == "auto":
         backend = "onnx" if graph is not None else "torch"
@@ -400,7 +400,7 @@ def open_predictor(
     elif model is not None:
         prompt_src = Path(model)
     else:
-        raise VptError("--onnx needs --prompts (the prompt file whose classes and head to use)")
+        raise VptError("--onnx needs --prompt-file (the prompt file whose classes and head to use)")
     if backend == "torch":
         return TorchPredictor(prompt_src, device=device, weights=weights, force=force)
     if graph is None:
@@ -417,7 +417,7 @@ def open_predictor(
 
 
 def _walk(folder: Path) -> Iterator[Path]:
-    """Files under ``folder`` as ingest scans them (:func:`vptcli.ingest.walk_files`: recursive,
+    """Files under ``folder`` as ingest scans them (:func:`vptcli.files.walk_files`: recursive,
     sorted, links followed, loops cut, hidden and system files skipped). An unlistable sub-folder is
     yielded itself (its row then says it is unreadable)."""
     for path, _error in walk_files(folder):
@@ -592,7 +592,7 @@ def _load_one(predictor: Predictor, path: Path, max_pixels: int | None, bit_dept
     except VptError as exc:
         return None, str(exc)
     except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
-        return None, f"preprocessing failed: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+        return None, f"preprocessing failed: {type(exc).__name__}: {one_line(exc, 200)}"
 
 
 def check_predict_options(*, batch_size: int = 32, top_k: int = 3, reject_below: float | None = None,

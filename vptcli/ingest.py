@@ -40,13 +40,13 @@ import random
 import time
 import unicodedata
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vptcli import fsutil
-from vptcli.errors import VptError
+from vptcli.errors import VptError, one_line
+from vptcli.files import list_dir, walk_files
 from vptcli.images import (
     DEFAULT_MAX_PIXELS,
     LOW_BIT_FRACTION,
@@ -78,16 +78,9 @@ __all__ = [
 
 REPORT_FILE = "ingest_report.md"
 IMBALANCE_WARN_RATIO = 10.0
-IGNORED_FILE_NAMES = frozenset({"thumbs.db", "ehthumbs.db", "desktop.ini"})
-IGNORED_DIR_NAMES = frozenset({"__macosx"})
 SPLIT_FOLDER_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 OUTSIDE_CLASS_REASON = "outside class folders: files directly in {where} belong to no class and are not used (images among them: move them into a class folder)"
 
-IGNORED_HIDDEN_FILE = "hidden files"
-IGNORED_HIDDEN_DIR = "hidden folders"
-IGNORED_MACOSX = "__MACOSX folders"
-IGNORED_SYSTEM = "Thumbs.db / desktop.ini files"
-IGNORED_LOOP = "folder links already visited (loops)"
 
 
 @dataclass
@@ -192,25 +185,7 @@ def ingest_folder(
     probes = _decode_all(candidates, max_pixels=max_pixels, bit_depth=bit_depth, workers=workers,
                          progress=progress)
 
-    records: list[ImageRecord] = []
-    low_bit: list[_Probe] = []
-    wide: list[_Probe] = []
-    for cand, probe in zip(candidates, probes):
-        if cand.preset_reason:
-            records.append(_skipped(cand, cand.preset_reason))
-        elif probe.error:
-            records.append(_skipped(cand, probe.error))
-        else:
-            records.append(ImageRecord(
-                path=cand.rel, label=cand.label, split=cand.split, sha256=probe.sha256,
-                width=probe.width, height=probe.height, mode=probe.mode, status=STATUS_OK, reason="",
-                notes="; ".join(probe.notes),
-            ))
-            if probe.source_max is not None:
-                wide.append(probe)
-                if probe.low_bits:
-                    low_bit.append(probe)
-    records.sort(key=lambda r: r.path)
+    records, wide, low_bit = _records(candidates, probes)
     skipped = [r for r in records if r.status == STATUS_SKIPPED]
     usable = [r for r in records if r.status == STATUS_OK]
 
@@ -221,18 +196,8 @@ def ingest_folder(
     groups = [DuplicateGroup(h, rs) for h, rs in sorted(by_hash.items()) if len(rs) > 1]
     conflicts = [g for g in groups if len(g.labels) > 1]
 
-    if strict and skipped:
-        first = skipped[0]
-        raise VptError(
-            f"--strict: {len(skipped)} file(s) could not be used, first {src / first.path}: {first.reason}"
-            "; fix or remove them, or run without --strict to skip them"
-        )
-    if strict and conflicts:
-        g = conflicts[0]
-        raise VptError(
-            f"--strict: {len(conflicts)} group(s) of identical images carry different labels, first "
-            f"{' vs '.join(repr(r.path) for r in g.records)}; keep each picture in one class folder"
-        )
+    if strict:
+        _check_strict(src, skipped, conflicts)
 
     class_names = sorted({label for label, _ in class_dirs})
     _check_classes(src, class_names, class_dirs, usable, skipped)
@@ -243,31 +208,7 @@ def ingest_folder(
     else:
         _assign_splits(by_hash, class_names, val_fraction, test_fraction, seed)
 
-    counts = Counter(r.label for r in usable)
-    most, least = max(counts.values()), min(counts.values())
-    if least and most / least > IMBALANCE_WARN_RATIO:
-        big = max(class_names, key=lambda c: counts[c])
-        small = min(class_names, key=lambda c: counts[c])
-        warnings.append(
-            f"class imbalance {most / least:.1f}:1 ({big!r} {most} vs {small!r} {least} images), above "
-            f"{IMBALANCE_WARN_RATIO:g}:1; expect the small class to be learnt poorly (training balances "
-            "the loss, but more images of it help most)"
-        )
-    if wide and bit_depth is None and len(low_bit) == len(wide):
-        largest = max(p.source_max or 0 for p in wide)
-        bits = max(8, largest.bit_length())
-        warnings.append(
-            f"{len(wide)} image(s) hold 16-bit data that never exceeds 1/{round(1 / LOW_BIT_FRACTION)} of "
-            f"the 16-bit range (largest value {largest}, fits in {bits} bits): probably {bits + bits % 2}-bit "
-            f"sensor data; each image was scaled by its own used range, pass --bit-depth {bits + bits % 2} "
-            "to scale all images the same way"
-        )
-    elif low_bit and bit_depth is None:
-        warnings.append(
-            f"{len(low_bit)} of {len(wide)} 16-bit image(s) never exceed 1/{round(1 / LOW_BIT_FRACTION)} of "
-            "the 16-bit range while others do; each image was scaled by its own used range; pass "
-            "--bit-depth to scale all images the same way"
-        )
+    warnings += _imbalance_warnings(usable, class_names) + _bit_depth_warnings(wide, low_bit, bit_depth)
     nfc_clash = _nfc_clashes(class_dirs)
     if nfc_clash:
         warnings.append(nfc_clash)
@@ -305,6 +246,81 @@ def ingest_folder(
         class_dirs=[Path(os.path.realpath(d)) for _, d in class_dirs],
         elapsed_s=time.perf_counter() - started,
     )
+
+
+def _records(candidates: list[_Candidate], probes: list[_Probe]) -> tuple[list[ImageRecord], list[_Probe], list[_Probe]]:
+    """``(records sorted by path, probes of 16-bit images, those of them with low bits only)``."""
+    records: list[ImageRecord] = []
+    low_bit: list[_Probe] = []
+    wide: list[_Probe] = []
+    for cand, probe in zip(candidates, probes):
+        if cand.preset_reason:
+            records.append(_skipped(cand, cand.preset_reason))
+        elif probe.error:
+            records.append(_skipped(cand, probe.error))
+        else:
+            records.append(ImageRecord(
+                path=cand.rel, label=cand.label, split=cand.split, sha256=probe.sha256,
+                width=probe.width, height=probe.height, mode=probe.mode, status=STATUS_OK, reason="",
+                notes="; ".join(probe.notes),
+            ))
+            if probe.source_max is not None:
+                wide.append(probe)
+                if probe.low_bits:
+                    low_bit.append(probe)
+    records.sort(key=lambda r: r.path)
+    return records, wide, low_bit
+
+
+def _check_strict(src: Path, skipped: list[ImageRecord], conflicts: list[DuplicateGroup]) -> None:
+    """``--strict``: a skipped file or a label conflict is an error (VptError naming the first)."""
+    if skipped:
+        first = skipped[0]
+        raise VptError(
+            f"--strict: {len(skipped)} file(s) could not be used, first {src / first.path}: {first.reason}"
+            "; fix or remove them, or run without --strict to skip them"
+        )
+    if conflicts:
+        g = conflicts[0]
+        raise VptError(
+            f"--strict: {len(conflicts)} group(s) of identical images carry different labels, first "
+            f"{' vs '.join(repr(r.path) for r in g.records)}; keep each picture in one class folder"
+        )
+
+
+def _imbalance_warnings(usable: list[ImageRecord], class_names: list[str]) -> list[str]:
+    """A warning when the largest class has more than :data:`IMBALANCE_WARN_RATIO` x the smallest's images."""
+    counts = Counter(r.label for r in usable)
+    most, least = max(counts.values()), min(counts.values())
+    if not (least and most / least > IMBALANCE_WARN_RATIO):
+        return []
+    big = max(class_names, key=lambda c: counts[c])
+    small = min(class_names, key=lambda c: counts[c])
+    return [(
+        f"class imbalance {most / least:.1f}:1 ({big!r} {most} vs {small!r} {least} images), above "
+        f"{IMBALANCE_WARN_RATIO:g}:1; expect the small class to be learnt poorly (training balances "
+        "the loss, but more images of it help most)"
+    )]
+
+
+def _bit_depth_warnings(wide: list[_Probe], low_bit: list[_Probe], bit_depth: int | None) -> list[str]:
+    """Warnings about 16-bit images that use only the low bits (probably 10-14-bit sensor data)."""
+    if wide and bit_depth is None and len(low_bit) == len(wide):
+        largest = max(p.source_max or 0 for p in wide)
+        bits = max(8, largest.bit_length())
+        return [(
+            f"{len(wide)} image(s) hold 16-bit data that never exceeds 1/{round(1 / LOW_BIT_FRACTION)} of "
+            f"the 16-bit range (largest value {largest}, fits in {bits} bits): probably {bits + bits % 2}-bit "
+            f"sensor data; each image was scaled by its own used range, pass --bit-depth {bits + bits % 2} "
+            "to scale all images the same way"
+        )]
+    if low_bit and bit_depth is None:
+        return [(
+            f"{len(low_bit)} of {len(wide)} 16-bit image(s) never exceed 1/{round(1 / LOW_BIT_FRACTION)} of "
+            "the 16-bit range while others do; each image was scaled by its own used range; pass "
+            "--bit-depth to scale all images the same way"
+        )]
+    return []
 
 
 def check_out_dir(src: str | os.PathLike, out_dir: str | os.PathLike,
@@ -398,70 +414,9 @@ def _rel(src: Path, path: Path) -> str:
     return _nfc(Path(os.path.relpath(path, src)).as_posix())
 
 
-def ignore_kind(name: str, is_dir: bool) -> str | None:
-    """Why a folder entry is not scanned (one of the ``IGNORED_*`` labels), or None to scan it:
-    hidden files and folders, ``__MACOSX``, ``Thumbs.db`` / ``desktop.ini`` and the like."""
-    if name.startswith("."):
-        return IGNORED_HIDDEN_DIR if is_dir else IGNORED_HIDDEN_FILE
-    if is_dir and name.lower() in IGNORED_DIR_NAMES:
-        return IGNORED_MACOSX
-    if not is_dir and name.lower() in IGNORED_FILE_NAMES:
-        return IGNORED_SYSTEM
-    return None
-
-
-def _list_dir(folder: Path, ignored: Counter) -> tuple[list[Path], list[Path]]:
-    """Non-ignored (sub-folders, files) of ``folder``, sorted by name; links followed.
-
-    Raises OSError when the folder cannot be listed."""
-    dirs, files = [], []
-    with os.scandir(folder) as it:
-        entries = sorted(it, key=lambda e: e.name)
-    for entry in entries:
-        try:
-            is_dir = entry.is_dir()  # follows symbolic links
-        except OSError:
-            is_dir = False
-        kind = ignore_kind(entry.name, is_dir)
-        if kind is not None:
-            ignored[kind] += 1
-        elif is_dir:
-            dirs.append(Path(entry.path))
-        else:
-            files.append(Path(entry.path))
-    return dirs, files
-
-
-def walk_files(folder: Path, ignored: Counter | None = None) -> Iterator[tuple[Path, OSError | None]]:
-    """Every file under ``folder`` that is not ignored (:func:`ignore_kind`), at any depth, in sorted
-    depth-first order, following links and cutting loops, as ``(path, None)``; a sub-folder that
-    cannot be listed comes as ``(folder, error)``. ``ignored`` counts what was skipped and why."""
-    ignored = Counter() if ignored is None else ignored
-    seen: set[tuple[int, int]] = set()
-    stack = [folder]
-    while stack:
-        current = stack.pop()
-        try:
-            st = current.stat()
-        except OSError:
-            continue
-        if (st.st_dev, st.st_ino) in seen:
-            ignored[IGNORED_LOOP] += 1
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        try:
-            dirs, found = _list_dir(current, ignored)
-        except OSError as exc:
-            yield current, exc
-            continue
-        for f in found:
-            yield f, None
-        stack.extend(reversed(dirs))
-
-
 def _list_top(folder: Path, ignored: Counter) -> tuple[list[Path], list[Path]]:
     try:
-        return _list_dir(folder, ignored)
+        return list_dir(folder, ignored)
     except OSError as exc:
         raise VptError(f"cannot list {folder}: {exc.strerror or exc}; check its permissions") from None
 
@@ -546,7 +501,7 @@ def _probe(path: Path, max_pixels: int | None, bit_depth: int | None) -> _Probe:
     except ImageDecodeError as exc:
         return _Probe(error=exc.reason)
     except Exception as exc:  # noqa: BLE001 - a bad file must never stop the run
-        return _Probe(error=f"unreadable: unexpected {type(exc).__name__}: {' '.join(str(exc).split())}")
+        return _Probe(error=f"unreadable: unexpected {type(exc).__name__}: {one_line(exc)}")
     return _Probe(
         sha256=pixel_sha256(img), width=img.width, height=img.height, mode=img.mode, notes=img.notes,
         source_max=img.source_max, low_bits=low_bit_usage(img),

@@ -6,7 +6,8 @@ written here after Guo et al., "On Calibration of Modern Neural Networks", ICML 
 
 All rates are fractions in [0, 1], never percentages. The report is a plain JSON-serialisable dict;
 :func:`write_report` saves it as ``report.json`` + ``report.md`` + ``confusion_matrix.png`` (atomic writes
-through :mod:`vptcli.fsutil`), :func:`render_report` prints it as rich tables.
+through :mod:`vptcli.fsutil`);
+``vpt eval`` prints it as tables (:mod:`vptcli.commands.render`).
 
 matplotlib, scikit-learn and rich are imported inside the functions so that importing this module (and
 starting the CLI) stays cheap.
@@ -21,15 +22,12 @@ import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from vptcli import fsutil
 from vptcli.errors import VptError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from rich.console import Console
 
 __all__ = [
     "CONFUSION_PNG",
@@ -41,7 +39,6 @@ __all__ = [
     "classification_report",
     "confusion_matrix_png",
     "expected_calibration_error",
-    "render_report",
     "report_markdown",
     "write_report",
 ]
@@ -401,7 +398,8 @@ def _md(value: Any) -> str:
     return text.replace("\\", "\\\\").replace("|", "\\|")
 
 
-def _fmt(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A metric as text: 4 decimals, ``n/a`` for None / NaN."""
     if value is None:
         return "n/a"
     if isinstance(value, bool):
@@ -411,7 +409,8 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _headline(report: Mapping[str, Any]) -> list[tuple[str, Any]]:
+def headline_metrics(report: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """``(name, value)`` of the headline metrics, in display order."""
     rows: list[tuple[str, Any]] = [
         ("top-1 accuracy", report["accuracy"]),
         ("balanced accuracy", report["balanced_accuracy"]),
@@ -459,7 +458,7 @@ def report_markdown(
         lines.append("")
 
     lines += ["## Headline metrics", "", "| metric | value |", "|---|---:|"]
-    lines += [f"| {name} | {_fmt(value)} |" for name, value in _headline(report)]
+    lines += [f"| {name} | {format_value(value)} |" for name, value in headline_metrics(report)]
     lines.append("")
     if report.get("auc_note"):
         lines += [f"> {_md(report['auc_note'])}", ""]
@@ -473,7 +472,7 @@ def report_markdown(
     for name in classes:
         m = report["per_class"][name]
         lines.append(
-            f"| {_md(name)} | {_fmt(m['precision'])} | {_fmt(m['recall'])} | {_fmt(m['f1'])} "
+            f"| {_md(name)} | {format_value(m['precision'])} | {format_value(m['recall'])} | {format_value(m['f1'])} "
             f"| {m['support']} |"
         )
     lines.append("")
@@ -550,52 +549,3 @@ def write_report(
     except OSError as exc:
         raise VptError(f"cannot write the evaluation report into {out}: {exc}; check the folder") from exc
     return {key: paths[key] for key in REPORT_FILES}
-
-
-# --------------------------------------------------------------------------------------------------
-# rich
-
-
-def render_report(report: Mapping[str, Any], console: Console) -> None:
-    """Print the report as rich tables: headline metrics, per-class P/R/F1/support, confusion matrix.
-
-    The confusion matrix has true classes as rows and predicted classes as columns; the diagonal is
-    bold. Class names are printed literally (no rich markup interpretation).
-
-    Args:
-        report: the dict returned by :func:`classification_report`.
-        console: where to print (e.g. ``vptcli.console.console``).
-    """
-    from rich.table import Table
-    from rich.text import Text
-
-    classes = [str(c) for c in report["classes"]]
-
-    head = Table(title="Evaluation", title_justify="left")
-    head.add_column("metric")
-    head.add_column("value", justify="right")
-    for name, value in _headline(report):
-        head.add_row(name, _fmt(value))
-    console.print(head)
-    if report.get("auc_note"):
-        console.print(Text(str(report["auc_note"]), style="yellow"))
-
-    per = Table(title="Per class", title_justify="left")
-    per.add_column("class")
-    for col in ("precision", "recall", "F1", "support"):
-        per.add_column(col, justify="right")
-    for name in classes:
-        m = report["per_class"][name]
-        per.add_row(Text(name), _fmt(m["precision"]), _fmt(m["recall"]), _fmt(m["f1"]), str(m["support"]))
-    console.print(per)
-
-    cmt = Table(
-        title="Confusion matrix", title_justify="left", caption="rows: true class, columns: predicted"
-    )
-    cmt.add_column(Text("true \\ predicted"))
-    for name in classes:
-        cmt.add_column(Text(name), justify="right")
-    for i, (name, row) in enumerate(zip(classes, report["confusion_matrix"])):
-        cells = [Text(str(int(v)), style="bold" if i == j else "") for j, v in enumerate(row)]
-        cmt.add_row(Text(name), *cells)
-    console.print(cmt)

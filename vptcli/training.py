@@ -21,13 +21,12 @@ its metadata: one file, so it is never half-updated) — all written atomically.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -46,6 +45,7 @@ from vptcli.fsutil import atomic_save_safetensors, atomic_write_json, atomic_wri
 from vptcli.losses import DAVPTLossConfig, class_to_proxy, da_vpt_metric_loss
 from vptcli.prompting import PromptConfig, PromptedViT
 from vptcli.train_config import CONFIG_JSON, TrainConfig, load_run_config
+from vptcli.train_report import TrainReporter
 
 LAST_CKPT = "last.ckpt.safetensors"
 LEGACY_LAST_STATE = "last.state.json"  # runs written before the one-file checkpoint
@@ -53,41 +53,6 @@ METRICS_CSV = "metrics.csv"
 CKPT_FORMAT = "vptcli-last"
 
 __all__ = ["CONFIG_JSON", "LAST_CKPT", "METRICS_CSV", "TrainConfig", "TrainReporter", "TrainResult", "load_run_config", "train"]
-
-
-class TrainReporter:
-    """Where :func:`train` reports progress; this base class is silent (library use, tests).
-
-    The CLI passes :class:`vptcli.commands.render.ConsoleTrainReporter`. Subclasses override what
-    they show; every method has a no-op default.
-    """
-
-    def warn(self, message: str) -> None:
-        """A warning (one line)."""
-
-    def run_started(self, info: dict) -> None:
-        """After setup: ``info`` holds method, backbone name/source, device, amp dtype, tuned and
-        backbone parameter counts, class balance and imbalance, and ``cpu_hint_block`` (or None)."""
-
-    def resumed(self, run_dir: Path, next_epoch: int, epochs: int) -> None:
-        """A resume continues after epoch ``next_epoch`` (``>= epochs``: nothing left to do)."""
-
-    @contextlib.contextmanager
-    def task(self, description: str, total: int) -> Iterator[Callable[..., None]]:
-        """A progress task; yields ``update(completed, info="")``."""
-        yield lambda completed, info="": None
-
-    def cache_built(self, start_block: int, views: int, nbytes: int, seconds: float) -> None:
-        """The feature cache is ready (``start_block`` k: blocks ``0..k-1`` were computed once)."""
-
-    def epochs_started(self) -> None:
-        """Before the first epoch row of this call."""
-
-    def epoch_done(self, row: dict, improved: bool) -> None:
-        """One epoch's metrics row (see :data:`METRICS_CSV`); ``improved``: a new best prompt file."""
-
-    def early_stop(self, patience: int, best_epoch: int) -> None:
-        """Validation did not improve for ``patience`` epochs."""
 
 
 @dataclass

@@ -3,28 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 
 def eval_command(
-    model: Path = typer.Argument(..., help="A run folder of `vpt train`, an export folder or a prompt file (.safetensors)."),
-    data: Path = typer.Argument(..., help="An ingest output folder (or a raw class-per-folder tree, ingested in memory)."),
-    split: str = typer.Option("test", help="Split to evaluate: test | val | train."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Folder for report.json, report.md, confusion_matrix.png (default: MODEL/eval-SPLIT for a run folder)."),
-    weights: str | None = typer.Option(None, help="Backbone weights to use instead of the file's own source."),
-    force: bool = typer.Option(False, help="Accept other weights of the same architecture (warns)."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda."),
-    batch_size: int = typer.Option(32, help="Images per forward pass."),
+    model: Annotated[Path, typer.Argument(help="A run folder of `vpt train`, an export folder or a prompt file (.safetensors).")],
+    data: Annotated[Path, typer.Argument(help="An ingest output folder (or a raw class-per-folder tree, ingested in memory).")],
+    split: Annotated[str, typer.Option(help="Split to evaluate: test | val | train.")] = "test",
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for report.json, report.md, confusion_matrix.png (default: MODEL/eval-SPLIT for a run folder).")] = None,
+    weights: Annotated[str | None, typer.Option(help="Backbone weights to use instead of the file's own source.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Accept other weights of the same architecture (warns).")] = False,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
 ) -> None:
     """Evaluate: top-1, balanced accuracy, macro-F1, per-class P/R/F1, confusion matrix, ROC/PR-AUC (binary), ECE."""
+    from vptcli.commands.render import print_eval_report
     from vptcli.console import console
     from vptcli.console import out as stdout
     from vptcli.evaluation import evaluate
-    from vptcli.metrics import render_report, write_report
+    from vptcli.metrics import write_report
 
     report, context = evaluate(model, data, split=split, weights=weights, force=force, device=device, batch_size=batch_size)
-    render_report(report, console)
+    print_eval_report(report, console)
     if out is None:
         out = (model if model.is_dir() else model.parent) / f"eval-{split}"
     paths = write_report(report, out, title=f"vpt eval — {split} split", context=context)

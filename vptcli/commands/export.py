@@ -15,7 +15,7 @@ def export(
     fp16: Annotated[bool, typer.Option("--fp16", help="Half-precision weights and compute (inputs/outputs stay float32); parity tolerance 5e-2 on logits.")] = False,
     shared_backbone: Annotated[bool, typer.Option("--shared-backbone", help="Prompts and head become graph inputs: one graph serves every prompt file of this backbone.")] = False,
     weights: Annotated[str | None, typer.Option(help="Backbone weights to use instead of the file's own source (path or 'random').")] = None,
-    force: Annotated[bool, typer.Option(help="Accept other weights of the same architecture (warns).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Accept other weights of the same architecture (warns).")] = False,
 ) -> None:
     """Export to ONNX (input images float32 [N,3,H,W] RGB in [0,1]; outputs logits and probabilities) and check parity with PyTorch."""
     from vptcli.console import console, warn

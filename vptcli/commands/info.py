@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 
 def info(
-    path: Path = typer.Argument(..., help="A prompt file (.safetensors), a run folder or an export folder."),
+    path: Annotated[Path, typer.Argument(help="A prompt file (.safetensors), a run folder or an export folder.")],
 ) -> None:
     """Print a prompt file's metadata, tensor shapes and size on disk (reads it without loading any backbone)."""
     import json

@@ -20,39 +20,45 @@ def predict(
     top_k: Annotated[int, typer.Option("--top-k", help="Class probabilities per row, best first.")] = 3,
     reject_below: Annotated[float | None, typer.Option("--reject-below", help="Mark predictions whose confidence is under P as 'review' instead of a class.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
-    onnx: Annotated[Path | None, typer.Option("--onnx", help="An ONNX graph, e.g. a shared-backbone graph (with --prompts).")] = None,
-    prompts: Annotated[Path | None, typer.Option("--prompts", help="The prompt file to use (classes, preprocessing; prompts and head for a shared graph).")] = None,
+    onnx: Annotated[Path | None, typer.Option("--onnx", help="An ONNX graph, e.g. a shared-backbone graph (with --prompt-file).")] = None,
+    prompt_file: Annotated[Path | None, typer.Option("--prompt-file", help="The prompt file to use (classes, preprocessing; prompts and head for a shared graph).")] = None,
     weights: Annotated[str | None, typer.Option(help="torch backend: backbone weights instead of the file's own source.")] = None,
-    force: Annotated[bool, typer.Option(help="torch backend: accept other weights of the same architecture (warns).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="torch backend: accept other weights of the same architecture (warns).")] = False,
     bit_depth: Annotated[int | None, typer.Option(help="Sensor bit depth of 16-bit files (as in `vpt ingest --bit-depth`).")] = None,
     max_pixels: Annotated[int | None, typer.Option(help="Refuse images with more pixels than this (default: Pillow's limit, 89,478,485).")] = None,
     workers: Annotated[int | None, typer.Option(help="Decoding threads (default: CPU count, at most 8).")] = None,
 ) -> None:
     """Predict classes of image files; one row per file (path, label, confidence, top-k, status, reason). Exit code 1 when any file failed."""
-    import sys
-
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-    from rich.table import Table
-
+    from vptcli.commands.render import print_predictions
     from vptcli.console import console, warn
-    from vptcli.console import out as stdout
-    from vptcli.errors import VptError
-    from vptcli.inference import (
-        RowWriter,
-        check_predict_options,
-        expand_inputs,
-        open_predictor,
-        predict_files,
-    )
+    from vptcli.inference import check_predict_options, open_predictor
 
     check_predict_options(batch_size=batch_size, top_k=top_k, reject_below=reject_below, out=out)
+    model_arg, files, problems = _inputs(model, paths, onnx)
+    predictor = open_predictor(model_arg, backend=backend, device=device, onnx=onnx, prompts=prompt_file, weights=weights,
+                               force=force)
+    for w in predictor.warnings:
+        warn(w)
+    console.print(f"{predictor.backend} backend on {predictor.device}: {predictor.source} ({len(predictor.classes)} classes)",
+                  soft_wrap=True)
+    settings = {"batch_size": batch_size, "top_k": top_k, "reject_below": reject_below, "bit_depth": bit_depth,
+                "max_pixels": max_pixels, "workers": workers, "problems": problems}
+    counts, shown = _predict_rows(predictor, files, out, settings)
+    print_predictions(predictor, counts, shown, out)
+    if counts["error"]:
+        raise typer.Exit(code=1)
+
+
+def _inputs(model: str, paths: list[str] | None, onnx: Path | None):
+    """``(MODEL or None, image files, problems)`` from the arguments (with ``--onnx`` MODEL is a PATH).
+
+    Raises:
+        VptError: no PATH, or no image file in the PATHs given.
+    """
+    from vptcli.console import console
+    from vptcli.errors import VptError
+    from vptcli.inference import expand_inputs
+
     args = list(paths or [])
     model_arg: str | None = model
     if onnx is not None:  # MODEL is optional with --onnx: the first argument is then a PATH
@@ -66,15 +72,35 @@ def predict(
         console.print(f"skipped {len(skipped)} file(s) without an image suffix in the folders given ({names})", soft_wrap=True)
     if not files and not problems:
         raise VptError(f"no image files found in {', '.join(args)}")
-    predictor = open_predictor(model_arg, backend=backend, device=device, onnx=onnx, prompts=prompts, weights=weights, force=force)
-    for w in predictor.warnings:
-        warn(w)
-    console.print(f"{predictor.backend} backend on {predictor.device}: {predictor.source} ({len(predictor.classes)} classes)",
-                  soft_wrap=True)
+    return model_arg, files, problems
 
+
+def _predict_rows(predictor, files, out: Path | None, settings: dict):
+    """Predict every file, streaming rows to ``out`` (or to stdout when it is not a terminal).
+
+    Returns:
+        ``(counts by status, the first TABLE_ROWS rows when stdout is a terminal)``.
+    """
+    import sys
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from vptcli.console import console
+    from vptcli.console import out as stdout
+    from vptcli.inference import RowWriter, predict_files
+
+    top_k = settings["top_k"]
     to_stdout = out is None and not stdout.is_terminal
-    writer = RowWriter(out, min(top_k, len(predictor.classes)) if top_k > 0 else top_k, stream=sys.stdout if to_stdout else None) \
-        if (out is not None or to_stdout) else None
+    writer = None
+    if out is not None or to_stdout:
+        writer = RowWriter(out, min(top_k, len(predictor.classes)) if top_k > 0 else top_k, stream=sys.stdout if to_stdout else None)
     counts = {"ok": 0, "review": 0, "error": 0}
     shown = []
     try:
@@ -89,9 +115,7 @@ def predict(
                 if t.elapsed:
                     progress.update(task, rate=f"{t.completed / t.elapsed:.1f} img/s")
 
-            for row in predict_files(predictor, files, batch_size=batch_size, top_k=top_k, reject_below=reject_below,
-                                     bit_depth=bit_depth, max_pixels=max_pixels, workers=workers, problems=problems,
-                                     on_batch=advance):
+            for row in predict_files(predictor, files, on_batch=advance, **settings):
                 counts[row.status] += 1
                 if writer is not None:
                     writer.write(row)
@@ -103,25 +127,7 @@ def predict(
         if writer is not None:
             writer.abort()
         raise
-
-    total = sum(counts.values())
-    if stdout.is_terminal:
-        t = Table(title=f"predictions ({predictor.backend}, {predictor.device})")
-        for col in ("path", "label", "confidence", "top-k", "status", "reason"):
-            t.add_column(col, overflow="fold")
-        style = {"ok": "green", "review": "yellow", "error": "red"}
-        for r in shown:
-            t.add_row(r.path, r.label or "", "" if r.confidence is None else f"{r.confidence:.3f}",
-                      ", ".join(f"{c} {p:.3f}" for c, p in r.top_k), f"[{style[r.status]}]{r.status}[/]", r.reason)
-        stdout.print(t)
-        if total > len(shown):
-            stdout.print(f"… {total - len(shown)} more rows" + (f" in {out}" if out else "; use --out FILE.csv to save all rows"),
-                         soft_wrap=True)
-    summary = (f"{total} files: {counts['ok']} ok, {counts['review']} review, {counts['error']} error; "
-               f"{predictor.backend} on {predictor.device}" + (f"; rows in {out}" if out else ""))
-    (console if to_stdout else stdout).print(summary, soft_wrap=True)
-    if counts["error"]:
-        raise typer.Exit(code=1)
+    return counts, shown
 
 
 def register(app: typer.Typer) -> None:

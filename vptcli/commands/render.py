@@ -2,18 +2,25 @@
 
 The library modules return data and report through small interfaces; this module turns them into
 lines and tables: :class:`ConsoleTrainReporter` for ``vpt train``, the training summary lines, and
-(re-exported) the tables of ``vpt ingest`` and ``vpt eval``.
+the tables of ``vpt ingest``, ``vpt eval`` and ``vpt predict``.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from vptcli.console import console, warn
 from vptcli.console import out as stdout
-from vptcli.training import TrainReporter, TrainResult
+from vptcli.train_report import TrainReporter
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from vptcli.training import TrainResult
 
 EPOCH_COLUMNS = ("epoch", "train loss", "val loss", "val top-1", "val macro-F1", "img/s")
 
@@ -92,3 +99,139 @@ def print_train_result(result: TrainResult, full_model: bool) -> None:
         stdout.print(f"full model (every backbone weight was tuned; not a prompt file): {result.prompt_file}")
     else:
         stdout.print(f"prompt file: {result.prompt_file}")
+
+
+def print_predictions(predictor, counts: dict[str, int], shown: list, out: Path | None) -> None:
+    """``vpt predict``'s table (when stdout is a terminal) and its summary line (stderr when the rows
+    go to stdout)."""
+    from rich.table import Table
+
+    total = sum(counts.values())
+    if stdout.is_terminal:
+        t = Table(title=f"predictions ({predictor.backend}, {predictor.device})")
+        for col in ("path", "label", "confidence", "top-k", "status", "reason"):
+            t.add_column(col, overflow="fold")
+        style = {"ok": "green", "review": "yellow", "error": "red"}
+        for r in shown:
+            t.add_row(r.path, r.label or "", "" if r.confidence is None else f"{r.confidence:.3f}",
+                      ", ".join(f"{c} {p:.3f}" for c, p in r.top_k), f"[{style[r.status]}]{r.status}[/]", r.reason)
+        stdout.print(t)
+        if total > len(shown):
+            stdout.print(f"… {total - len(shown)} more rows" + (f" in {out}" if out else "; use --out FILE.csv to save all rows"),
+                         soft_wrap=True)
+    to_stdout = out is None and not stdout.is_terminal
+    summary = (f"{total} files: {counts['ok']} ok, {counts['review']} review, {counts['error']} error; "
+               f"{predictor.backend} on {predictor.device}" + (f"; rows in {out}" if out else ""))
+    (console if to_stdout else stdout).print(summary, soft_wrap=True)
+
+
+def print_ingest_summary(result, console: Console) -> None:
+    """Rich tables on ``console``: images per class × split, skipped files by reason, duplicates,
+    label conflicts, ignored entries."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from vptcli.ingest import skipped_by_kind
+
+    m = result.manifest
+    counts = m.counts()
+    console.print(
+        f"vpt ingest: {len(m.usable())} usable images in {len(m.classes)} classes "
+        f"({result.layout} layout, {len(m.records)} files, {result.elapsed_s:.1f} s)",
+        markup=False,
+    )
+    table = Table()
+    table.add_column("#", justify="right")
+    table.add_column("class")
+    for split in ("train", "val", "test", "total"):
+        table.add_column(split, justify="right")
+    totals: Counter = Counter()
+    for i, c in enumerate(m.classes):
+        row = counts[c]
+        totals.update(row)
+        table.add_row(str(i), Text(c), *(str(row[s]) for s in ("train", "val", "test")), str(sum(row.values())))
+    table.add_row("", Text("total", style="bold"), *(str(totals[s]) for s in ("train", "val", "test")),
+                  str(sum(totals.values())), end_section=True)
+    console.print(table)
+
+    if result.skipped:
+        skipped = Table(title=f"skipped files: {len(result.skipped)} (listed in ingest_report.md)",
+                        title_justify="left")
+        skipped.add_column("reason")
+        skipped.add_column("files", justify="right")
+        skipped.add_column("example")
+        by_kind = skipped_by_kind(result.skipped)
+        for kind, n in sorted(by_kind.items()):
+            example = next(r for r in result.skipped if r.reason.split(":", 1)[0] == kind)
+            skipped.add_row(Text(kind), str(n), Text(f"{example.path}: {example.reason}"))
+        console.print(skipped)
+    else:
+        console.print("skipped files: none", markup=False)
+    if result.ignored:
+        console.print(
+            "ignored: " + ", ".join(f"{n} {k}" for k, n in sorted(result.ignored.items())), markup=False
+        )
+    n_dup_files = sum(len(g.records) for g in result.duplicate_groups)
+    console.print(
+        f"duplicates: {len(result.duplicate_groups)} group(s) of identical images ({n_dup_files} files)"
+        if result.duplicate_groups else "duplicates: none",
+        markup=False,
+    )
+    if result.conflicts:
+        conflicts = Table(title=f"label conflicts: {len(result.conflicts)}", title_justify="left")
+        conflicts.add_column("labels")
+        conflicts.add_column("files")
+        for g in result.conflicts[:20]:
+            conflicts.add_row(Text(", ".join(g.labels)), Text("\n".join(f"{r.path} [{r.label}]" for r in g.records)))
+        console.print(conflicts)
+        if len(result.conflicts) > 20:
+            console.print(f"... {len(result.conflicts) - 20} more in ingest_report.md", markup=False)
+    else:
+        console.print("label conflicts: none", markup=False)
+
+
+def print_eval_report(report: Mapping[str, Any], console: Console) -> None:
+    """Print the report as rich tables: headline metrics, per-class P/R/F1/support, confusion matrix.
+
+    The confusion matrix has true classes as rows and predicted classes as columns; the diagonal is
+    bold. Class names are printed literally (no rich markup interpretation).
+
+    Args:
+        report: the dict returned by :func:`vptcli.metrics.classification_report`.
+        console: where to print (e.g. ``vptcli.console.console``).
+    """
+    from rich.table import Table
+    from rich.text import Text
+
+    from vptcli.metrics import format_value, headline_metrics
+
+    classes = [str(c) for c in report["classes"]]
+
+    head = Table(title="Evaluation", title_justify="left")
+    head.add_column("metric")
+    head.add_column("value", justify="right")
+    for name, value in headline_metrics(report):
+        head.add_row(name, format_value(value))
+    console.print(head)
+    if report.get("auc_note"):
+        console.print(Text(str(report["auc_note"]), style="yellow"))
+
+    per = Table(title="Per class", title_justify="left")
+    per.add_column("class")
+    for col in ("precision", "recall", "F1", "support"):
+        per.add_column(col, justify="right")
+    for name in classes:
+        m = report["per_class"][name]
+        per.add_row(Text(name), format_value(m["precision"]), format_value(m["recall"]), format_value(m["f1"]), str(m["support"]))
+    console.print(per)
+
+    cmt = Table(
+        title="Confusion matrix", title_justify="left", caption="rows: true class, columns: predicted"
+    )
+    cmt.add_column(Text("true \\ predicted"))
+    for name in classes:
+        cmt.add_column(Text(name), justify="right")
+    for i, (name, row) in enumerate(zip(classes, report["confusion_matrix"])):
+        cells = [Text(str(int(v)), style="bold" if i == j else "") for j, v in enumerate(row)]
+        cmt.add_row(Text(name), *cells)
+    console.print(cmt)

@@ -1,0 +1,46 @@
+"""How training reports progress without printing: the :class:`TrainReporter` interface (no torch import).
+
+:func:`vptcli.training.train` calls it; the silent base class serves library use and tests, and the
+CLI's console implementation lives in :mod:`vptcli.commands.render`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+
+class TrainReporter:
+    """Where :func:`train` reports progress; this base class is silent (library use, tests).
+
+    The CLI passes :class:`vptcli.commands.render.ConsoleTrainReporter`. Subclasses override what
+    they show; every method has a no-op default.
+    """
+
+    def warn(self, message: str) -> None:
+        """A warning (one line)."""
+
+    def run_started(self, info: dict) -> None:
+        """After setup: ``info`` holds method, backbone name/source, device, amp dtype, tuned and
+        backbone parameter counts, class balance and imbalance, and ``cpu_hint_block`` (or None)."""
+
+    def resumed(self, run_dir: Path, next_epoch: int, epochs: int) -> None:
+        """A resume continues after epoch ``next_epoch`` (``>= epochs``: nothing left to do)."""
+
+    @contextlib.contextmanager
+    def task(self, description: str, total: int) -> Iterator[Callable[..., None]]:
+        """A progress task; yields ``update(completed, info="")``."""
+        yield lambda completed, info="": None
+
+    def cache_built(self, start_block: int, views: int, nbytes: int, seconds: float) -> None:
+        """The feature cache is ready (``start_block`` k: blocks ``0..k-1`` were computed once)."""
+
+    def epochs_started(self) -> None:
+        """Before the first epoch row of this call."""
+
+    def epoch_done(self, row: dict, improved: bool) -> None:
+        """One epoch's metrics row (see :data:`METRICS_CSV`); ``improved``: a new best prompt file."""
+
+    def early_stop(self, patience: int, best_epoch: int) -> None:
+        """Validation did not improve for ``patience`` epochs."""

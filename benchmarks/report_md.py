@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-SHORT = {"linear-probe": "linear probe", "vpt-shallow": "VPT-shallow", "vpt-deep": "VPT-deep", "da-vpt": "DA-VPT", "full-finetune": "full fine-tuning"}
+from vptcli.methods import Method, spec
 
 
 def elpv_tables(d: dict) -> str:
@@ -24,11 +24,11 @@ def elpv_tables(d: dict) -> str:
         auc = "–" if r["test_roc_auc"] is None else f"{r['test_roc_auc']:.3f}"
         size = r["prompt_file_bytes"]
         size_s = f"{size / 1024:.0f} KiB" if size < 1024**2 else f"{size / 1024**2:.0f} MiB"
-        out.append(f"| {r['regime']} | {SHORT[r['method']]} | {k} | {r['epochs']} | {r['batch_size']} | {100 * r['test_top1']:.2f} % | "
+        out.append(f"| {r['regime']} | {spec(r['method']).label} | {k} | {r['epochs']} | {r['batch_size']} | {100 * r['test_top1']:.2f} % | "
                    f"{100 * r['test_balanced_accuracy']:.2f} % | {r['test_macro_f1']:.3f} | {auc} | {r['test_ece']:.3f} | "
                    f"{r['tuned_parameters']:,} ({r['tuned_percent']:.3f} %) | {size_s} | {r['train_seconds_per_epoch']:.1f} | "
                    f"{r['peak_rss_mb']:.0f} MiB | {r['inference_img_per_s_torch']:.1f} | {r['best_epoch']} ({r['best_val_macro_f1']:.3f}) |")
-    tries = [r for r in rows if r["regime"] == "64-shot" and r["method"] == "vpt-deep"]
+    tries = [r for r in rows if r["regime"] == "64-shot" and r["method"] == Method.VPT_DEEP.value]
     if tries:
         out.append("")
         out.append("| lr | prompts | epochs | k | val macro-F1 (selection) | val top-1 | test top-1 (information only) |")

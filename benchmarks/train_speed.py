@@ -73,7 +73,9 @@ def main(argv=None) -> int:
 
     from vptcli.datasets import ManifestDataset
     from vptcli.losses import DAVPTLossConfig, class_to_proxy, da_vpt_metric_loss
-    from vptcli.methods import spec
+    from vptcli.methods import Method, spec
+
+    FT, VPT_DEEP = Method.FULL_FINETUNE.value, Method.VPT_DEEP.value
     from vptcli.metrics import classification_report
     from vptcli.prompting import PromptConfig, PromptedViT
     from vptcli.training import TrainConfig, train
@@ -83,7 +85,7 @@ def main(argv=None) -> int:
     manifest, _records, _split = C.elpv_manifest("binary")
     if args.smoke:
         manifest = C.subset_manifest(manifest, {"train": 20, "val": 6, "test": 10})
-    result = {"benchmark": "train_speed", "date": date, "machine": C.machine_info(), "smoke": args.smoke,
+    result = {"benchmark": "train_speed", "date": date, **C.provenance(), "machine": C.machine_info(), "smoke": args.smoke,
               "backbone": backbone.identity.to_dict(), "img_size": backbone.img_size, "batch_size": args.batch_size,
               "num_prompts": args.prompts, "timed_steps": args.steps, "configs": [], "epoch_runs": [],
               "data": {"protocol": "elpv paper_split seed 0 + carve_val 0.15", "counts": manifest.counts()},
@@ -105,33 +107,33 @@ def main(argv=None) -> int:
     wanted = set(args.configs or ["full-finetune", "naive-vpt-deep", "vpt-deep-cached", "da-vpt-cached", "linear-probe-cached"])
     plan = []
     if "full-finetune" in wanted:
-        plan.append(("full fine-tuning", "full-finetune", 0, False))
+        plan.append(("full fine-tuning", FT, 0, False))
     if "naive-vpt-deep" in wanted:
-        plan.append(("naive VPT-deep k=0 (no cache)", "vpt-deep", 0, False))
+        plan.append(("naive VPT-deep k=0 (no cache)", VPT_DEEP, 0, False))
     if "vpt-deep-cached" in wanted:
-        plan += [(f"VPT-deep cached k={k}", "vpt-deep", k, True) for k in args.ks]
+        plan += [(f"VPT-deep cached k={k}", VPT_DEEP, k, True) for k in args.ks]
     if "da-vpt-cached" in wanted:
-        plan.append((f"DA-VPT cached k={args.da_k}", "da-vpt", args.da_k, True))
+        plan.append((f"DA-VPT cached k={args.da_k}", Method.DA_VPT.value, args.da_k, True))
     if "linear-probe-cached" in wanted:
-        plan.append((f"linear probe cached (k={n_blocks})", "linear-probe", n_blocks, True))
+        plan.append((f"linear probe cached (k={n_blocks})", Method.LINEAR_PROBE.value, n_blocks, True))
 
     for name, method, k, cached in plan:
         C.reset_peak_rss()
         rss0 = C.rss_mb()
         bb = backbone.model
         torch.manual_seed(0)
-        pcfg = PromptConfig(method, args.prompts if method in ("vpt-deep", "da-vpt") else 0, min(k, n_blocks - 1), 0.0)
+        pcfg = PromptConfig(method, args.prompts if spec(method).has_prompts else 0, min(k, n_blocks - 1), 0.0)
         if pcfg.num_prompts:
             k = pcfg.prompt_start_block  # a smaller (smoke) backbone has fewer blocks
         model = PromptedViT(bb, 2, pcfg, tuple(backbone.data_config["mean"]), tuple(backbone.data_config["std"]))
         lr = spec(method).default_lr
-        if method == "full-finetune":
+        if spec(method).tunes_backbone:
             groups = [{"params": list(model.backbone.parameters()), "lr": lr}, {"params": list(model.head.parameters()), "lr": lr * 30}]
         else:
             groups = [{"params": model.tuned_parameters(), "lr": lr}]
         opt = torch.optim.AdamW(groups, weight_decay=1e-4)
-        guided_block = n_blocks - 1 if method == "da-vpt" else None
-        proxy = class_to_proxy(2, pcfg.num_prompts, None, seed=0) if method == "da-vpt" else None
+        guided_block = n_blocks - 1 if spec(method).metric_loss else None
+        proxy = class_to_proxy(2, pcfg.num_prompts, None, seed=0) if spec(method).metric_loss else None
         lcfg = DAVPTLossConfig()
         cache_ips = None
         hidden = None
@@ -144,7 +146,7 @@ def main(argv=None) -> int:
 
         def step():
             model.train()
-            if method == "full-finetune":
+            if spec(method).tunes_backbone:
                 feats, guided = model.forward_from(model.embed(images, 0), 0)
             elif cached:
                 feats, guided = model.forward_from(hidden, k, guided_block)
@@ -170,7 +172,7 @@ def main(argv=None) -> int:
                "cache_build_img_per_s": round(cache_ips, 2) if cache_ips else None,
                "tuned_parameters": model.num_tuned(), "tuned_percent": round(100 * model.num_tuned() / model.num_backbone(), 4),
                "peak_rss_mb": round(C.peak_rss_mb(), 1), "rss_before_mb": round(rss0, 1)}
-        if method == "vpt-deep" and not cached:
+        if method == VPT_DEEP and not cached:
             row["train_img_per_s_incl_decode"] = round(1 / (1 / ips + 1 / decode_ips), 3)
         result["configs"].append(row)
         con.print(f"{name}: {ips:.2f} img/s (steps {', '.join(f'{t:.2f}s' for t in times)})"
@@ -178,12 +180,12 @@ def main(argv=None) -> int:
         save()
 
     # forward-only (inference and validation speed), full model, no prompts and k=0 deep prompts
-    model = PromptedViT(backbone.model, 2, PromptConfig("vpt-deep", args.prompts, 0), tuple(backbone.data_config["mean"]), tuple(backbone.data_config["std"]))
+    model = PromptedViT(backbone.model, 2, PromptConfig(VPT_DEEP, args.prompts, 0), tuple(backbone.data_config["mean"]), tuple(backbone.data_config["std"]))
     result["forward_img_per_s_vpt_deep_k0"] = round(C.inference_img_per_s(model, images), 2)
     con.print(f"forward only (VPT-deep k=0, inference_mode): {result['forward_img_per_s_vpt_deep_k0']:.1f} img/s")
     save()
 
-    naive = next((r for r in result["configs"] if r["method"] == "vpt-deep" and not r["cached"]), None)
+    naive = next((r for r in result["configs"] if r["method"] == VPT_DEEP and not r["cached"]), None)
     if naive:
         for r in result["configs"]:
             r["speedup_vs_naive"] = round(r["train_img_per_s"] / naive["train_img_per_s"], 2)
@@ -201,7 +203,7 @@ def main(argv=None) -> int:
     runs_root = C.WORK / "train_speed_runs" / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     epoch_plan = [(min(k, n_blocks - 1), "on") for k in args.epoch_ks] + ([(0, "off")] if args.naive_accuracy else [])
     for k, cache in epoch_plan:
-        cfg = TrainConfig(method="vpt-deep", num_prompts=args.prompts, prompt_start_block=k, epochs=args.epochs,
+        cfg = TrainConfig(method=VPT_DEEP, num_prompts=args.prompts, prompt_start_block=k, epochs=args.epochs,
                           batch_size=args.batch_size, augment=args.cache_views > 1 if cache == "on" else False,
                           cache=cache, cache_views=args.cache_views, seed=0, workers=0, device="cpu",
                           backbone=backbone.identity.name)
@@ -214,7 +216,7 @@ def main(argv=None) -> int:
         model, _meta = C.load_trained(res.run_dir, backbone)
         probs = C.predicted_probs(model, test_ds, None)
         rep = classification_report(np.asarray(test_ds.labels), probs, list(manifest.classes))
-        row = {"method": "vpt-deep", "prompt_start_block": k, "cache": cache, "cache_views": args.cache_views if cache == "on" else 0,
+        row = {"method": VPT_DEEP, "prompt_start_block": k, "cache": cache, "cache_views": args.cache_views if cache == "on" else 0,
                "augment": cfg.augment, "epochs": args.epochs, "wall_seconds_train_incl_cache_and_val": round(wall, 1),
                "train_seconds_per_epoch": [h["train_seconds"] for h in res.history],
                "train_img_per_s_per_epoch": [h["train_img_per_s"] for h in res.history],
@@ -229,7 +231,7 @@ def main(argv=None) -> int:
         con.print(f"{args.epochs} epochs VPT-deep k={k} cache {cache}: {wall:.0f}s wall; test top-1 {100 * rep['accuracy']:.2f}%")
         save()
     if not args.naive_accuracy:
-        result["notes"].append("uncached k=0 accuracy not trained (too slow for the session; run with --naive-accuracy)")
+        result["notes"].append("uncached k=0 accuracy not trained (too slow on this machine; run with --naive-accuracy)")
 
     # ---------------------------------------------------------------- table
     t = Table(title=f"Training speed, {backbone.identity.name} {backbone.img_size}px, batch {bs}, {args.threads} threads")

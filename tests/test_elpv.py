@@ -1,4 +1,4 @@
-"""ELPV helpers (vptcli.elpv) and the committed sample_data/ subset.
+"""ELPV helpers (benchmarks/elpv_data.py) and the committed sample_data/ subset.
 
 Tests marked ``needs_elpv`` use the real data set from the ``elpv-dataset`` package and are skipped
 when it is not installed; the rest (labels, materialise on synthetic images, sample_data) are not.
@@ -14,10 +14,10 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import elpv_data as elpv
 import pytest
+from elpv_data import ElpvRecord, carve_val, class_name, few_shot, materialise, paper_split
 
-from vptcli import elpv
-from vptcli.elpv import ElpvRecord, carve_val, class_name, few_shot, materialise, paper_split
 from vptcli.errors import VptError
 
 HAVE_ELPV = importlib.util.find_spec("elpv_dataset") is not None

@@ -34,6 +34,7 @@ class MethodSpec:
 
     Attributes:
         method: the :class:`Method`.
+        label: the name in tables and reports (e.g. "VPT-deep", "linear probe").
         summary: one line for ``--help``.
         has_prompts: trains prompt tokens (``--prompts`` >= 1 required).
         deep: one prompt set per prompted block (else one set at the first prompted block).
@@ -48,6 +49,7 @@ class MethodSpec:
     """
 
     method: Method
+    label: str
     summary: str
     has_prompts: bool
     deep: bool
@@ -80,16 +82,16 @@ class MethodSpec:
 SPECS: dict[Method, MethodSpec] = {
     s.method: s
     for s in (
-        MethodSpec(Method.VPT_SHALLOW, "one prompt set at the first prompted block (VPT-shallow)",
+        MethodSpec(Method.VPT_SHALLOW, "VPT-shallow", "one prompt set at the first prompted block (VPT-shallow)",
                    has_prompts=True, deep=False, tunes_backbone=False, metric_loss=False, default_lr=3e-3),
-        MethodSpec(Method.VPT_DEEP, "a prompt set per prompted block (VPT-deep)",
+        MethodSpec(Method.VPT_DEEP, "VPT-deep", "a prompt set per prompted block (VPT-deep)",
                    has_prompts=True, deep=True, tunes_backbone=False, metric_loss=False, default_lr=3e-3),
-        MethodSpec(Method.DA_VPT, "VPT-deep plus distribution-aware metric losses (DA-VPT)",
+        MethodSpec(Method.DA_VPT, "DA-VPT", "VPT-deep plus distribution-aware metric losses (DA-VPT)",
                    has_prompts=True, deep=True, tunes_backbone=False, metric_loss=True, default_lr=3e-3),
-        MethodSpec(Method.LINEAR_PROBE, "no prompts, the linear head only",
+        MethodSpec(Method.LINEAR_PROBE, "linear probe", "no prompts, the linear head only",
                    has_prompts=False, deep=False, tunes_backbone=False, metric_loss=False, default_lr=3e-3,
                    start="after_blocks"),
-        MethodSpec(Method.FULL_FINETUNE, "every backbone weight tuned (a full model, not a prompt file)",
+        MethodSpec(Method.FULL_FINETUNE, "full fine-tuning", "every backbone weight tuned (a full model, not a prompt file)",
                    has_prompts=False, deep=False, tunes_backbone=True, metric_loss=False, default_lr=3e-5,
                    head_lr_scale=30.0, start="input"),
     )

@@ -17,9 +17,10 @@ Splits are mappings ``key -> 'train' | 'val' | 'test'`` where ``key`` is the rec
 written in ``labels.csv`` (``images/cell0001.png``); :func:`materialise` also accepts the absolute
 image path as key. Images left out of a split mapping (e.g. by :func:`few_shot`) are not written.
 
-Run as a script: ``python -m vptcli.elpv OUT [--task binary|4class] [--link symlink|copy|hardlink]
-[--split none|paper] [--val-fraction F] [--per-class N]``; ``python -m vptcli.elpv OUT --sample``
-rebuilds the small ``sample_data/`` subset.
+A benchmark recipe for a non-commercial data set, so it lives beside the benchmarks, not in the
+``vptcli`` package. Run as a script: ``python benchmarks/elpv_data.py OUT [--task binary|4class]
+[--link symlink|copy|hardlink] [--split none|paper] [--val-fraction F] [--per-class N]``;
+``python benchmarks/elpv_data.py OUT --sample`` rebuilds the small ``sample_data/`` subset.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ MARKER_NAME = ".vptcli-elpv.json"
 
 ATTRIBUTION_NAME = "ATTRIBUTION.md"
 PACKAGE_HINT = "pip install elpv-dataset"
-_MARKER_TOOL = "vptcli.elpv"
+_MARKER_TOOL = "vptcli.elpv"  # recorded in trees already written: kept as it was
 _LEVEL_TOL = 1e-6  # labels.csv writes 1/3 as 0.3333333333333333
 
 ATTRIBUTION_TEXT = """\
@@ -353,7 +354,7 @@ def _read_marker(out: Path) -> dict | None:
         or data.get("tool") != _MARKER_TOOL
         or not isinstance(data.get("files"), list)
     ):
-        raise VptError(f"{marker} was not written by vptcli.elpv; remove {out} and run again")
+        raise VptError(f"{marker} was not written by benchmarks/elpv_data.py; remove {out} and run again")
     return data
 
 
@@ -444,7 +445,7 @@ def materialise(
     marker = _read_marker(out) if out.is_dir() else None
     if out.is_dir() and marker is None and any(out.iterdir()):
         raise VptError(
-            f"{out} is not empty and was not written by vptcli.elpv (no {MARKER_NAME}); "
+            f"{out} is not empty and was not written by benchmarks/elpv_data.py (no {MARKER_NAME}); "
             "pick an empty or new folder"
         )
     previous: set[str] = set(marker["files"]) if marker else set()
@@ -488,7 +489,7 @@ def materialise(
             if _is_same(dest, src, link):
                 continue
             if rel not in previous:
-                raise VptError(f"{dest} exists and was not written by vptcli.elpv; remove it and run again")
+                raise VptError(f"{dest} exists and was not written by benchmarks/elpv_data.py; remove it and run again")
             if dest.is_dir() and not dest.is_symlink():
                 raise VptError(f"{dest} is a folder; remove it and run again")
             dest.unlink()
@@ -618,7 +619,7 @@ def build_sample(out_dir: str | os.PathLike, *, per_class: int = 40, seed: int =
     )
     sample_note = (
         "\n## This sample\n\n"
-        f"{per_class} images per class ({counts}), chosen with `python -m vptcli.elpv {out.name} --sample`\n"
+        f"{per_class} images per class ({counts}), chosen with `python benchmarks/elpv_data.py {out.name} --sample`\n"
         f"(seed {seed}): `defective` = probability 1.0 and `functional` = probability 0.0 only (clear cases),\n"
         "drawn from the training part of the 75/25 benchmark split (so never from its test images),\n"
         "stratified by cell type. The files are byte-for-byte copies with their original names\n"
@@ -638,9 +639,9 @@ def _summary(out: Path, files: Iterable[str]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m vptcli.elpv OUT ...``: materialise ELPV (or rebuild sample_data with --sample)."""
+    """``python benchmarks/elpv_data.py OUT ...``: materialise ELPV (or rebuild sample_data with --sample)."""
     ap = argparse.ArgumentParser(
-        prog="python -m vptcli.elpv",
+        prog="python benchmarks/elpv_data.py",
         description="Write the ELPV data set (pip install elpv-dataset) as a class-per-folder tree.",
     )
     ap.add_argument("out", help="output folder (new, empty, or written by this tool before)")

@@ -73,8 +73,10 @@ def chunks(seq, size: int):
 
 
 def evaluate(model_path: str | Path, data: str | Path, *, split: str = "test", weights: str | None = None, force: bool = False,
-             device: str = "auto", batch_size: int = 32, show_progress: bool = True) -> tuple[dict, dict]:
+             device: str = "auto", batch_size: int = 32, reporter=None) -> tuple[dict, dict]:
     """Evaluate a prompt file / run dir on ``split`` of an ingested data set.
+
+    ``reporter``: a :class:`vptcli.train_report.Reporter` for warnings and progress (default: silent).
 
     Returns:
         ``(report, context)``: the :func:`vptcli.metrics.classification_report` dict and what was
@@ -84,18 +86,17 @@ def evaluate(model_path: str | Path, data: str | Path, *, split: str = "test", w
         VptError: class names of the data and the file differ, the split is empty, or the prompt
             file does not fit the backbone (see :func:`vptcli.artifacts.check_compatible`).
     """
-    from rich.progress import Progress
-
     from vptcli.artifacts import load_model, resolve_prompt_path
-    from vptcli.console import console, warn
     from vptcli.datasets import ManifestDataset
     from vptcli.device import resolve_device
     from vptcli.ingest import load_or_ingest
     from vptcli.metrics import classification_report
+    from vptcli.train_report import Reporter
 
+    reporter = reporter or Reporter()
     model, meta, _backbone, warnings = load_model(model_path, weights=weights, force=force)
     for w in warnings:
-        warn(w)
+        reporter.warn(w)
     manifest = load_or_ingest(Path(data))
     if list(manifest.classes) != list(meta.classes):
         raise VptError(f"classes differ: data has {manifest.classes}, the model was trained on {meta.classes}")
@@ -104,9 +105,8 @@ def evaluate(model_path: str | Path, data: str | Path, *, split: str = "test", w
         raise VptError(f"split {split!r} of {data} has no usable images")
     dev = resolve_device(device)
     model.to(dev)
-    with Progress(console=console, transient=True, disable=not show_progress) as progress:
-        task = progress.add_task(f"evaluating {split}", total=len(ds))
-        probs = predict_split(model, ds, batch_size=batch_size, device=dev, progress=lambda n: progress.update(task, completed=n))
+    with reporter.task(f"evaluating {split}", len(ds)) as update:
+        probs = predict_split(model, ds, batch_size=batch_size, device=dev, progress=update)
     report = classification_report(np.asarray(ds.labels), probs, list(meta.classes))
     context = {
         "model": str(resolve_prompt_path(model_path)),
@@ -118,5 +118,5 @@ def evaluate(model_path: str | Path, data: str | Path, *, split: str = "test", w
         "trained_on_fingerprint": meta.data_fingerprint,
     }
     if manifest.fingerprint() == meta.data_fingerprint and split in ("train", "val"):
-        warn(f"evaluating on the {split} split the model was trained/selected on: the figures are optimistic")
+        reporter.warn(f"evaluating on the {split} split the model was trained/selected on: the figures are optimistic")
     return report, context

@@ -1,7 +1,8 @@
-"""How training reports progress without printing: the :class:`TrainReporter` interface (no torch import).
+"""How the library reports progress without printing: :class:`Reporter` (warnings, progress tasks)
+and :class:`TrainReporter` (what :func:`vptcli.training.train` adds). No torch import.
 
-:func:`vptcli.training.train` calls it; the silent base class serves library use and tests, and the
-CLI's console implementation lives in :mod:`vptcli.commands.render`.
+The silent base classes serve library use and tests; the CLI's console implementations live in
+:mod:`vptcli.commands.render`.
 """
 
 from __future__ import annotations
@@ -11,15 +12,23 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
-class TrainReporter:
-    """Where :func:`train` reports progress; this base class is silent (library use, tests).
-
-    The CLI passes :class:`vptcli.commands.render.ConsoleTrainReporter`. Subclasses override what
-    they show; every method has a no-op default.
-    """
+class Reporter:
+    """Where a library call reports warnings and progress; this base class is silent."""
 
     def warn(self, message: str) -> None:
         """A warning (one line)."""
+
+    @contextlib.contextmanager
+    def task(self, description: str, total: int) -> Iterator[Callable[..., None]]:
+        """A progress task; yields ``update(completed, info="")``."""
+        yield lambda completed, info="": None
+
+
+class TrainReporter(Reporter):
+    """Where :func:`vptcli.training.train` reports progress; this base class is silent (library use,
+    tests). The CLI passes :class:`vptcli.commands.render.ConsoleTrainReporter`. Subclasses override
+    what they show; every method has a no-op default.
+    """
 
     def run_started(self, info: dict) -> None:
         """After setup: ``info`` holds method, backbone name/source, device, amp dtype, tuned and
@@ -27,11 +36,6 @@ class TrainReporter:
 
     def resumed(self, run_dir: Path, next_epoch: int, epochs: int) -> None:
         """A resume continues after epoch ``next_epoch`` (``>= epochs``: nothing left to do)."""
-
-    @contextlib.contextmanager
-    def task(self, description: str, total: int) -> Iterator[Callable[..., None]]:
-        """A progress task; yields ``update(completed, info="")``."""
-        yield lambda completed, info="": None
 
     def cache_built(self, start_block: int, views: int, nbytes: int, seconds: float) -> None:
         """The feature cache is ready (``start_block`` k: blocks ``0..k-1`` were computed once)."""

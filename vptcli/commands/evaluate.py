@@ -19,13 +19,14 @@ def eval_command(
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
 ) -> None:
     """Evaluate: top-1, balanced accuracy, macro-F1, per-class P/R/F1, confusion matrix, ROC/PR-AUC (binary), ECE."""
-    from vptcli.commands.render import print_eval_report
+    from vptcli.commands.render import ConsoleReporter, print_eval_report
     from vptcli.console import console
     from vptcli.console import out as stdout
     from vptcli.evaluation import evaluate
     from vptcli.metrics import write_report
 
-    report, context = evaluate(model, data, split=split, weights=weights, force=force, device=device, batch_size=batch_size)
+    report, context = evaluate(model, data, split=split, weights=weights, force=force, device=device, batch_size=batch_size,
+                              reporter=ConsoleReporter())
     print_eval_report(report, console)
     if out is None:
         out = (model if model.is_dir() else model.parent) / f"eval-{split}"

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from vptcli.console import console, warn
 from vptcli.console import out as stdout
-from vptcli.train_report import TrainReporter
+from vptcli.train_report import Reporter, TrainReporter
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -30,14 +30,29 @@ def epoch_cells(cells) -> str:
     return "  ".join(str(c).rjust(len(h)) for c, h in zip(cells, EPOCH_COLUMNS))
 
 
-class ConsoleTrainReporter(TrainReporter):
-    """``vpt train``'s terminal output on stderr: a summary, progress bars, one row per epoch."""
+class ConsoleReporter(Reporter):
+    """Warnings and transient progress bars on stderr."""
 
     def __init__(self, show_progress: bool = True) -> None:
         self.show_progress = show_progress
 
     def warn(self, message: str) -> None:
         warn(message)
+
+    @contextlib.contextmanager
+    def task(self, description: str, total: int) -> Iterator[Callable[..., None]]:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                            console=console, disable=not self.show_progress, transient=True)
+        with progress:
+            task = progress.add_task(description, total=total, info="")
+            yield lambda completed, info="": progress.update(task, completed=completed, info=info)
+
+
+class ConsoleTrainReporter(ConsoleReporter, TrainReporter):
+    """``vpt train``'s terminal output on stderr: a summary, progress bars, one row per epoch."""
 
     def run_started(self, info: dict) -> None:
         tuned, nb = info["tuned"], info["backbone_parameters"]
@@ -59,17 +74,6 @@ class ConsoleTrainReporter(TrainReporter):
                           "(start a new run to train longer: the learning-rate schedule depends on --epochs)")
         else:
             console.print(f"resuming {run_dir} after epoch {next_epoch} of {epochs}, with the run's saved settings")
-
-    @contextlib.contextmanager
-    def task(self, description: str, total: int) -> Iterator[Callable[..., None]]:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                            console=console, disable=not self.show_progress, transient=True)
-        with progress:
-            task = progress.add_task(description, total=total, info="")
-            yield lambda completed, info="": progress.update(task, completed=completed, info=info)
 
     def cache_built(self, start_block: int, views: int, nbytes: int, seconds: float) -> None:
         console.print(f"feature cache: {'embeddings' if start_block == 0 else f'blocks 0..{start_block - 1}'} computed once, "

@@ -492,3 +492,25 @@ def test_png_header_bomb_is_skipped_not_fatal(tmp_path):
     (bomb,) = result.skipped
     assert bomb.path == "a/bomb.png" and "10,000,000,000 pixels" in bomb.reason
     assert "89,478,485" in bomb.reason
+
+
+def test_unsupported_formats_are_skipped_by_name_not_as_corrupt(tmp_path, monkeypatch, capsys):
+    from vptcli import images
+
+    monkeypatch.setattr(images, "_heif_plugin", lambda: False)
+    src = tmp_path / "src"
+    make_class(src, "a", 3, 0)
+    make_class(src, "b", 3, 10)
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(buf, "JPEG")
+    data = bytearray(buf.getvalue())
+    at = data.index(b"\xff\xc0")
+    data[at + 1], data[at + 4] = 0xC1, 12  # 12-bit extended sequential frame header
+    (src / "a" / "thermal.jpg").write_bytes(bytes(data))
+    (src / "b" / "phone.jpg").write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic")
+    code, out, _err = run_vpt(monkeypatch, capsys, "ingest", src, "--out", tmp_path / "out")
+    assert code == 0
+    report = (tmp_path / "out" / "ingest_report.md").read_text(encoding="utf-8")
+    assert "12-bit JPEG" in report and "HEIC/HEIF" in report
+    assert "corrupt" not in report
+    assert "unsupported" in flat(out)

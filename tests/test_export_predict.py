@@ -510,3 +510,33 @@ def test_run_dir_without_graph_needs_export_for_onnx(prompt_a):
         open_predictor(prompt_a, backend="onnx")
     model, *_ = load_model(prompt_a)
     assert model.num_classes == 3
+
+
+# ------------------------------------------------------------------------ a single graph on its own
+
+
+def test_single_graph_predicts_without_its_prompt_file(export_a, shared_a, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(export_a.onnx_path, alone / "line3.onnx")  # the graph only: no prompts.safetensors anywhere
+    x = synthetic_images(3, IMG, seed=5).numpy()
+    for p in (open_predictor(None, onnx=alone / "line3.onnx"), open_predictor(alone / "line3.onnx")):
+        assert isinstance(p, OnnxPredictor) and p.prompt_path is None
+        assert p.classes == ["crack", "ok", "scratch"] and p.img_size == IMG
+        _, probs = p.predict_batch(x)
+        _, ref = TorchPredictor(export_a.prompt_path).predict_batch(x)
+        assert np.abs(probs - ref).max() <= 1e-4
+    images = write_images(tmp_path / "imgs", 3, seed=9)
+    code, _out, err = run_cli(["predict", "--onnx", alone / "line3.onnx", tmp_path / "imgs", "--out",
+                              tmp_path / "p.csv"], capsys, monkeypatch)
+    assert code == 0, err
+    rows = read_rows(tmp_path / "p.csv")
+    assert [r["status"] for r in rows] == ["ok"] * 3 and {r["label"] for r in rows} <= {"crack", "ok", "scratch"}
+    # the same rows as with the prompt file: preprocessing really comes from the graph's metadata
+    expected = [r.label for r in predict_files(open_predictor(export_a.out_dir), images)]
+    assert [r["label"] for r in rows] == expected
+    # a shared-backbone graph still needs the prompt file, and says so
+    with pytest.raises(PredictorError, match="shared-backbone graph.*--prompt-file"):
+        open_predictor(None, onnx=shared_a.onnx_path)

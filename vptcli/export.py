@@ -620,6 +620,45 @@ def _check_parity(check: ParityCheck, ref, logits, tol: float, precision: str, s
         )
 
 
+def meta_from_graph(gm: dict[str, str], onnx_path: str | os.PathLike) -> PromptFileMeta:
+    """A :class:`~vptcli.artifacts.PromptFileMeta` rebuilt from a single graph's metadata
+    (:func:`read_graph_metadata`): class names, preprocessing, method, prompt settings, backbone
+    identity and architecture, so a single-file ``model.onnx`` predicts without its prompt file.
+
+    Raises:
+        ArtifactError: the metadata is not that of a single graph written by ``vpt export`` or lacks
+            a field (the message names the graph).
+    """
+    if gm.get("graph") != GRAPH_SINGLE:
+        raise ArtifactError(f"{onnx_path}: not a single graph written by `vpt export`; it cannot predict on its own")
+    try:
+        pre = json.loads(gm["preprocessing"])
+        arch = json.loads(gm["architecture"])
+        return PromptFileMeta(
+            method=gm["method"],
+            prompt=json.loads(gm["prompt"]),
+            backbone=json.loads(gm["backbone"]),
+            embed_dim=int(arch["embed_dim"]),
+            depth=int(arch["depth"]),
+            num_prefix_tokens=int(arch["num_prefix_tokens"]),
+            img_size=int(pre["img_size"]),
+            mean=[float(v) for v in pre["mean"]],
+            std=[float(v) for v in pre["std"]],
+            interpolation=str(pre["interpolation"]),
+            crop_pct=float(pre["crop_pct"]),
+            crop_mode=str(pre["crop_mode"]),
+            classes=[str(c) for c in json.loads(gm["classes"])],
+            data_fingerprint=gm.get("data_fingerprint", ""),
+            tool_version=gm.get("version", ""),
+            tensors_sha256=gm.get("prompt_tensors_sha256", ""),
+        )
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ArtifactError(
+            f"{onnx_path}: its vptcli metadata is incomplete ({type(exc).__name__}: {exc}); re-export it "
+            "with `vpt export`, or pass the prompt file with --prompt-file"
+        ) from None
+
+
 def read_graph_metadata(session) -> dict[str, str]:
     """The ``vptcli.*`` metadata of an ONNX Runtime session's model, keys without the prefix."""
     props = session.get_modelmeta().custom_metadata_map or {}
@@ -640,6 +679,7 @@ __all__ = [
     "ParityCheck",
     "export_onnx",
     "graph_metadata",
+    "meta_from_graph",
     "read_graph_metadata",
     "shared_structure",
     "synthetic_images",

@@ -171,35 +171,47 @@ class OnnxPredictor(Predictor):
         onnx_path: the graph (``model.onnx`` or a shared-backbone graph).
         prompt_path: the prompt file (run / export folder or ``.safetensors``) whose metadata gives the
             classes and preprocessing, and, for a shared graph, the prompts and head fed to it.
+            ``None``: a single graph predicts on its own, from the class names and preprocessing in
+            its metadata; a shared-backbone graph needs one.
         device: ``auto`` | ``cpu`` | ``cuda`` (see the module docstring).
 
     Raises:
         PredictorError: graph unreadable, not written by vpt export, or not matching the prompt file
             (backbone identity, image size, normalisation, prompt structure, prompt-file digest);
-            ``cuda`` asked for but ``CUDAExecutionProvider`` not obtained.
+            a shared-backbone graph without a prompt file; ``cuda`` asked for but
+            ``CUDAExecutionProvider`` not obtained.
         ArtifactError: unreadable prompt file.
     """
 
     backend = "onnx"
 
-    def __init__(self, onnx_path: str | os.PathLike, prompt_path: str | os.PathLike, *, device: str = "auto") -> None:
+    def __init__(self, onnx_path: str | os.PathLike, prompt_path: str | os.PathLike | None = None, *,
+                 device: str = "auto") -> None:
         super().__init__()
-        from vptcli.export import GRAPH_SHARED, GRAPH_SINGLE, read_graph_metadata
+        from vptcli.export import GRAPH_SHARED, GRAPH_SINGLE, meta_from_graph, read_graph_metadata
 
         check_device(device)
         self.onnx_path = Path(onnx_path)
         if not self.onnx_path.is_file():
             raise PredictorError(f"{self.onnx_path}: no such ONNX file")
-        tensors, meta = read_prompt_file(prompt_path)
-        self.meta = meta
-        self.prompt_path = resolve_prompt_path(prompt_path)
+        tensors, meta = read_prompt_file(prompt_path) if prompt_path is not None else ({}, None)
+        self.prompt_path = resolve_prompt_path(prompt_path) if prompt_path is not None else None
         self.session, self.device, warns = create_session(self.onnx_path, device)
         self.warnings.extend(warns)
         gm = read_graph_metadata(self.session)
         kind = gm.get("graph")
         if kind not in (GRAPH_SINGLE, GRAPH_SHARED):
             raise PredictorError(f"{self.onnx_path}: not a graph written by `vpt export` (no vptcli metadata)")
-        _check_graph_matches(gm, meta, self.onnx_path, self.prompt_path)
+        if meta is None:
+            if kind == GRAPH_SHARED:
+                raise PredictorError(
+                    f"{self.onnx_path} is a shared-backbone graph: its prompts and head are inputs, so it "
+                    "needs the prompt file to use: --prompt-file FILE.safetensors"
+                )
+            meta = meta_from_graph(gm, self.onnx_path)
+        else:
+            _check_graph_matches(gm, meta, self.onnx_path, self.prompt_path)
+        self.meta = meta
         self.graph = kind
         self.input_names = [i.name for i in self.session.get_inputs()]
         self._extra: dict[str, np.ndarray] = {}
@@ -380,7 +392,9 @@ def open_predictor(
 
     ``backend="auto"``: ONNX when ``onnx`` is given or MODEL is an export folder with a graph (or a
     ``.onnx`` file), else PyTorch. The prompt file is ``prompts`` when given, else MODEL's
-    (``prompts.safetensors`` of a folder; the folder of a ``.onnx`` file).
+    (``prompts.safetensors`` of a folder; the one beside a ``.onnx`` file). With ``onnx`` and no
+    ``prompts`` (or a ``.onnx`` MODEL with no prompt file beside it), a single graph predicts on its
+    own (classes and preprocessing from its metadata); only a shared-backbone graph needs ``prompts``.
 
     Raises:
         VptError / PredictorError / ArtifactError: nothing usable given, graph missing for the ONNX
@@ -393,15 +407,16 @@ def open_predictor(
     graph = Path(onnx) if onnx is not None else (find_graph(model) if model is not None else None)
     if backend == "auto":
         backend = "onnx" if graph is not None else "torch"
-    if prompts is not None:
-        prompt_src: Path = Path(prompts)
-    elif model is not None and Path(model).is_file() and Path(model).suffix.lower() == ".onnx":
-        prompt_src = Path(model).parent
-    elif model is not None:
-        prompt_src = Path(model)
-    else:
-        raise VptError("--onnx needs --prompt-file (the prompt file whose classes and head to use)")
     if backend == "torch":
+        if prompts is not None:
+            prompt_src: Path = Path(prompts)
+        elif model is not None and Path(model).is_file() and Path(model).suffix.lower() == ".onnx":
+            prompt_src = Path(model).parent
+        elif model is not None:
+            prompt_src = Path(model)
+        else:
+            raise VptError("--backend torch needs a prompt file: pass MODEL (a run folder, export folder or "
+                           "prompt file) or --prompt-file FILE")
         return TorchPredictor(prompt_src, device=device, weights=weights, force=force)
     if graph is None:
         raise PredictorError(
@@ -410,7 +425,18 @@ def open_predictor(
         )
     if weights is not None or force:
         raise VptError("--weights/--force apply to the torch backend only; an ONNX graph carries its own backbone")
-    return OnnxPredictor(graph, prompt_src, device=device)
+    # The prompt file: --prompt-file, else the one beside the graph (an export folder's copy, checked against
+    # the graph); none: a single graph predicts from its own metadata, a shared graph says it needs one.
+    prompt_file: Path | None = Path(prompts) if prompts is not None else None
+    if prompt_file is None and model is not None:
+        from vptcli.artifacts import PROMPT_FILE
+
+        folder = Path(model) if Path(model).is_dir() else Path(model).parent
+        if Path(model).suffix.lower() == ".safetensors" and Path(model).is_file():
+            prompt_file = Path(model)
+        elif (folder / PROMPT_FILE).is_file():
+            prompt_file = folder / PROMPT_FILE
+    return OnnxPredictor(graph, prompt_file, device=device)
 
 
 # ------------------------------------------------------------------------------------------- inputs

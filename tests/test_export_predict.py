@@ -175,6 +175,8 @@ def test_opset_the_dynamo_exporter_cannot_give_falls_back_to_torchscript(prompt_
     assert any("dynamo exporter produced opset 18 instead of 17" in w for w in r.warnings)
     m = onnx.load(r.onnx_path)
     assert next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) == 17
+    assert m.ir_version == r.ir_version == 8 and r.min_onnxruntime == "1.13"  # not the IR 10 of onnx today
+    assert {p.key: p.value for p in m.metadata_props}["vptcli.min_onnxruntime"] == "1.13"
     with pytest.raises(ExportError, match="dynamo exporter produced opset 18 instead of 17"):
         export_onnx(prompt_a, tmp_path / "op17b", opset=17, exporter="dynamo")
 
@@ -540,3 +542,70 @@ def test_single_graph_predicts_without_its_prompt_file(export_a, shared_a, tmp_p
     # a shared-backbone graph still needs the prompt file, and says so
     with pytest.raises(PredictorError, match="shared-backbone graph.*--prompt-file"):
         open_predictor(None, onnx=shared_a.onnx_path)
+
+
+# ------------------------------------------------------------------ IR version for older runtimes
+
+
+def test_ir_version_follows_the_opset():
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Relu", ["x"], ["y"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    for opset, ir in ((14, 7), (17, 8), (18, 8), (19, 9), (20, 9), (21, 10)):
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+        m.ir_version = 10 if opset < 21 else 11  # what a current exporter stamps
+        assert export_mod.stamp_ir_version(m) == ir == m.ir_version
+        onnx.checker.check_model(m, full_check=True)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 7  # never raised
+    assert export_mod.stamp_ir_version(m) == 7
+    assert export_mod.min_onnxruntime(17, 8) == "1.13"
+    assert export_mod.min_onnxruntime(20, 9) == "1.17"
+    assert export_mod.min_onnxruntime(20, 10) == "1.18"  # an IR 10 graph needs 1.18 whatever its opset
+    assert export_mod.min_onnxruntime(99, 9) == ""
+
+
+def test_lowest_supported_opset_exports_with_parity(prompt_a, tmp_path, capsys, monkeypatch):
+    low = export_mod.MIN_OPSET
+    code, out, err = run_cli(["export", prompt_a, "--out", tmp_path / "low", "--opset", low], capsys, monkeypatch)
+    assert code == 0, err
+    m = onnx.load(tmp_path / "low" / "model.onnx")
+    assert next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) == low
+    assert m.ir_version == 7
+    oldest = export_mod.ORT_FOR_OPSET[low]
+    assert f"opset {low} (IR 7, loads in ONNX Runtime {oldest} or later)" in " ".join(out.split())
+    assert {p.key: p.value for p in m.metadata_props}["vptcli.min_onnxruntime"] == oldest
+    x = synthetic_images(4, IMG, seed=21).numpy()
+    lo, _ = open_predictor(tmp_path / "low").predict_batch(x)  # the current runtime
+    lt, _ = open_predictor(prompt_a).predict_batch(x)
+    assert np.abs(lo - lt).max() <= 1e-4 and (lo.argmax(1) == lt.argmax(1)).all()
+    with pytest.raises(ExportError, match=f"lowest opset vpt can export is {low}"):
+        export_onnx(prompt_a, tmp_path / "lower", opset=low - 1)
+    assert not (tmp_path / "lower").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("os").environ.get("VPT_OLD_ORT_PYTHON"),
+                    reason="set VPT_OLD_ORT_PYTHON to a Python with an older onnxruntime (e.g. 1.17)")
+def test_graphs_load_in_an_older_onnxruntime(export_a, prompt_a, tmp_path):
+    """Optional: run the default and opset-17 graphs in another Python's (older) ONNX Runtime."""
+    import os
+    import subprocess
+
+    r17 = export_onnx(prompt_a, tmp_path / "op17", opset=17)
+    x = synthetic_images(3, IMG, seed=3).numpy()
+    np.save(tmp_path / "x.npy", x)
+    script = (
+        "import sys, numpy as np, onnxruntime as ort\n"
+        "x = np.load(sys.argv[1])\n"
+        "for i, p in enumerate(sys.argv[2:]):\n"
+        "    s = ort.InferenceSession(p, providers=['CPUExecutionProvider'])\n"
+        "    np.save(f'{sys.argv[1]}.{i}.npy', s.run(['logits'], {'images': x})[0])\n"
+    )
+    graphs = [str(export_a.onnx_path), str(r17.onnx_path)]
+    subprocess.run([os.environ["VPT_OLD_ORT_PYTHON"], "-c", script, str(tmp_path / "x.npy"), *graphs], check=True)
+    ref, _ = open_predictor(prompt_a).predict_batch(x)
+    for i in range(len(graphs)):
+        assert np.abs(np.load(tmp_path / f"x.npy.{i}.npy") - ref).max() <= 1e-4

@@ -66,6 +66,19 @@ from vptcli.fsutil import apply_umask_mode, atomic_write_bytes
 DEFAULT_OPSET = 20
 """ONNX opset of exported graphs (PyTorch 2.14's default for both exporters)."""
 
+MIN_OPSET = 14
+"""Lowest ONNX opset an export is made at (below it PyTorch's exporters cannot express the attention
+of timm's ViTs); ``vpt export --opset`` refuses lower values before loading anything."""
+
+ORT_FOR_OPSET: dict[int, str] = {
+    14: "1.8", 15: "1.10", 16: "1.11", 17: "1.13", 18: "1.14", 19: "1.15", 20: "1.17", 21: "1.18",
+}
+"""Oldest ONNX Runtime release that implements each ``ai.onnx`` opset (source: the version matrix of
+ONNX Runtime's compatibility notes, docs/Versioning.md / onnxruntime.ai "Compatibility")."""
+
+ORT_FOR_IR: dict[int, str] = {7: "1.6", 8: "1.10", 9: "1.15", 10: "1.18"}
+"""Oldest ONNX Runtime release that loads each ONNX IR version (same source)."""
+
 FP32_LOGIT_TOL = 1e-4
 """Largest absolute logit difference ONNX Runtime vs PyTorch accepted for an fp32 graph."""
 
@@ -112,7 +125,10 @@ class ExportResult:
     file; ``graph``: :data:`GRAPH_SINGLE` | :data:`GRAPH_SHARED`; ``precision``: ``fp32`` | ``fp16``;
     ``exporter``: ``dynamo`` | ``torchscript``; ``tolerance``: the logit tolerance checked;
     ``export_seconds``: trace + conversion time; ``total_seconds``: everything incl. loading and the
-    parity check; ``external_data``: a ``.onnx.data`` file was written (weights > 2 GB).
+    parity check; ``external_data``: a ``.onnx.data`` file was written (weights > 2 GB);
+    ``ir_version``: the graph's ONNX IR version (the lowest its opset allows, see
+    :func:`stamp_ir_version`); ``min_onnxruntime``: the oldest ONNX Runtime release that can load it
+    (:func:`min_onnxruntime`).
     """
 
     out_dir: Path
@@ -129,6 +145,8 @@ class ExportResult:
     onnx_bytes: int
     prompt_bytes: int
     external_data: bool = False
+    ir_version: int = 0
+    min_onnxruntime: str = ""
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -307,6 +325,34 @@ def _default_opset(proto) -> int:
     return next((int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), -1)
 
 
+def stamp_ir_version(proto) -> int:
+    """Set ``proto.ir_version`` to the lowest IR version its opset imports allow
+    (``onnx.helper.find_min_ir_version_for``; e.g. opset 17 -> IR 8, opset 20 -> IR 9), never higher
+    than what the exporter wrote. Exporters stamp the IR version of the installed ``onnx`` package (IR
+    10 and up), which older ONNX Runtime releases refuse although nothing in the graph needs it; the
+    graph is checked (``onnx.checker``) and run (parity) after stamping. Returns the IR version."""
+    from onnx import helper
+
+    imports = [helper.make_opsetid(o.domain, o.version) for o in proto.opset_import]
+    try:
+        needed = int(helper.find_min_ir_version_for(imports, ignore_unknown=True))
+    except Exception:  # noqa: BLE001 - an opset the installed onnx does not know: keep the exporter's
+        return int(proto.ir_version)
+    if 0 < needed < proto.ir_version:
+        proto.ir_version = needed
+    return int(proto.ir_version)
+
+
+def min_onnxruntime(opset: int, ir_version: int) -> str:
+    """The oldest ONNX Runtime release that can load a graph of ``opset`` (``ai.onnx``) and
+    ``ir_version`` (:data:`ORT_FOR_OPSET`, :data:`ORT_FOR_IR`), e.g. ``"1.13"`` for opset 17 / IR 8;
+    ``""`` when the opset or IR version is newer than the table."""
+    need = [ORT_FOR_OPSET.get(int(opset)), ORT_FOR_IR.get(int(ir_version))]
+    if any(v is None for v in need):
+        return ""
+    return max(need, key=lambda v: tuple(int(x) for x in v.split(".")))
+
+
 def _root_cause(exc: BaseException) -> str:
     """``Type: first line`` of the innermost cause of an exporter exception (the exporters wrap the
     real error in a banner)."""
@@ -359,6 +405,11 @@ def export_onnx(
 
     t_start = time.perf_counter()
     opset = int(opset) if opset is not None else DEFAULT_OPSET
+    if opset < MIN_OPSET:
+        raise ExportError(
+            f"--opset {opset}: the lowest opset vpt can export is {MIN_OPSET} (ONNX Runtime "
+            f"{ORT_FOR_OPSET[MIN_OPSET]} and later load it); pass --opset {MIN_OPSET} or higher"
+        )
     src, out = _check_request(model_path, out_dir, exporter, shared_backbone)
     model, meta, _backbone, warn_list = load_model(src, weights=weights, force=force)
     model = model.float().eval().cpu()
@@ -405,7 +456,9 @@ def export_onnx(
         out_dir=out, onnx_path=onnx_path, prompt_path=prompt_out, graph=graph, precision=precision, opset=opset,
         exporter=used, tolerance=tol, parity=parity, export_seconds=export_seconds,
         total_seconds=time.perf_counter() - t_start, onnx_bytes=onnx_bytes, prompt_bytes=prompt_bytes,
-        external_data=data is None, inputs=list(spec["input_names"]), outputs=["logits", "probabilities"],
+        external_data=data is None, ir_version=int(proto.ir_version),
+        min_onnxruntime=min_onnxruntime(opset, int(proto.ir_version)),
+        inputs=list(spec["input_names"]), outputs=["logits", "probabilities"],
         warnings=warn_list,
     )
 
@@ -488,7 +541,9 @@ def _export_with_fallback(spec: dict, opset: int, exporter: str, large_path, src
 
 
 def _stamp_and_check(proto, meta: PromptFileMeta, graph: str, precision: str, used: str, opset: int, large_path, src: Path):
-    """Write the metadata into ``proto`` and run ``onnx.checker`` on exactly what will be written.
+    """Stamp the IR version the opset needs (:func:`stamp_ir_version`), write the metadata (with the
+    oldest ONNX Runtime that loads the graph) into ``proto`` and run ``onnx.checker`` on exactly what
+    will be written.
 
     Returns:
         The serialised graph (bytes), or None when it was saved to ``large_path`` (external data).
@@ -498,8 +553,12 @@ def _stamp_and_check(proto, meta: PromptFileMeta, graph: str, precision: str, us
     """
     import onnx
 
+    ir_version = stamp_ir_version(proto)
+    oldest_ort = min_onnxruntime(opset, ir_version)
     del proto.metadata_props[:]
-    for k, v in graph_metadata(meta, graph=graph, precision=precision, exporter=used, opset=opset).items():
+    props = graph_metadata(meta, graph=graph, precision=precision, exporter=used, opset=opset)
+    props[META_PREFIX + "min_onnxruntime"] = oldest_ort or f"newer than 1.18 (opset {opset}, IR {ir_version})"
+    for k, v in props.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v
     proto.doc_string = (
@@ -671,7 +730,10 @@ __all__ = [
     "FP32_LOGIT_TOL",
     "GRAPH_SHARED",
     "GRAPH_SINGLE",
+    "MIN_OPSET",
     "ONNX_FILE",
+    "ORT_FOR_IR",
+    "ORT_FOR_OPSET",
     "SHARED_ONNX_FILE",
     "ArtifactError",
     "ExportError",
@@ -680,7 +742,9 @@ __all__ = [
     "export_onnx",
     "graph_metadata",
     "meta_from_graph",
+    "min_onnxruntime",
     "read_graph_metadata",
     "shared_structure",
+    "stamp_ir_version",
     "synthetic_images",
 ]

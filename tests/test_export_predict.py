@@ -495,7 +495,7 @@ def test_cuda_requested_without_cuda_is_a_clear_error(export_a, prompt_a, monkey
         TorchPredictor(prompt_a, device="cuda")
     session, provider, warns = create_session(export_a.onnx_path, "auto")
     assert provider == "CPUExecutionProvider" and session.get_providers() == ["CPUExecutionProvider"]
-    assert len(warns) == 1 and "CUDAExecutionProvider" in warns[0]
+    assert len(warns) == 1 and "CUDA not used" in warns[0] and "CPUExecutionProvider" in warns[0]
     # an onnxruntime without the CUDA provider at all: the message says so
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
     with pytest.raises(PredictorError, match="does not have.*onnxruntime-gpu"):
@@ -609,3 +609,41 @@ def test_graphs_load_in_an_older_onnxruntime(export_a, prompt_a, tmp_path):
     ref, _ = open_predictor(prompt_a).predict_batch(x)
     for i in range(len(graphs)):
         assert np.abs(np.load(tmp_path / f"x.npy.{i}.npy") - ref).max() <= 1e-4
+
+
+# ------------------------------------------------------------------- one warning means one line
+
+
+def test_cuda_fallback_is_one_line_of_ours_and_none_of_the_runtimes(export_a, tmp_path, capfd, monkeypatch):
+    """ONNX Runtime's own provider noise (written to file descriptor 2 by native code) is captured;
+    the user sees exactly one warning line, whatever the console width."""
+    import os
+
+    import onnxruntime as ort
+
+    real_session = ort.InferenceSession
+    noise = (
+        b"2026-01-01 [E:onnxruntime:Default, provider_bridge_ort.cc:2251 TryGetProviderInfo_CUDA]\n"
+        b"Failed to load library libonnxruntime_providers_cuda.so with error: libcublasLt.so.12: cannot open "
+        b"shared object file: No such file or directory\n"
+        b"[W:onnxruntime:Default, onnxruntime_pybind_state.cc:1024] Failed to create CUDAExecutionProvider. "
+        b"Require cuDNN 9.* and CUDA 12.*, and the latest MSVC runtime.\n"
+    )
+
+    class NoisySession:
+        def __new__(cls, path, opts=None, providers=None):
+            os.write(2, noise)  # as the native provider bridge does
+            return real_session(path, opts, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", NoisySession)
+    monkeypatch.setenv("COLUMNS", "80")
+    write_images(tmp_path / "imgs", 2)
+    code, _out, err = run_cli(["predict", export_a.out_dir, tmp_path / "imgs", "--out", tmp_path / "p.csv"],
+                              capfd, monkeypatch)
+    assert code == 0, err
+    assert "onnxruntime" not in err.lower().replace("onnx runtime", "")  # none of the runtime's own lines
+    warnings_ = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings_) == 1 and "CUDA not used" in warnings_[0] and "CPUExecutionProvider" in warnings_[0]
+    following = err.splitlines()[err.splitlines().index(warnings_[0]) + 1]
+    assert following.startswith("onnx backend on")  # the warning did not wrap onto a second line

@@ -294,9 +294,22 @@ def _captured_stderr_fd():
             buf.write(tmp.read().decode("utf-8", "replace"))
 
 
-def _cuda_failure_reason(log: str) -> str:
-    """One line from ONNX Runtime's log (and torch) saying why the CUDA provider could not be created."""
+def _cuda_failure_reason(log: str, short: bool = False) -> str:
+    """One line from ONNX Runtime's log (and torch) saying why the CUDA provider could not be created.
+    ``short``: only the most telling part (no GPU visible, else the library that failed to load),
+    for the one-line warning of ``--device auto``."""
     text = _ANSI.sub("", log)
+    if short:
+        with contextlib.suppress(Exception):
+            import torch
+
+            if not torch.cuda.is_available():
+                return "no CUDA GPU visible"
+        m = re.search(r"Failed to load library (\S+) with error: ([^:\n]+)", text)
+        if m:
+            return f"{Path(m.group(1)).name} not loadable: {m.group(2).strip()}"
+        m = re.search(r"(Require cuDNN \S+ and CUDA \d+(?:\.\*)?)", text)
+        return m.group(1) if m else "onnxruntime did not say why"
     parts = []
     m = re.search(r"Failed to load library (\S+) with error: ([^\n]+)", text)
     if m:
@@ -326,6 +339,8 @@ def create_session(onnx_path: str | os.PathLike, device: str = "auto"):
     import onnxruntime as ort
 
     check_device(device)
+    with contextlib.suppress(Exception):  # the runtime's own (environment) logger: errors only
+        ort.set_default_logger_severity(3)
     available = list(ort.get_available_providers())
     warns: list[str] = []
     opts = ort.SessionOptions()
@@ -356,7 +371,8 @@ def create_session(onnx_path: str | os.PathLike, device: str = "auto"):
                 f"--device cuda: the ONNX Runtime session did not get {CUDA_EP} (it got {', '.join(used)}): "
                 f"{reason}. Install the CUDA/cuDNN libraries onnxruntime {ort.__version__} needs, or use --device cpu"
             )
-        warns.append(f"{CUDA_EP} could not be used ({reason}); running on {used[0] if used else CPU_EP}")
+        warns.append(f"CUDA not used ({_cuda_failure_reason(log.getvalue(), short=True)}); ONNX Runtime runs on "
+                     f"{used[0] if used else CPU_EP}")
     return session, (used[0] if used else CPU_EP), warns
 
 

@@ -514,3 +514,25 @@ def test_unsupported_formats_are_skipped_by_name_not_as_corrupt(tmp_path, monkey
     assert "12-bit JPEG" in report and "HEIC/HEIF" in report
     assert "corrupt" not in report
     assert "unsupported" in flat(out)
+
+
+@pytest.mark.parametrize("layout", ["class-folders", "pre-split"])
+def test_class_names_differing_only_by_case_warn_and_strict_refuses(tmp_path, monkeypatch, capsys, layout):
+    src = tmp_path / "src"
+    if layout == "class-folders":
+        make_class(src, "Crack", 3, 0)
+        make_class(src, "crack", 3, 10)
+        make_class(src, "ok", 3, 20)
+    else:
+        make_class(src / "train", "Crack", 3, 0)
+        make_class(src / "train", "ok", 3, 20)
+        make_class(src / "val", "crack", 2, 10)
+        make_class(src / "val", "ok", 2, 30)
+    if layout == "class-folders" and len(list(src.iterdir())) < 3:
+        pytest.skip("case-insensitive file system: 'Crack' and 'crack' cannot coexist")
+    result = ingest_folder(src, progress=False)
+    (line,) = [w for w in result.warnings if "differ only by case" in w]
+    assert "'Crack' and 'crack'" in line and "Windows or macOS" in line
+    code, _out, err = run_vpt(monkeypatch, capsys, "ingest", src, "--out", tmp_path / "out", "--strict")
+    assert code == 2 and not (tmp_path / "out").exists()
+    assert "'Crack' and 'crack'" in flat(err) and "--strict" in flat(err)

@@ -182,6 +182,13 @@ def ingest_folder(
 
     ignored: Counter = Counter()
     layout, class_dirs, candidates = _scan(src, ignored)
+    case_pairs = case_clashes(label for label, _ in class_dirs)
+    if strict and case_pairs:
+        raise VptError(
+            f"--strict: class folders whose names differ only by case in {src}: {_case_text(case_pairs)}; "
+            "they merge when the tree is copied to Windows or macOS; rename or merge them, or run without "
+            "--strict to keep them as separate classes"
+        )
     probes = _decode_all(candidates, max_pixels=max_pixels, bit_depth=bit_depth, workers=workers,
                          progress=progress)
 
@@ -209,6 +216,12 @@ def ingest_folder(
         _assign_splits(by_hash, class_names, val_fraction, test_fraction, seed)
 
     warnings += _imbalance_warnings(usable, class_names) + _bit_depth_warnings(wide, low_bit, bit_depth)
+    if case_pairs:
+        warnings.append(
+            f"class names that differ only by case: {_case_text(case_pairs)}; almost always a labelling "
+            "slip, and they merge into one folder when the tree is copied to Windows or macOS; kept as "
+            "separate classes (rename or merge the folders; --strict refuses them)"
+        )
     nfc_clash = _nfc_clashes(class_dirs)
     if nfc_clash:
         warnings.append(nfc_clash)
@@ -651,6 +664,19 @@ def _check_pre_split(class_names: list[str], usable: list[ImageRecord], groups: 
             f"{len(straddling)} group(s) of identical images appear in more than one of the given splits "
             f"(e.g. {' and '.join(repr(r.path) for r in g.records[:2])}); evaluation on them is not independent"
         )
+
+
+def case_clashes(labels) -> list[tuple[str, ...]]:
+    """Groups of distinct class names that differ only by case (``str.casefold``, after NFC), e.g.
+    ``[('Crack', 'crack')]``; each group sorted, groups sorted; empty when there are none."""
+    by_fold: dict[str, set[str]] = defaultdict(set)
+    for label in labels:
+        by_fold[_nfc(label).casefold()].add(_nfc(label))
+    return sorted(tuple(sorted(names)) for names in by_fold.values() if len(names) > 1)
+
+
+def _case_text(groups: list[tuple[str, ...]]) -> str:
+    return ", ".join(" and ".join(repr(n) for n in g) for g in groups)
 
 
 def _nfc_clashes(class_dirs: list[tuple[str, Path]]) -> str:

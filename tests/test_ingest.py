@@ -536,3 +536,77 @@ def test_class_names_differing_only_by_case_warn_and_strict_refuses(tmp_path, mo
     code, _out, err = run_vpt(monkeypatch, capsys, "ingest", src, "--out", tmp_path / "out", "--strict")
     assert code == 2 and not (tmp_path / "out").exists()
     assert "'Crack' and 'crack'" in flat(err) and "--strict" in flat(err)
+
+
+# --------------------------------------------------------------------------------------------------
+# labels in a CSV
+
+
+def flat_folder(root: Path, n: int = 8) -> list[str]:
+    """``root/images/img_NNN.png`` (distinct pixels), returns their names relative to root."""
+    names = []
+    for i in range(n):
+        save_image(root / "images" / f"img_{i:03d}.png", seed=100 + i)
+        names.append(f"images/img_{i:03d}.png")
+    return names
+
+
+def test_labels_csv_gives_classes_and_unlisted_files_are_skipped(tmp_path, monkeypatch, capsys):
+    src = tmp_path / "flat"
+    names = flat_folder(src, 8)
+    rows = ["File Name;Defect Class;notes"] + [
+        f"{n.replace('/', chr(92)) if i == 0 else n};{'crack' if i % 2 else 'good'};x" for i, n in enumerate(names[:7])
+    ]
+    (src / "labels.csv").write_text("\ufeff" + "\n".join(rows) + "\n", encoding="utf-8")  # BOM, ';', Windows path
+    code, out, err = run_vpt(monkeypatch, capsys, "ingest", src, "--labels", src / "labels.csv",
+                             "--file-column", "file name", "--label-column", "DEFECT CLASS", "--out", tmp_path / "out")
+    assert code == 0, err
+    got = {r["path"]: (r["label"], r["status"]) for r in read_rows(tmp_path / "out")}
+    assert "labels.csv" not in got  # the table itself is not an image record
+    assert got[names[0]] == ("good", "ok") and got[names[1]] == ("crack", "ok")
+    assert got[names[7]][1] == "skipped"
+    report = (tmp_path / "out" / "ingest_report.md").read_text(encoding="utf-8")
+    assert "unlabelled: not listed in labels.csv" in report
+    assert "labels-csv layout" in flat(err + out)
+
+
+def test_labels_csv_columns_detected_from_the_header(tmp_path):
+    src = tmp_path / "flat"
+    names = flat_folder(src, 6)
+    (tmp_path / "table.csv").write_text(
+        "id,image,class\n" + "".join(f"{i},{n},{'a' if i < 3 else 'b'}\n" for i, n in enumerate(names)), encoding="utf-8"
+    )
+    result = ingest_folder(src, labels=tmp_path / "table.csv", progress=False)
+    assert result.manifest.classes == ["a", "b"] and len(result.manifest.usable()) == 6
+    assert result.layout == "labels-csv"
+
+
+@pytest.mark.parametrize(
+    ("table", "kwargs", "message"),
+    [
+        ("filename,label\n{0},a\nimages/gone.png,b\n", {}, "1 listed file\\(s\\) not found.*'images/gone.png' \\(line 3\\)"),
+        ("filename,kind\n{0},a\n", {}, "no label column found in the header \\('filename', 'kind'\\).*--label-column"),
+        ("filename,label\n{0},a\n", {"label_column": "defect"}, "no column 'defect'; the header has 'filename', 'label'"),
+        ("filename,label\n{0},a\n{1},\n", {}, "line 3: images/img_001.png has no label"),
+        ("filename,label\n{0},a\n{0},b\n", {}, "listed twice with different labels"),
+        ("", {}, "empty"),
+    ],
+)
+def test_labels_csv_errors_name_the_problem(tmp_path, table, kwargs, message):
+    src = tmp_path / "flat"
+    names = flat_folder(src, 3)
+    (tmp_path / "labels.csv").write_text(table.format(*names), encoding="utf-8")
+    with pytest.raises(VptError, match=message):
+        ingest_folder(src, labels=tmp_path / "labels.csv", progress=False, **kwargs)
+    with pytest.raises(VptError, match="no such file"):
+        ingest_folder(src, labels=tmp_path / "missing.csv", progress=False)
+
+
+def test_flat_folder_with_a_csv_points_to_labels_option(tmp_path, monkeypatch, capsys):
+    src = tmp_path / "flat"
+    for i in range(3):
+        save_image(src / f"img_{i}.png", seed=i)
+    (src / "labels.csv").write_text("filename,label\n", encoding="utf-8")
+    code, _out, err = run_vpt(monkeypatch, capsys, "ingest", src, "--out", tmp_path / "out")
+    assert code == 2
+    assert "holds labels.csv" in flat(err) and "--labels" in flat(err)

@@ -647,3 +647,54 @@ def test_cuda_fallback_is_one_line_of_ours_and_none_of_the_runtimes(export_a, tm
     assert len(warnings_) == 1 and "CUDA not used" in warnings_[0] and "CPUExecutionProvider" in warnings_[0]
     following = err.splitlines()[err.splitlines().index(warnings_[0]) + 1]
     assert following.startswith("onnx backend on")  # the warning did not wrap onto a second line
+
+
+# ------------------------------------------------------------------------------------ full disk
+
+
+def test_export_on_a_full_disk_changes_nothing_and_names_the_bytes(prompt_a, export_a, tmp_path, monkeypatch):
+    import errno
+    import shutil
+
+    from vptcli import fsutil
+
+    folder = tmp_path / "export"
+    shutil.copytree(export_a.out_dir, folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    usage = type("Usage", (), {"total": 10**9, "used": 10**9 - 4096, "free": 4096})
+    monkeypatch.setattr(fsutil.shutil, "disk_usage", lambda _p: usage)
+    with pytest.raises(fsutil.DiskFullError, match=r"model\.onnx: not enough disk space.*bytes needed, 4,096 free"):
+        export_onnx(prompt_a, folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    monkeypatch.undo()
+    # the disk fills up while the second file is written: neither file changes, no temp file is left
+    calls = {"n": 0}
+    real_fsync = fsutil.os.fsync
+
+    def fsync(fd):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    other = make_prompt_file(tmp_path / "other.safetensors", load_backbone("test_vit", weights="random", img_size=IMG),
+                             ["x", "y"], seed=8)
+    monkeypatch.setattr(fsutil.os, "fsync", fsync)
+    with pytest.raises(fsutil.DiskFullError):
+        export_onnx(other, folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_export_folder_without_its_graph_is_an_error_not_torch(export_a, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    folder = tmp_path / "export"
+    folder.mkdir()
+    shutil.copy(export_a.prompt_path, folder / "prompts.safetensors")  # as a failed export used to leave it
+    (folder / ".model.onnx.abc123.tmp").write_bytes(b"partial")
+    with pytest.raises(PredictorError, match="export folder without its graph.*model.onnx is missing.*--backend torch"):
+        open_predictor(folder)
+    write_images(tmp_path / "imgs", 1)
+    code, out, err = run_cli(["predict", folder, tmp_path / "imgs"], capsys, monkeypatch)
+    assert code == 2 and "export folder without its graph" in " ".join(err.split()) and out == ""
+    assert isinstance(open_predictor(folder, backend="torch"), TorchPredictor)  # asked for explicitly

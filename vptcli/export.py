@@ -61,7 +61,7 @@ from pathlib import Path
 from vptcli import __version__
 from vptcli.artifacts import ArtifactError, PromptFileMeta, read_prompt_file, resolve_prompt_path
 from vptcli.errors import VptError, one_line
-from vptcli.fsutil import apply_umask_mode, atomic_write_bytes
+from vptcli.fsutil import apply_umask_mode, atomic_write_all, atomic_write_bytes, check_free_space
 
 DEFAULT_OPSET = 20
 """ONNX opset of exported graphs (PyTorch 2.14's default for both exporters)."""
@@ -431,6 +431,8 @@ def export_onnx(
     spec = _graph_spec(graph, export_model, tuned, torch.float16 if fp16 else torch.float32, int(meta.img_size))
     onnx_name = SHARED_ONNX_FILE if graph == GRAPH_SHARED else ONNX_FILE
     weight_bytes = sum(p.numel() * p.element_size() for p in export_model.parameters())
+    # The graph holds every weight: refuse a disk without room for it before the (slow) export.
+    check_free_space(out / onnx_name, weight_bytes + src.stat().st_size)
     large_path = None
     if weight_bytes > EXTERNAL_DATA_BYTES:
         import tempfile
@@ -619,18 +621,21 @@ def _parity(graph_source, parity_images: dict, reference: dict, tuned: dict, inp
 
 
 def _write_export(src: Path, out: Path, onnx_name: str, data: bytes | None, large_path, warn_list: list[str]):
-    """Write the prompt-file copy, then the graph (both atomic). Returns ``(prompt path, graph path,
-    graph bytes incl. external data, prompt bytes)``."""
+    """Write the graph and the prompt-file copy all-or-nothing: both are written in full under
+    temporary names before either is renamed into place (:func:`vptcli.fsutil.atomic_write_all`), so a
+    full disk leaves the folder as it was. Returns ``(prompt path, graph path, graph bytes incl.
+    external data, prompt bytes)``."""
     out.mkdir(parents=True, exist_ok=True)
     prompt_bytes = src.read_bytes()
-    prompt_out = atomic_write_bytes(out / "prompts.safetensors", prompt_bytes)
+    prompt_out = out / "prompts.safetensors"
     onnx_path = out / onnx_name
     stale_data = out / f"{onnx_name}.data"
     if data is not None:
-        atomic_write_bytes(onnx_path, data)
+        atomic_write_all({onnx_path: data, prompt_out: prompt_bytes})
         if stale_data.exists():
             stale_data.unlink()
         return prompt_out, onnx_path, len(data), len(prompt_bytes)
+    atomic_write_bytes(prompt_out, prompt_bytes)
     os.replace(f"{large_path}.data", stale_data)
     os.replace(large_path, onnx_path)
     os.rmdir(os.path.dirname(large_path))

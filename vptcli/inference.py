@@ -422,6 +422,7 @@ def open_predictor(
         raise VptError("give MODEL (a run folder, export folder or prompt file) or --onnx/--prompt-file")
     graph = Path(onnx) if onnx is not None else (find_graph(model) if model is not None else None)
     if backend == "auto":
+        _refuse_export_without_graph(model, graph)
         backend = "onnx" if graph is not None else "torch"
     if backend == "torch":
         if prompts is not None:
@@ -453,6 +454,24 @@ def open_predictor(
         elif (folder / PROMPT_FILE).is_file():
             prompt_file = folder / PROMPT_FILE
     return OnnxPredictor(graph, prompt_file, device=device)
+
+
+def _refuse_export_without_graph(model, graph) -> None:
+    """``--backend auto`` never switches to PyTorch silently: a folder that holds a prompt file but no
+    graph and is not a run folder of ``vpt train`` (no ``config.json``) is an incomplete export."""
+    from vptcli.artifacts import PROMPT_FILE
+
+    if graph is not None or model is None or not Path(model).is_dir():
+        return
+    folder = Path(model)
+    if not (folder / PROMPT_FILE).is_file() or (folder / "config.json").is_file():
+        return
+    leftovers = sorted(p.name for p in folder.glob(".*.onnx.*.tmp"))
+    why = f" (an interrupted write left {leftovers[0]})" if leftovers else ""
+    raise PredictorError(
+        f"{folder}: export folder without its graph: {PROMPT_FILE} is here but model.onnx is missing{why}; "
+        f"re-run `vpt export` into it, or pass --backend torch to run the prompt file with PyTorch"
+    )
 
 
 # ------------------------------------------------------------------------------------------- inputs
@@ -578,6 +597,10 @@ class RowWriter:
     fsynced and renamed over ``path`` on :meth:`close`; discarded on :meth:`abort`), or to a text
     stream (``path=None``, CSV).
 
+    A full disk loses no finished row: each row is flushed as it is written, and when the disk fills
+    up the rows written so far (complete lines only) are kept in ``<stem>.partial<suffix>`` beside
+    ``path`` (an existing ``path`` is left as it was) and :class:`~vptcli.fsutil.DiskFullError` says so.
+
     Raises:
         VptError: an unsupported extension.
     """
@@ -586,7 +609,9 @@ class RowWriter:
         self.path = Path(path) if path is not None else None
         self.top_k = top_k
         self.format = "csv"
+        self.rows = 0
         self._tmp = None
+        self._good = 0  # bytes of complete lines known to be flushed
         if self.path is not None:
             suffix = self.path.suffix.lower()
             if suffix not in OUTPUT_SUFFIXES:
@@ -596,19 +621,62 @@ class RowWriter:
             self._fh = self._tmp.file
         else:
             self._fh = stream
-        self._csv = csv.writer(self._fh, lineterminator="\n") if self.format == "csv" else None
-        if self._csv is not None:
-            self._csv.writerow(csv_header(top_k))
+        if self.format == "csv":
+            self._put(self._csv_line(csv_header(top_k)))
+
+    @staticmethod
+    def _csv_line(cells: list[str]) -> str:
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerow(cells)
+        return buf.getvalue()
+
+    def _put(self, text: str) -> None:
+        try:
+            self._fh.write(text)
+            if self._tmp is not None:
+                self._fh.flush()
+        except OSError as exc:
+            from vptcli.fsutil import is_disk_full
+
+            if self._tmp is not None and is_disk_full(exc):
+                self._keep_partial()
+            raise
+        self._good += len(text.encode("utf-8"))
+
+    def _keep_partial(self) -> None:
+        """Disk full: keep the complete lines written so far as ``<stem>.partial<suffix>``; raises."""
+        from vptcli.fsutil import DiskFullError, apply_umask_mode
+
+        tmp, self._tmp = self._tmp, None
+        with contextlib.suppress(OSError, ValueError):
+            tmp.file.close()
+        partial = self.path.with_name(f"{self.path.stem}.partial{self.path.suffix}")
+        try:
+            os.truncate(tmp._tmp, self._good)
+            apply_umask_mode(tmp._tmp)
+            os.replace(tmp._tmp, partial)
+        except OSError:
+            tmp.abort()
+            raise DiskFullError(
+                f"{self.path}: the disk filled up after {self.rows} row(s) and they could not be kept; free "
+                "some space and run again"
+            ) from None
+        raise DiskFullError(
+            f"{self.path}: the disk filled up after {self.rows} row(s); those rows are kept in {partial} "
+            f"({self._good:,} bytes); free some space and run again (nothing else was changed)"
+        ) from None
 
     def write(self, row: PredictionRow) -> None:
-        if self._csv is not None:
-            self._csv.writerow(csv_row(row, self.top_k))
+        if self.format == "csv":
+            self._put(self._csv_line(csv_row(row, self.top_k)))
         else:
-            self._fh.write(json.dumps(row.to_json(), ensure_ascii=False) + "\n")
+            self._put(json.dumps(row.to_json(), ensure_ascii=False) + "\n")
+        self.rows += 1
 
     def close(self) -> None:
         if self._tmp is None:
-            self._fh.flush()
+            if self.path is None:
+                self._fh.flush()
             return
         self._tmp.commit()
         self._tmp = None

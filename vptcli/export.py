@@ -224,13 +224,18 @@ def shared_structure(meta: PromptFileMeta) -> dict:
 
 
 def graph_metadata(meta: PromptFileMeta, *, graph: str, precision: str, exporter: str, opset: int) -> dict[str, str]:
-    """``metadata_props`` of an exported graph (keys prefixed with :data:`META_PREFIX`; values strings)."""
+    """``metadata_props`` of an exported graph (keys prefixed with :data:`META_PREFIX`; values strings).
+    The preprocessing entry names the resize policy (``squash`` | ``letterbox`` | ``crop``) beside the
+    timm ``crop_mode``/``crop_pct`` it is stored as."""
+    from vptcli.datasets import resize_policy
+
     preprocessing = {
         "input": "images float32 [N, 3, H, W], RGB, values in [0, 1]; normalisation is inside the graph",
         "img_size": meta.img_size,
         "interpolation": meta.interpolation,
         "crop_pct": meta.crop_pct,
         "crop_mode": meta.crop_mode,
+        "resize": resize_policy(meta.data_config),
         "mean": list(meta.mean),
         "std": list(meta.std),
     }

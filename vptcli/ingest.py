@@ -235,6 +235,7 @@ def ingest_folder(
             "slip, and they merge into one folder when the tree is copied to Windows or macOS; kept as "
             "separate classes (rename or merge the folders; --strict refuses them)"
         )
+    warnings.extend(_shape_warnings(usable))
     nfc_clash = _nfc_clashes(class_dirs)
     if nfc_clash:
         warnings.append(nfc_clash)
@@ -838,6 +839,39 @@ def _check_pre_split(class_names: list[str], usable: list[ImageRecord], groups: 
             f"{len(straddling)} group(s) of identical images appear in more than one of the given splits "
             f"(e.g. {' and '.join(repr(r.path) for r in g.records[:2])}); evaluation on them is not independent"
         )
+
+
+ASPECT_WARN_RATIO = 10.0
+"""Images at least this elongated (long side / short side) are reported by ingest."""
+
+SMALL_IMAGE_PX = 56
+"""Images whose long side is under this many pixels (a quarter of the usual 224 px model input) are
+reported by ingest: they are upscaled several times."""
+
+
+def _shape_warnings(usable: list[ImageRecord]) -> list[str]:
+    """Warnings about extreme aspect ratios and images far smaller than the model input."""
+    out = []
+    elongated = [r for r in usable if min(r.width, r.height) > 0
+                 and max(r.width, r.height) / min(r.width, r.height) >= ASPECT_WARN_RATIO]
+    if elongated:
+        worst = max(elongated, key=lambda r: max(r.width, r.height) / min(r.width, r.height))
+        ratio = max(worst.width, worst.height) / min(worst.width, worst.height)
+        out.append(
+            f"{len(elongated)} image(s) have an aspect ratio of {ASPECT_WARN_RATIO:g}:1 or more (e.g. {worst.path}, "
+            f"{worst.width}×{worst.height}, {ratio:.0f}:1, line-scan strips?): `vpt train` shows the model the "
+            "whole image (--resize squash, the default, or letterbox); never use --resize crop for them, it "
+            "cuts away all but the centre; consider tiling long strips into near-square pieces"
+        )
+    small = [r for r in usable if 0 < max(r.width, r.height) < SMALL_IMAGE_PX]
+    if small:
+        least = min(small, key=lambda r: max(r.width, r.height))
+        out.append(
+            f"{len(small)} image(s) are smaller than {SMALL_IMAGE_PX} px on their long side (e.g. {least.path}, "
+            f"{least.width}×{least.height}): they are upscaled several times to the model input (224 px for "
+            "the default backbone), which blurs rather than adds detail; a smaller --img-size may suit them"
+        )
+    return out
 
 
 def case_clashes(labels) -> list[tuple[str, ...]]:

@@ -698,3 +698,15 @@ def test_export_folder_without_its_graph_is_an_error_not_torch(export_a, tmp_pat
     code, out, err = run_cli(["predict", folder, tmp_path / "imgs"], capsys, monkeypatch)
     assert code == 2 and "export folder without its graph" in " ".join(err.split()) and out == ""
     assert isinstance(open_predictor(folder, backend="torch"), TorchPredictor)  # asked for explicitly
+
+
+def test_predict_threads_option(export_a, tmp_path, capsys, monkeypatch):
+    write_images(tmp_path / "imgs", 2)
+    code, _out, err = run_cli(["predict", export_a.out_dir, tmp_path / "imgs", "--threads", "1", "--out",
+                               tmp_path / "p.csv"], capsys, monkeypatch)
+    assert code == 0, err
+    assert [r["status"] for r in read_rows(tmp_path / "p.csv")] == ["ok", "ok"]
+    p = open_predictor(export_a.out_dir, threads=2)
+    assert p.session.get_session_options().intra_op_num_threads == 2
+    code, _out, err = run_cli(["predict", export_a.out_dir, tmp_path / "imgs", "--threads", "0"], capsys, monkeypatch)
+    assert code == 2 and "--threads" in err

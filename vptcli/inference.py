@@ -186,7 +186,7 @@ class OnnxPredictor(Predictor):
     backend = "onnx"
 
     def __init__(self, onnx_path: str | os.PathLike, prompt_path: str | os.PathLike | None = None, *,
-                 device: str = "auto") -> None:
+                 device: str = "auto", threads: int | None = None) -> None:
         super().__init__()
         from vptcli.export import GRAPH_SHARED, GRAPH_SINGLE, meta_from_graph, read_graph_metadata
 
@@ -196,7 +196,7 @@ class OnnxPredictor(Predictor):
             raise PredictorError(f"{self.onnx_path}: no such ONNX file")
         tensors, meta = read_prompt_file(prompt_path) if prompt_path is not None else ({}, None)
         self.prompt_path = resolve_prompt_path(prompt_path) if prompt_path is not None else None
-        self.session, self.device, warns = create_session(self.onnx_path, device)
+        self.session, self.device, warns = create_session(self.onnx_path, device, threads)
         self.warnings.extend(warns)
         gm = read_graph_metadata(self.session)
         kind = gm.get("graph")
@@ -325,8 +325,11 @@ def _cuda_failure_reason(log: str, short: bool = False) -> str:
     return "; ".join(parts) or "onnxruntime did not say why"
 
 
-def create_session(onnx_path: str | os.PathLike, device: str = "auto"):
+def create_session(onnx_path: str | os.PathLike, device: str = "auto", threads: int | None = None):
     """An ``onnxruntime.InferenceSession`` on the requested device.
+
+    ``threads``: intra-op threads (:func:`vptcli.cpus.ort_intra_op_threads`: by default the CPUs this
+    process may use when a container or affinity mask limits them, else the runtime's default).
 
     Returns:
         ``(session, provider_used, warnings)``; ``provider_used`` is the first of
@@ -343,8 +346,11 @@ def create_session(onnx_path: str | os.PathLike, device: str = "auto"):
         ort.set_default_logger_severity(3)
     available = list(ort.get_available_providers())
     warns: list[str] = []
+    from vptcli.cpus import ort_intra_op_threads
+
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    opts.intra_op_num_threads = ort_intra_op_threads(threads)
     want_cuda = device in ("auto", "cuda")
     if want_cuda and CUDA_EP not in available:
         if device == "cuda":
@@ -403,8 +409,12 @@ def open_predictor(
     prompts: str | os.PathLike | None = None,
     weights: str | None = None,
     force: bool = False,
+    threads: int | None = None,
 ) -> Predictor:
     """Open the predictor for ``vpt predict``'s MODEL / ``--onnx`` / ``--prompt-file``.
+
+    ``threads``: ONNX Runtime intra-op threads and PyTorch threads (default: the CPUs this process
+    may use, see :mod:`vptcli.cpus`).
 
     ``backend="auto"``: ONNX when ``onnx`` is given or MODEL is an export folder with a graph (or a
     ``.onnx`` file), else PyTorch. The prompt file is ``prompts`` when given, else MODEL's
@@ -418,6 +428,9 @@ def open_predictor(
     """
     if backend not in BACKENDS:
         raise VptError(f"--backend must be auto, torch or onnx, got {backend!r}")
+    from vptcli.cpus import apply_torch_threads, check_threads
+
+    check_threads(threads)
     if model is None and onnx is None and prompts is None:
         raise VptError("give MODEL (a run folder, export folder or prompt file) or --onnx/--prompt-file")
     graph = Path(onnx) if onnx is not None else (find_graph(model) if model is not None else None)
@@ -434,6 +447,7 @@ def open_predictor(
         else:
             raise VptError("--backend torch needs a prompt file: pass MODEL (a run folder, export folder or "
                            "prompt file) or --prompt-file FILE")
+        apply_torch_threads(threads)
         return TorchPredictor(prompt_src, device=device, weights=weights, force=force)
     if graph is None:
         raise PredictorError(
@@ -453,7 +467,7 @@ def open_predictor(
             prompt_file = Path(model)
         elif (folder / PROMPT_FILE).is_file():
             prompt_file = folder / PROMPT_FILE
-    return OnnxPredictor(graph, prompt_file, device=device)
+    return OnnxPredictor(graph, prompt_file, device=device, threads=threads)
 
 
 def _refuse_export_without_graph(model, graph) -> None:
@@ -749,7 +763,10 @@ def predict_files(
     check_predict_options(batch_size=batch_size, top_k=top_k, reject_below=reject_below)
     classes = predictor.classes
     k = min(top_k, len(classes))
-    workers = workers or max(1, min(8, (os.cpu_count() or 2)))
+    if workers is None:
+        from vptcli.cpus import default_workers
+
+        workers = default_workers()
     batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         def submit(batch):

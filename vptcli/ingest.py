@@ -175,7 +175,7 @@ def ingest_folder(
     ``val_fraction``/``test_fraction``: shares of each class's images (0 ≤ each, sum < 1; ignored for
     a pre-split layout). ``seed``: split seed. ``strict``: any skipped file or label conflict is an
     error. ``max_pixels``/``bit_depth``: passed to :func:`~vptcli.images.decode_image`. ``workers``:
-    decoding threads (default ``min(8, CPU count)``). ``progress``: show a progress bar on stderr.
+    decoding threads (default: the CPUs this process may use, at most 8). ``progress``: show a progress bar on stderr.
 
     Raises :class:`VptError` (one line, naming the folder/class/file and what to do) when SRC is
     missing or not a folder, has no class folders, has fewer than 2 classes, a class has no usable
@@ -698,7 +698,11 @@ def _decode_all(candidates: list[_Candidate], *, max_pixels, bit_depth, workers,
     probes = [_Probe() for _ in candidates]
     if not todo:
         return probes
-    n_workers = workers or min(8, os.cpu_count() or 1)
+    if workers is None:
+        from vptcli.cpus import default_workers
+
+        workers = default_workers()
+    n_workers = workers
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from vptcli.console import console

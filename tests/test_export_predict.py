@@ -710,3 +710,50 @@ def test_predict_threads_option(export_a, tmp_path, capsys, monkeypatch):
     assert p.session.get_session_options().intra_op_num_threads == 2
     code, _out, err = run_cli(["predict", export_a.out_dir, tmp_path / "imgs", "--threads", "0"], capsys, monkeypatch)
     assert code == 2 and "--threads" in err
+
+
+# ------------------------------------------------------------------------------ smaller frictions
+
+
+def test_predict_table_fits_80_columns_with_file_names_ellipsised_from_the_left():
+    from rich.console import Console
+
+    from vptcli.commands.render import left_ellipsis, predictions_table
+    from vptcli.inference import PredictionRow
+
+    rows = [
+        PredictionRow("/data/line-3/2026-05-04/camera-left/very/deep/folder/module_000123_cell_07_el.png", "crack",
+                      0.912, [("crack", 0.912), ("ok", 0.088)]),
+        PredictionRow("short.png", None, 0.51, [("ok", 0.51)], "review", "confidence 0.510 < 0.8 (top-1 ok)"),
+        PredictionRow("gone.png", None, None, [], "error", "missing: no such file or folder"),
+    ]
+    predictor = type("P", (), {"backend": "onnx", "device": "CPUExecutionProvider"})()
+    console = Console(width=80, record=True, force_terminal=False)
+    console.print(predictions_table(rows, predictor, 80))
+    lines = console.export_text().splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    body = [line for line in lines if "png" in line]
+    assert len(body) == 3  # one line per row: nothing wraps or repeats
+    assert "module_000123_cell_07_el.png" in body[0] and "…" in body[0] and "0.912" in body[0]
+    assert "review" in body[1] and "error" in body[2]
+    assert "top" not in console.export_text() and "missing: no such file" not in console.export_text()  # CSV only
+    assert left_ellipsis("abcdef", 4) == "…def" and left_ellipsis("abc", 4) == "abc"
+
+
+def test_predict_says_the_model_is_missing_before_scanning(tmp_path, capsys, monkeypatch):
+    from vptcli import inference
+
+    def never(*_a, **_k):
+        raise AssertionError("the folder was scanned before the model was checked")
+
+    monkeypatch.setattr(inference, "expand_inputs", never)
+    write_images(tmp_path / "imgs", 1)
+    code, _out, err = run_cli(["predict", tmp_path / "no-model", tmp_path / "imgs"], capsys, monkeypatch)
+    assert code == 2 and "MODEL" in err and "no-model: no such file or folder" in " ".join(err.split())
+
+
+def test_summary_says_one_file(export_a, tmp_path, capsys, monkeypatch):
+    (path,) = write_images(tmp_path / "imgs", 1)
+    code, out, err = run_cli(["predict", export_a.out_dir, path, "--out", tmp_path / "p.csv"], capsys, monkeypatch)
+    assert code == 0, err
+    assert "1 file: 1 ok" in out and "1 files" not in out

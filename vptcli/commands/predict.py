@@ -35,7 +35,7 @@ def predict(
     from vptcli.inference import check_predict_options, open_predictor
 
     check_predict_options(batch_size=batch_size, top_k=top_k, reject_below=reject_below, out=out)
-    model_arg, files, problems = _inputs(model, paths, onnx)
+    model_arg, files, problems = _inputs(model, paths, onnx, prompt_file)
     predictor = open_predictor(model_arg, backend=backend, device=device, onnx=onnx, prompts=prompt_file, weights=weights,
                                force=force, threads=threads)
     for w in predictor.warnings:
@@ -50,11 +50,12 @@ def predict(
         raise typer.Exit(code=1)
 
 
-def _inputs(model: str, paths: list[str] | None, onnx: Path | None):
+def _inputs(model: str, paths: list[str] | None, onnx: Path | None, prompt_file: Path | None = None):
     """``(MODEL or None, image files, problems)`` from the arguments (with ``--onnx`` MODEL is a PATH).
 
     Raises:
-        VptError: no PATH, or no image file in the PATHs given.
+        VptError: no PATH, a MODEL / --onnx / --prompt-file that does not exist (said before any
+            folder is scanned), or no image file in the PATHs given.
     """
     from vptcli.console import console
     from vptcli.errors import VptError
@@ -67,6 +68,10 @@ def _inputs(model: str, paths: list[str] | None, onnx: Path | None):
         model_arg = None
     if not args:
         raise VptError("no PATH given: pass image files, folders or glob patterns after MODEL")
+    for what, given in (("MODEL", model_arg), ("--onnx", onnx), ("--prompt-file", prompt_file)):
+        if given is not None and not Path(given).exists():  # before any folder is scanned
+            raise VptError(f"{what} {given}: no such file or folder; pass a run folder, export folder, prompt "
+                           "file or .onnx graph")
     files, problems, skipped = expand_inputs(args)
     if skipped:
         names = ", ".join(p.name for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")

@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 import pytest
-from cli_helpers import run_vpt
 
 from vptcli import fsutil
 from vptcli.fsutil import DiskFullError, atomic_write_all, atomic_write_bytes
@@ -90,12 +89,12 @@ def test_write_all_is_all_or_nothing(tmp_path, monkeypatch):
     assert a.read_bytes() == b"new graph" and b.read_bytes() == b"new prompts"
 
 
-def test_train_on_a_full_disk_says_so_and_leaves_no_temp_file(tmp_path, monkeypatch, capsys):
-    from test_cli_train_eval import TINY, make_tree
+def test_train_on_a_full_disk_says_so_and_leaves_no_temp_file(tmp_path, monkeypatch, vpt, make_tree):
+    from test_cli_train_eval import TINY
 
     src = make_tree(tmp_path / "src", n_per_class=4, size=32)
     monkeypatch.setattr(fsutil.os, "fsync", lambda fd: (_ for _ in ()).throw(ENOSPC))
-    code, _out, err = run_vpt(monkeypatch, capsys, "train", src, "--out", tmp_path / "run", *TINY,
+    code, _out, err = vpt("train", src, "--out", tmp_path / "run", *TINY,
                               "--epochs", "1", "--batch-size", "4", "--no-augment")
     assert code == 2
     assert "not enough disk space" in err and str(tmp_path / "run") in " ".join(err.split())

@@ -494,7 +494,7 @@ def test_png_header_bomb_is_skipped_not_fatal(tmp_path):
     assert "89,478,485" in bomb.reason
 
 
-def test_unsupported_formats_are_skipped_by_name_not_as_corrupt(tmp_path, monkeypatch, capsys):
+def test_unsupported_formats_are_skipped_by_name_not_as_corrupt(tmp_path, monkeypatch, capsys, vpt):
     from vptcli import images
 
     monkeypatch.setattr(images, "_heif_plugin", lambda: False)
@@ -508,7 +508,7 @@ def test_unsupported_formats_are_skipped_by_name_not_as_corrupt(tmp_path, monkey
     data[at + 1], data[at + 4] = 0xC1, 12  # 12-bit extended sequential frame header
     (src / "a" / "thermal.jpg").write_bytes(bytes(data))
     (src / "b" / "phone.jpg").write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic")
-    code, out, _err = run_vpt(monkeypatch, capsys, "ingest", src, "--out", tmp_path / "out")
+    code, out, _err = vpt("ingest", src, "--out", tmp_path / "out")
     assert code == 0
     report = (tmp_path / "out" / "ingest_report.md").read_text(encoding="utf-8")
     assert "12-bit JPEG" in report and "HEIC/HEIF" in report
@@ -517,7 +517,7 @@ def test_unsupported_formats_are_skipped_by_name_not_as_corrupt(tmp_path, monkey
 
 
 @pytest.mark.parametrize("layout", ["class-folders", "pre-split"])
-def test_class_names_differing_only_by_case_warn_and_strict_refuses(tmp_path, monkeypatch, capsys, layout):
+def test_class_names_differing_only_by_case_warn_and_strict_refuses(tmp_path, monkeypatch, capsys, vpt, layout):
     src = tmp_path / "src"
     if layout == "class-folders":
         make_class(src, "Crack", 3, 0)
@@ -533,7 +533,7 @@ def test_class_names_differing_only_by_case_warn_and_strict_refuses(tmp_path, mo
     result = ingest_folder(src, progress=False)
     (line,) = [w for w in result.warnings if "differ only by case" in w]
     assert "'Crack' and 'crack'" in line and "Windows or macOS" in line
-    code, _out, err = run_vpt(monkeypatch, capsys, "ingest", src, "--out", tmp_path / "out", "--strict")
+    code, _out, err = vpt("ingest", src, "--out", tmp_path / "out", "--strict")
     assert code == 2 and not (tmp_path / "out").exists()
     assert "'Crack' and 'crack'" in flat(err) and "--strict" in flat(err)
 
@@ -551,14 +551,14 @@ def flat_folder(root: Path, n: int = 8) -> list[str]:
     return names
 
 
-def test_labels_csv_gives_classes_and_unlisted_files_are_skipped(tmp_path, monkeypatch, capsys):
+def test_labels_csv_gives_classes_and_unlisted_files_are_skipped(tmp_path, monkeypatch, capsys, vpt):
     src = tmp_path / "flat"
     names = flat_folder(src, 8)
     rows = ["File Name;Defect Class;notes"] + [
         f"{n.replace('/', chr(92)) if i == 0 else n};{'crack' if i % 2 else 'good'};x" for i, n in enumerate(names[:7])
     ]
     (src / "labels.csv").write_text("\ufeff" + "\n".join(rows) + "\n", encoding="utf-8")  # BOM, ';', Windows path
-    code, out, err = run_vpt(monkeypatch, capsys, "ingest", src, "--labels", src / "labels.csv",
+    code, out, err = vpt("ingest", src, "--labels", src / "labels.csv",
                              "--file-column", "file name", "--label-column", "DEFECT CLASS", "--out", tmp_path / "out")
     assert code == 0, err
     got = {r["path"]: (r["label"], r["status"]) for r in read_rows(tmp_path / "out")}
@@ -602,11 +602,11 @@ def test_labels_csv_errors_name_the_problem(tmp_path, table, kwargs, message):
         ingest_folder(src, labels=tmp_path / "missing.csv", progress=False)
 
 
-def test_flat_folder_with_a_csv_points_to_labels_option(tmp_path, monkeypatch, capsys):
+def test_flat_folder_with_a_csv_points_to_labels_option(tmp_path, monkeypatch, capsys, vpt):
     src = tmp_path / "flat"
     for i in range(3):
         save_image(src / f"img_{i}.png", seed=i)
     (src / "labels.csv").write_text("filename,label\n", encoding="utf-8")
-    code, _out, err = run_vpt(monkeypatch, capsys, "ingest", src, "--out", tmp_path / "out")
+    code, _out, err = vpt("ingest", src, "--out", tmp_path / "out")
     assert code == 2
     assert "holds labels.csv" in flat(err) and "--labels" in flat(err)

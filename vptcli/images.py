@@ -546,49 +546,58 @@ def _suffix_matches(name: str, suffix: str) -> bool:
     return False
 
 
+_RAW_SIGNATURES = (
+    (lambda h: h.startswith(b"II*\x00") and h[8:11] == b"CR\x02", "Canon CR2"),
+    (lambda h: h.startswith(b"II\x1a\x00\x00\x00HEAPCCDR"), "Canon CRW"),
+    (lambda h: h[:4] in (b"IIRO", b"IIRS", b"MMOR"), "Olympus ORF"),
+    (lambda h: h.startswith(b"IIU\x00"), "Panasonic RW2"),
+    (lambda h: h.startswith(b"FUJIFILMCCD-RAW"), "Fujifilm RAF"),
+    (lambda h: h.startswith(b"\x00MRM"), "Minolta MRW"),
+    (lambda h: h.startswith(b"FOVb"), "Sigma X3F"),
+)
+"""Camera raw formats recognised by their own signature (the rest are TIFF files named by suffix)."""
+
+
 def _sniff_container(head: bytes, suffix: str) -> tuple[str, str] | None:
     if head[4:8] == b"ftyp":
-        size = int.from_bytes(head[:4], "big")
-        box = head[8:max(16, min(size, len(head)))]
-        brands = [box[i:i + 4].decode("latin-1") for i in range(0, len(box) - 3, 4)]
-        brands = [b for i, b in enumerate(brands) if i != 1]  # skip minor_version
-        if "crx " in brands:
-            return "Canon CR3 raw image", _RAW_ADVICE
-        if set(brands) & _AVIF_BRANDS and not set(brands) & _HEVC_BRANDS:
-            if _pillow_opens("AVIF"):
-                return None
-            return (
-                "AVIF image, which this Pillow build cannot decode",
-                "convert it to PNG or JPEG, or upgrade Pillow (11.3+ reads AVIF)",
-            )
-        if set(brands) & _HEIF_BRANDS:
-            if _heif_plugin():
-                return None
-            brand = next(b for b in brands if b in _HEIF_BRANDS)
-            return ((f"HEIC/HEIF image (ftyp brand '{brand.strip()}', the photo format of most phones), "
-                    "which Pillow cannot decode"),
-                    ("convert it to PNG or JPEG (e.g. `heif-convert`, or export from the phone or "
-                    "Photos), or install the plug-in: pip install pillow-heif"))
-        if "jxl " in brands:
-            return _jxl()
+        found = _sniff_ftyp(head)
+        if found is not None:
+            return found if found != ("", "") else None
     if head.startswith((b"\xff\n", b"\x00\x00\x00\x0cJXL \r\n\x87\n")):
         return _jxl()
-    if head.startswith(b"II*\x00") and head[8:11] == b"CR\x02":
-        return "Canon CR2 raw image", _RAW_ADVICE
-    if head.startswith(b"II\x1a\x00\x00\x00HEAPCCDR"):
-        return "Canon CRW raw image", _RAW_ADVICE
-    if head[:4] in (b"IIRO", b"IIRS", b"MMOR"):
-        return "Olympus ORF raw image", _RAW_ADVICE
-    if head.startswith(b"IIU\x00"):
-        return "Panasonic RW2 raw image", _RAW_ADVICE
-    if head.startswith(b"FUJIFILMCCD-RAW"):
-        return "Fujifilm RAF raw image", _RAW_ADVICE
-    if head.startswith(b"\x00MRM"):
-        return "Minolta MRW raw image", _RAW_ADVICE
-    if head.startswith(b"FOVb"):
-        return "Sigma X3F raw image", _RAW_ADVICE
+    for matches, name in _RAW_SIGNATURES:
+        if matches(head):
+            return f"{name} raw image", _RAW_ADVICE
     if head[:4] in (b"II*\x00", b"MM\x00*") and suffix in _RAW_SUFFIXES:
         return f"{_RAW_SUFFIXES[suffix]} raw image", _RAW_ADVICE
+    return None
+
+
+def _sniff_ftyp(head: bytes) -> tuple[str, str] | None:
+    """An ISO-BMFF ``ftyp`` box: ``(name, advice)`` for a format Pillow cannot decode, ``("", "")`` for
+    one it can (AVIF with support, HEIF with the plug-in), ``None`` for other brands."""
+    size = int.from_bytes(head[:4], "big")
+    box = head[8:max(16, min(size, len(head)))]
+    brands = [box[i:i + 4].decode("latin-1") for i in range(0, len(box) - 3, 4)]
+    brands = {b for i, b in enumerate(brands) if i != 1}  # skip minor_version
+    if "crx " in brands:
+        return "Canon CR3 raw image", _RAW_ADVICE
+    if brands & _AVIF_BRANDS and not brands & _HEVC_BRANDS:
+        if _pillow_opens("AVIF"):
+            return "", ""
+        return ("AVIF image, which this Pillow build cannot decode",
+                "convert it to PNG or JPEG, or upgrade Pillow (11.3+ reads AVIF)")
+    if brands & _HEIF_BRANDS:
+        if _heif_plugin():
+            return "", ""
+        major = box[:4].decode("latin-1")
+        brand = major if major in _HEIF_BRANDS else min(brands & _HEIF_BRANDS)
+        return ((f"HEIC/HEIF image (ftyp brand '{brand.strip()}', the photo format of most phones), "
+                 "which Pillow cannot decode"),
+                ("convert it to PNG or JPEG (e.g. `heif-convert`, or export from the phone or "
+                 "Photos), or install the plug-in: pip install pillow-heif"))
+    if "jxl " in brands:
+        return _jxl() or ("", "")
     return None
 
 

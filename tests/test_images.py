@@ -457,3 +457,124 @@ def test_decoding_is_thread_safe(tmp_path):
     with ThreadPoolExecutor(4) as pool:
         assert list(pool.map(work, paths * 3)) == serial * 3
     assert serial[-1] == "too many pixels"
+
+
+# --------------------------------------------------------------------------------------------------
+# formats Pillow cannot decode: named, never "corrupt"
+
+
+def jpeg_with_precision(bits: int, sof: int = 0xC1) -> bytes:
+    """A baseline JPEG from Pillow whose frame header is rewritten to declare ``bits``-bit samples."""
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(noise(8, 8)).save(buf, "JPEG", exif=Image.Exif().tobytes())
+    data = bytearray(buf.getvalue())
+    at = data.index(b"\xff\xc0")
+    data[at + 1] = sof
+    data[at + 4] = bits
+    return bytes(data)
+
+
+def ftyp(major: bytes, *compatible: bytes) -> bytes:
+    """An ISO-BMFF file start: an ``ftyp`` box, then an empty ``meta`` box (enough to sniff)."""
+    body = major + b"\x00\x00\x00\x00" + b"".join(compatible)
+    return struct.pack(">I", 8 + len(body)) + b"ftyp" + body + struct.pack(">I", 8) + b"meta"
+
+
+@pytest.mark.parametrize("name", ["xray.jpg", "xray.dat"])
+def test_12bit_jpeg_is_named_unsupported_not_corrupt(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(jpeg_with_precision(12))
+    with pytest.raises(ImageDecodeError) as info:
+        decode_image(path)
+    assert info.value.kind == "unsupported"
+    assert "12-bit JPEG" in info.value.reason
+    assert "corrupt" not in info.value.reason and "PNG or TIFF" in info.value.reason
+    assert "despite" not in info.value.reason
+
+
+def test_lossless_jpeg_is_named(tmp_path):
+    path = tmp_path / "a.jpg"
+    path.write_bytes(jpeg_with_precision(8, sof=0xC3))
+    with pytest.raises(ImageDecodeError, match="lossless JPEG") as info:
+        decode_image(path)
+    assert info.value.kind == "unsupported"
+
+
+def test_8bit_jpeg_with_extended_frame_header_still_decodes(tmp_path):
+    path = tmp_path / "a.jpg"
+    path.write_bytes(jpeg_with_precision(8, sof=0xC1))  # SOF1 at 8 bits: Pillow decodes it
+    assert decode_image(path).pixels.shape == (8, 8, 3)
+
+
+@pytest.mark.parametrize(
+    ("name", "major", "compatible", "brand"),
+    [
+        ("IMG_0001.HEIC", b"heic", (b"mif1", b"heic"), "heic"),
+        ("IMG_0002.jpg", b"heic", (b"mif1", b"heic"), "heic"),
+        ("photo.heif", b"mif1", (b"mif1", b"heix"), "mif1"),
+        ("photo.jpg", b"heix", (b"mif1",), "heix"),
+    ],
+)
+def test_heic_is_named_with_what_to_do(tmp_path, monkeypatch, name, major, compatible, brand):
+    from vptcli import images
+
+    monkeypatch.setattr(images, "_heif_plugin", lambda: False)  # as without the optional plug-in
+    path = tmp_path / name
+    path.write_bytes(ftyp(major, *compatible))
+    with pytest.raises(ImageDecodeError) as info:
+        decode_image(path)
+    reason = info.value.reason
+    assert info.value.kind == "unsupported"
+    assert "HEIC/HEIF" in reason and f"'{brand}'" in reason
+    assert "pillow-heif" in reason and "convert" in reason
+    assert ("despite the .jpg name" in reason) == name.endswith(".jpg")
+
+
+def test_avif_named_only_when_pillow_lacks_it(tmp_path, monkeypatch):
+    from vptcli import images
+
+    path = tmp_path / "a.avif"
+    path.write_bytes(ftyp(b"avif", b"mif1", b"miaf", b"avif"))
+    monkeypatch.setattr(images, "_pillow_opens", lambda fmt: False)
+    assert "AVIF image" in images.sniff_unsupported(path)
+    monkeypatch.setattr(images, "_pillow_opens", lambda fmt: True)
+    assert images.sniff_unsupported(path) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "expected"),
+    [
+        ("a.jxl", b"\xff\x0a\xfa\x1f" + bytes(60), "JPEG XL"),
+        ("a.png", b"\x00\x00\x00\x0cJXL \r\n\x87\n" + bytes(60), "JPEG XL"),
+        ("a.cr2", b"II*\x00\x10\x00\x00\x00CR\x02\x00" + bytes(60), "Canon CR2 raw"),
+        ("a.cr3", ftyp(b"crx ", b"crx ", b"isom"), "Canon CR3 raw"),
+        ("a.orf", b"IIRO\x08\x00\x00\x00" + bytes(60), "Olympus ORF raw"),
+        ("a.rw2", b"IIU\x00\x08\x00\x00\x00" + bytes(60), "Panasonic RW2 raw"),
+        ("a.raf", b"FUJIFILMCCD-RAW 0201" + bytes(60), "Fujifilm RAF raw"),
+        ("a.nef", None, "Nikon NEF raw"),
+        ("a.dng", None, "DNG raw"),
+    ],
+)
+def test_other_unsupported_formats_get_their_own_reason(tmp_path, name, data, expected):
+    path = tmp_path / name
+    if data is None:  # TIFF-based raw: a real TIFF (Pillow would read it) under a raw camera name
+        Image.fromarray(noise(8, 8)).save(path, "TIFF")
+    else:
+        path.write_bytes(data)
+    with pytest.raises(ImageDecodeError) as info:
+        decode_image(path)
+    assert info.value.kind == "unsupported"
+    assert expected in info.value.reason
+    assert "corrupt" not in info.value.reason
+
+
+def test_plain_tiff_and_damaged_jpeg_are_not_called_unsupported(tmp_path):
+    Image.fromarray(noise(8, 8)).save(tmp_path / "a.tif")
+    assert decode_image(tmp_path / "a.tif").width == 8
+    good = jpeg_with_precision(8, sof=0xC0)
+    (tmp_path / "cut.jpg").write_bytes(good[: len(good) // 2])
+    with pytest.raises(ImageDecodeError) as info:
+        decode_image(tmp_path / "cut.jpg")
+    assert info.value.kind == "truncated or corrupt"

@@ -492,3 +492,121 @@ def test_png_header_bomb_is_skipped_not_fatal(tmp_path):
     (bomb,) = result.skipped
     assert bomb.path == "a/bomb.png" and "10,000,000,000 pixels" in bomb.reason
     assert "89,478,485" in bomb.reason
+
+
+def test_unsupported_formats_are_skipped_by_name_not_as_corrupt(tmp_path, monkeypatch, capsys, vpt):
+    from vptcli import images
+
+    monkeypatch.setattr(images, "_heif_plugin", lambda: False)
+    src = tmp_path / "src"
+    make_class(src, "a", 3, 0)
+    make_class(src, "b", 3, 10)
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(buf, "JPEG")
+    data = bytearray(buf.getvalue())
+    at = data.index(b"\xff\xc0")
+    data[at + 1], data[at + 4] = 0xC1, 12  # 12-bit extended sequential frame header
+    (src / "a" / "thermal.jpg").write_bytes(bytes(data))
+    (src / "b" / "phone.jpg").write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic")
+    code, out, _err = vpt("ingest", src, "--out", tmp_path / "out")
+    assert code == 0
+    report = (tmp_path / "out" / "ingest_report.md").read_text(encoding="utf-8")
+    assert "12-bit JPEG" in report and "HEIC/HEIF" in report
+    assert "corrupt" not in report
+    assert "unsupported" in flat(out)
+
+
+@pytest.mark.parametrize("layout", ["class-folders", "pre-split"])
+def test_class_names_differing_only_by_case_warn_and_strict_refuses(tmp_path, monkeypatch, capsys, vpt, layout):
+    src = tmp_path / "src"
+    if layout == "class-folders":
+        make_class(src, "Crack", 3, 0)
+        make_class(src, "crack", 3, 10)
+        make_class(src, "ok", 3, 20)
+    else:
+        make_class(src / "train", "Crack", 3, 0)
+        make_class(src / "train", "ok", 3, 20)
+        make_class(src / "val", "crack", 2, 10)
+        make_class(src / "val", "ok", 2, 30)
+    if layout == "class-folders" and len(list(src.iterdir())) < 3:
+        pytest.skip("case-insensitive file system: 'Crack' and 'crack' cannot coexist")
+    result = ingest_folder(src, progress=False)
+    (line,) = [w for w in result.warnings if "differ only by case" in w]
+    assert "'Crack' and 'crack'" in line and "Windows or macOS" in line
+    code, _out, err = vpt("ingest", src, "--out", tmp_path / "out", "--strict")
+    assert code == 2 and not (tmp_path / "out").exists()
+    assert "'Crack' and 'crack'" in flat(err) and "--strict" in flat(err)
+
+
+# --------------------------------------------------------------------------------------------------
+# labels in a CSV
+
+
+def flat_folder(root: Path, n: int = 8) -> list[str]:
+    """``root/images/img_NNN.png`` (distinct pixels), returns their names relative to root."""
+    names = []
+    for i in range(n):
+        save_image(root / "images" / f"img_{i:03d}.png", seed=100 + i)
+        names.append(f"images/img_{i:03d}.png")
+    return names
+
+
+def test_labels_csv_gives_classes_and_unlisted_files_are_skipped(tmp_path, monkeypatch, capsys, vpt):
+    src = tmp_path / "flat"
+    names = flat_folder(src, 8)
+    rows = ["File Name;Defect Class;notes"] + [
+        f"{n.replace('/', chr(92)) if i == 0 else n};{'crack' if i % 2 else 'good'};x" for i, n in enumerate(names[:7])
+    ]
+    (src / "labels.csv").write_text("\ufeff" + "\n".join(rows) + "\n", encoding="utf-8")  # BOM, ';', Windows path
+    code, out, err = vpt("ingest", src, "--labels", src / "labels.csv",
+                             "--file-column", "file name", "--label-column", "DEFECT CLASS", "--out", tmp_path / "out")
+    assert code == 0, err
+    got = {r["path"]: (r["label"], r["status"]) for r in read_rows(tmp_path / "out")}
+    assert "labels.csv" not in got  # the table itself is not an image record
+    assert got[names[0]] == ("good", "ok") and got[names[1]] == ("crack", "ok")
+    assert got[names[7]][1] == "skipped"
+    report = (tmp_path / "out" / "ingest_report.md").read_text(encoding="utf-8")
+    assert "unlabelled: not listed in labels.csv" in report
+    assert "labels-csv layout" in flat(err + out)
+
+
+def test_labels_csv_columns_detected_from_the_header(tmp_path):
+    src = tmp_path / "flat"
+    names = flat_folder(src, 6)
+    (tmp_path / "table.csv").write_text(
+        "id,image,class\n" + "".join(f"{i},{n},{'a' if i < 3 else 'b'}\n" for i, n in enumerate(names)), encoding="utf-8"
+    )
+    result = ingest_folder(src, labels=tmp_path / "table.csv", progress=False)
+    assert result.manifest.classes == ["a", "b"] and len(result.manifest.usable()) == 6
+    assert result.layout == "labels-csv"
+
+
+@pytest.mark.parametrize(
+    ("table", "kwargs", "message"),
+    [
+        ("filename,label\n{0},a\nimages/gone.png,b\n", {}, "1 listed file\\(s\\) not found.*'images/gone.png' \\(line 3\\)"),
+        ("filename,kind\n{0},a\n", {}, "no label column found in the header \\('filename', 'kind'\\).*--label-column"),
+        ("filename,label\n{0},a\n", {"label_column": "defect"}, "no column 'defect'; the header has 'filename', 'label'"),
+        ("filename,label\n{0},a\n{1},\n", {}, "line 3: images/img_001.png has no label"),
+        ("filename,label\n{0},a\n{0},b\n", {}, "listed twice with different labels"),
+        ("", {}, "empty"),
+    ],
+)
+def test_labels_csv_errors_name_the_problem(tmp_path, table, kwargs, message):
+    src = tmp_path / "flat"
+    names = flat_folder(src, 3)
+    (tmp_path / "labels.csv").write_text(table.format(*names), encoding="utf-8")
+    with pytest.raises(VptError, match=message):
+        ingest_folder(src, labels=tmp_path / "labels.csv", progress=False, **kwargs)
+    with pytest.raises(VptError, match="no such file"):
+        ingest_folder(src, labels=tmp_path / "missing.csv", progress=False)
+
+
+def test_flat_folder_with_a_csv_points_to_labels_option(tmp_path, monkeypatch, capsys, vpt):
+    src = tmp_path / "flat"
+    for i in range(3):
+        save_image(src / f"img_{i}.png", seed=i)
+    (src / "labels.csv").write_text("filename,label\n", encoding="utf-8")
+    code, _out, err = vpt("ingest", src, "--out", tmp_path / "out")
+    assert code == 2
+    assert "holds labels.csv" in flat(err) and "--labels" in flat(err)

@@ -12,5 +12,6 @@ out = Console(highlight=False)
 
 
 def warn(message: str) -> None:
-    """Print one warning line to stderr."""
-    console.print(f"[yellow]warning:[/yellow] {message}", markup=True)
+    """Print one warning to stderr as one line: line breaks in ``message`` become spaces and rich
+    does not wrap it at the console width (a terminal may still fold a long line visually)."""
+    console.print(f"[yellow]warning:[/yellow] {' '.join(message.split())}", markup=True, soft_wrap=True)

@@ -1,8 +1,22 @@
 """Torch datasets over a manifest split, with the backbone's preprocessing.
 
-Preprocessing comes from the backbone's timm data config (resize, centre crop, interpolation) via
-``timm.data.transforms_factory.transforms_imagenet_eval(normalize=False)``: tensors come out as
-``[3, H, W]`` float RGB in ``[0, 1]``; the model normalises (see :class:`vptcli.prompting.PromptedViT`).
+Preprocessing comes from the data config stored with the model (image size, interpolation and the
+*resize policy*); tensors come out as ``[3, H, W]`` float RGB in ``[0, 1]``; the model normalises (see
+:class:`vptcli.prompting.PromptedViT`). Resize policies (``vpt train --resize``), stored in the data
+config's timm ``crop_mode`` (so in the prompt file and the ONNX metadata) and used alike by train, eval
+and predict:
+
+- ``squash`` (default, ``crop_mode="squash"``, ``crop_pct=1``): the whole image resized to the model
+  input, aspect ratio not kept. Every pixel of a 4×8000 line-scan strip reaches the model.
+- ``letterbox`` (``crop_mode="border"``, ``crop_pct=1``): the whole image resized on its long side,
+  aspect ratio kept, padded to a square with the normalisation mean (what the model sees as 0).
+- ``crop`` (``crop_mode="center"``, the backbone's ``crop_pct``): timm's ImageNet evaluation: short
+  side resized, centre cropped; the ends of elongated images are cut away (ImageNet-style, the
+  behaviour of prompt files made before the option existed).
+
+No policy builds a large intermediate image: squash and letterbox resize straight to the model input,
+and ``crop`` first cuts an image longer than 2:1 to its central square (the only part the centre crop
+can use), so a 2×20000 strip never becomes a 224×2,240,000 intermediate.
 
 Training augmentation suited to inspection images: a random element of the dihedral group (rotations
 by multiples of 90 degrees, optional horizontal flip) and light photometric jitter (brightness and
@@ -25,34 +39,117 @@ from vptcli.manifest import Manifest, resolve_image_path
 JITTER = 0.1
 """Maximum relative change of brightness and contrast in training augmentation."""
 
+RESIZE_POLICIES = ("squash", "letterbox", "crop")
+"""How an image becomes the square model input (see the module docstring)."""
+
+DEFAULT_RESIZE = "squash"
+"""The resize policy of ``vpt train`` unless ``--resize`` says otherwise: keeps the whole image."""
+
+CROP_MODE_OF = {"squash": "squash", "letterbox": "border", "crop": "center"}
+"""Resize policy -> timm ``crop_mode`` stored in the data config."""
+
+PRECROP_ASPECT = 2.0
+"""``crop`` policy: images longer than this aspect ratio are first cut to their central square."""
+
+_PIL_RESAMPLE = {
+    "bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING,
+}
+
+
+def resize_policy(data_config: dict) -> str:
+    """The resize policy (:data:`RESIZE_POLICIES`) of a data config, from its ``crop_mode``."""
+    mode = data_config.get("crop_mode") or "center"
+    return {"squash": "squash", "border": "letterbox"}.get(mode, "crop")
+
+
+def with_resize(data_config: dict, policy: str) -> dict:
+    """A copy of ``data_config`` set to the resize ``policy``: ``crop_mode`` from
+    :data:`CROP_MODE_OF`, ``crop_pct`` 1.0 for ``squash``/``letterbox`` (the whole image), kept for
+    ``crop``.
+
+    Raises:
+        VptError: an unknown policy.
+    """
+    from vptcli.errors import VptError
+
+    if policy not in RESIZE_POLICIES:
+        raise VptError(f"--resize must be one of {', '.join(RESIZE_POLICIES)}, got {policy!r}")
+    out = dict(data_config)
+    out["crop_mode"] = CROP_MODE_OF[policy]
+    if policy != "crop":
+        out["crop_pct"] = 1.0
+    return out
+
 
 def eval_transform(data_config: dict) -> Callable[[np.ndarray], torch.Tensor]:
-    """The evaluation preprocessing of a backbone, as a function of a decoded image.
+    """The evaluation preprocessing of a model, as a function of a decoded image.
 
     Args:
-        data_config: timm data config (``input_size``, ``interpolation``, ``crop_pct``, ``crop_mode``).
+        data_config: timm data config (``input_size``, ``interpolation``, ``crop_pct``, ``crop_mode``,
+            ``mean`` for the letterbox fill); the resize policy is :func:`resize_policy` of it.
 
     Returns:
         ``f(pixels [H, W, 3] uint8) -> [3, h, w]`` float32 in ``[0, 1]`` (no normalisation).
     """
+    from torchvision.transforms.v2.functional import pil_to_tensor, to_dtype
+
+    size = tuple(int(v) for v in data_config["input_size"][-2:])
+    interpolation = data_config.get("interpolation", "bicubic")
+    policy = resize_policy(data_config)
+    crop_pct = float(data_config.get("crop_pct") or 1.0)
+    if policy in ("squash", "letterbox") and crop_pct == 1.0:
+        resample = _PIL_RESAMPLE.get(interpolation, Image.Resampling.BICUBIC)
+        fill = tuple(round(255 * float(m)) for m in data_config.get("mean", (0.485, 0.456, 0.406)))
+        th, tw = size
+
+        def apply(pixels: np.ndarray) -> torch.Tensor:
+            im = Image.fromarray(pixels, mode="RGB")
+            if policy == "squash":
+                im = im.resize((tw, th), resample)
+            else:
+                scale = min(tw / im.width, th / im.height)
+                w, h = max(1, min(tw, round(im.width * scale))), max(1, min(th, round(im.height * scale)))
+                canvas = Image.new("RGB", (tw, th), fill)
+                canvas.paste(im.resize((w, h), resample), ((tw - w) // 2, (th - h) // 2))
+                im = canvas
+            return to_dtype(pil_to_tensor(im), torch.float32, scale=True)
+
+        return apply
+
     from timm.data.transforms_factory import transforms_imagenet_eval
 
-    size = tuple(data_config["input_size"][-2:])
     tf = transforms_imagenet_eval(
         img_size=size,
         crop_pct=data_config.get("crop_pct"),
         crop_mode=data_config.get("crop_mode"),
-        interpolation=data_config.get("interpolation", "bicubic"),
+        interpolation=interpolation,
         normalize=False,
     )
+    precrop = policy == "crop"
 
-    from torchvision.transforms.v2.functional import to_dtype
-
-    def apply(pixels: np.ndarray) -> torch.Tensor:
+    def apply_timm(pixels: np.ndarray) -> torch.Tensor:
+        if precrop:
+            pixels = _central_square(pixels)
         # timm's eval transform without normalisation ends in PIL -> uint8 tensor; scale to [0, 1].
         return to_dtype(tf(Image.fromarray(pixels, mode="RGB")), torch.float32, scale=True)
 
-    return apply
+    return apply_timm
+
+
+def _central_square(pixels: np.ndarray) -> np.ndarray:
+    """``[H, W, 3]`` longer than :data:`PRECROP_ASPECT`:1 -> its central ``min(H, W)`` square (all that
+    a centre crop after a short-side resize uses), so no huge intermediate is made; else unchanged."""
+    h, w = pixels.shape[:2]
+    short, long_ = min(h, w), max(h, w)
+    if long_ <= PRECROP_ASPECT * short:
+        return pixels
+    if w > h:
+        x = (w - short) // 2
+        return np.ascontiguousarray(pixels[:, x : x + short])
+    y = (h - short) // 2
+    return np.ascontiguousarray(pixels[y : y + short])
 
 
 def augment_pixels(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -95,6 +192,7 @@ class ManifestDataset(Dataset):
         self.manifest = manifest
         self.records = manifest.usable(split)
         self.labels = [manifest.label_index(r.label) for r in self.records]
+        self.data_config = dict(data_config)
         self.transform = eval_transform(data_config)
         self.augment = augment
         self.seed = seed

@@ -61,10 +61,23 @@ from pathlib import Path
 from vptcli import __version__
 from vptcli.artifacts import ArtifactError, PromptFileMeta, read_prompt_file, resolve_prompt_path
 from vptcli.errors import VptError, one_line
-from vptcli.fsutil import apply_umask_mode, atomic_write_bytes
+from vptcli.fsutil import apply_umask_mode, atomic_write_all, atomic_write_bytes, check_free_space
 
 DEFAULT_OPSET = 20
 """ONNX opset of exported graphs (PyTorch 2.14's default for both exporters)."""
+
+MIN_OPSET = 14
+"""Lowest ONNX opset an export is made at (below it PyTorch's exporters cannot express the attention
+of timm's ViTs); ``vpt export --opset`` refuses lower values before loading anything."""
+
+ORT_FOR_OPSET: dict[int, str] = {
+    14: "1.8", 15: "1.10", 16: "1.11", 17: "1.13", 18: "1.14", 19: "1.15", 20: "1.17", 21: "1.18",
+}
+"""Oldest ONNX Runtime release that implements each ``ai.onnx`` opset (source: the version matrix of
+ONNX Runtime's compatibility notes, docs/Versioning.md / onnxruntime.ai "Compatibility")."""
+
+ORT_FOR_IR: dict[int, str] = {7: "1.6", 8: "1.10", 9: "1.15", 10: "1.18"}
+"""Oldest ONNX Runtime release that loads each ONNX IR version (same source)."""
 
 FP32_LOGIT_TOL = 1e-4
 """Largest absolute logit difference ONNX Runtime vs PyTorch accepted for an fp32 graph."""
@@ -112,7 +125,10 @@ class ExportResult:
     file; ``graph``: :data:`GRAPH_SINGLE` | :data:`GRAPH_SHARED`; ``precision``: ``fp32`` | ``fp16``;
     ``exporter``: ``dynamo`` | ``torchscript``; ``tolerance``: the logit tolerance checked;
     ``export_seconds``: trace + conversion time; ``total_seconds``: everything incl. loading and the
-    parity check; ``external_data``: a ``.onnx.data`` file was written (weights > 2 GB).
+    parity check; ``external_data``: a ``.onnx.data`` file was written (weights > 2 GB);
+    ``ir_version``: the graph's ONNX IR version (the lowest its opset allows, see
+    :func:`stamp_ir_version`); ``min_onnxruntime``: the oldest ONNX Runtime release that can load it
+    (:func:`min_onnxruntime`).
     """
 
     out_dir: Path
@@ -129,6 +145,8 @@ class ExportResult:
     onnx_bytes: int
     prompt_bytes: int
     external_data: bool = False
+    ir_version: int = 0
+    min_onnxruntime: str = ""
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -206,13 +224,18 @@ def shared_structure(meta: PromptFileMeta) -> dict:
 
 
 def graph_metadata(meta: PromptFileMeta, *, graph: str, precision: str, exporter: str, opset: int) -> dict[str, str]:
-    """``metadata_props`` of an exported graph (keys prefixed with :data:`META_PREFIX`; values strings)."""
+    """``metadata_props`` of an exported graph (keys prefixed with :data:`META_PREFIX`; values strings).
+    The preprocessing entry names the resize policy (``squash`` | ``letterbox`` | ``crop``) beside the
+    timm ``crop_mode``/``crop_pct`` it is stored as."""
+    from vptcli.datasets import resize_policy
+
     preprocessing = {
         "input": "images float32 [N, 3, H, W], RGB, values in [0, 1]; normalisation is inside the graph",
         "img_size": meta.img_size,
         "interpolation": meta.interpolation,
         "crop_pct": meta.crop_pct,
         "crop_mode": meta.crop_mode,
+        "resize": resize_policy(meta.data_config),
         "mean": list(meta.mean),
         "std": list(meta.std),
     }
@@ -307,6 +330,34 @@ def _default_opset(proto) -> int:
     return next((int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), -1)
 
 
+def stamp_ir_version(proto) -> int:
+    """Set ``proto.ir_version`` to the lowest IR version its opset imports allow
+    (``onnx.helper.find_min_ir_version_for``; e.g. opset 17 -> IR 8, opset 20 -> IR 9), never higher
+    than what the exporter wrote. Exporters stamp the IR version of the installed ``onnx`` package (IR
+    10 and up), which older ONNX Runtime releases refuse although nothing in the graph needs it; the
+    graph is checked (``onnx.checker``) and run (parity) after stamping. Returns the IR version."""
+    from onnx import helper
+
+    imports = [helper.make_opsetid(o.domain, o.version) for o in proto.opset_import]
+    try:
+        needed = int(helper.find_min_ir_version_for(imports, ignore_unknown=True))
+    except Exception:  # noqa: BLE001 - an opset the installed onnx does not know: keep the exporter's
+        return int(proto.ir_version)
+    if 0 < needed < proto.ir_version:
+        proto.ir_version = needed
+    return int(proto.ir_version)
+
+
+def min_onnxruntime(opset: int, ir_version: int) -> str:
+    """The oldest ONNX Runtime release that can load a graph of ``opset`` (``ai.onnx``) and
+    ``ir_version`` (:data:`ORT_FOR_OPSET`, :data:`ORT_FOR_IR`), e.g. ``"1.13"`` for opset 17 / IR 8;
+    ``""`` when the opset or IR version is newer than the table."""
+    need = [ORT_FOR_OPSET.get(int(opset)), ORT_FOR_IR.get(int(ir_version))]
+    if any(v is None for v in need):
+        return ""
+    return max(need, key=lambda v: tuple(int(x) for x in v.split(".")))
+
+
 def _root_cause(exc: BaseException) -> str:
     """``Type: first line`` of the innermost cause of an exporter exception (the exporters wrap the
     real error in a banner)."""
@@ -359,6 +410,11 @@ def export_onnx(
 
     t_start = time.perf_counter()
     opset = int(opset) if opset is not None else DEFAULT_OPSET
+    if opset < MIN_OPSET:
+        raise ExportError(
+            f"--opset {opset}: the lowest opset vpt can export is {MIN_OPSET} (ONNX Runtime "
+            f"{ORT_FOR_OPSET[MIN_OPSET]} and later load it); pass --opset {MIN_OPSET} or higher"
+        )
     src, out = _check_request(model_path, out_dir, exporter, shared_backbone)
     model, meta, _backbone, warn_list = load_model(src, weights=weights, force=force)
     model = model.float().eval().cpu()
@@ -380,6 +436,8 @@ def export_onnx(
     spec = _graph_spec(graph, export_model, tuned, torch.float16 if fp16 else torch.float32, int(meta.img_size))
     onnx_name = SHARED_ONNX_FILE if graph == GRAPH_SHARED else ONNX_FILE
     weight_bytes = sum(p.numel() * p.element_size() for p in export_model.parameters())
+    # The graph holds every weight: refuse a disk without room for it before the (slow) export.
+    check_free_space(out / onnx_name, weight_bytes + src.stat().st_size)
     large_path = None
     if weight_bytes > EXTERNAL_DATA_BYTES:
         import tempfile
@@ -405,7 +463,9 @@ def export_onnx(
         out_dir=out, onnx_path=onnx_path, prompt_path=prompt_out, graph=graph, precision=precision, opset=opset,
         exporter=used, tolerance=tol, parity=parity, export_seconds=export_seconds,
         total_seconds=time.perf_counter() - t_start, onnx_bytes=onnx_bytes, prompt_bytes=prompt_bytes,
-        external_data=data is None, inputs=list(spec["input_names"]), outputs=["logits", "probabilities"],
+        external_data=data is None, ir_version=int(proto.ir_version),
+        min_onnxruntime=min_onnxruntime(opset, int(proto.ir_version)),
+        inputs=list(spec["input_names"]), outputs=["logits", "probabilities"],
         warnings=warn_list,
     )
 
@@ -488,7 +548,9 @@ def _export_with_fallback(spec: dict, opset: int, exporter: str, large_path, src
 
 
 def _stamp_and_check(proto, meta: PromptFileMeta, graph: str, precision: str, used: str, opset: int, large_path, src: Path):
-    """Write the metadata into ``proto`` and run ``onnx.checker`` on exactly what will be written.
+    """Stamp the IR version the opset needs (:func:`stamp_ir_version`), write the metadata (with the
+    oldest ONNX Runtime that loads the graph) into ``proto`` and run ``onnx.checker`` on exactly what
+    will be written.
 
     Returns:
         The serialised graph (bytes), or None when it was saved to ``large_path`` (external data).
@@ -498,8 +560,12 @@ def _stamp_and_check(proto, meta: PromptFileMeta, graph: str, precision: str, us
     """
     import onnx
 
+    ir_version = stamp_ir_version(proto)
+    oldest_ort = min_onnxruntime(opset, ir_version)
     del proto.metadata_props[:]
-    for k, v in graph_metadata(meta, graph=graph, precision=precision, exporter=used, opset=opset).items():
+    props = graph_metadata(meta, graph=graph, precision=precision, exporter=used, opset=opset)
+    props[META_PREFIX + "min_onnxruntime"] = oldest_ort or f"newer than 1.18 (opset {opset}, IR {ir_version})"
+    for k, v in props.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v
     proto.doc_string = (
@@ -560,18 +626,21 @@ def _parity(graph_source, parity_images: dict, reference: dict, tuned: dict, inp
 
 
 def _write_export(src: Path, out: Path, onnx_name: str, data: bytes | None, large_path, warn_list: list[str]):
-    """Write the prompt-file copy, then the graph (both atomic). Returns ``(prompt path, graph path,
-    graph bytes incl. external data, prompt bytes)``."""
+    """Write the graph and the prompt-file copy all-or-nothing: both are written in full under
+    temporary names before either is renamed into place (:func:`vptcli.fsutil.atomic_write_all`), so a
+    full disk leaves the folder as it was. Returns ``(prompt path, graph path, graph bytes incl.
+    external data, prompt bytes)``."""
     out.mkdir(parents=True, exist_ok=True)
     prompt_bytes = src.read_bytes()
-    prompt_out = atomic_write_bytes(out / "prompts.safetensors", prompt_bytes)
+    prompt_out = out / "prompts.safetensors"
     onnx_path = out / onnx_name
     stale_data = out / f"{onnx_name}.data"
     if data is not None:
-        atomic_write_bytes(onnx_path, data)
+        atomic_write_all({onnx_path: data, prompt_out: prompt_bytes})
         if stale_data.exists():
             stale_data.unlink()
         return prompt_out, onnx_path, len(data), len(prompt_bytes)
+    atomic_write_bytes(prompt_out, prompt_bytes)
     os.replace(f"{large_path}.data", stale_data)
     os.replace(large_path, onnx_path)
     os.rmdir(os.path.dirname(large_path))
@@ -620,6 +689,45 @@ def _check_parity(check: ParityCheck, ref, logits, tol: float, precision: str, s
         )
 
 
+def meta_from_graph(gm: dict[str, str], onnx_path: str | os.PathLike) -> PromptFileMeta:
+    """A :class:`~vptcli.artifacts.PromptFileMeta` rebuilt from a single graph's metadata
+    (:func:`read_graph_metadata`): class names, preprocessing, method, prompt settings, backbone
+    identity and architecture, so a single-file ``model.onnx`` predicts without its prompt file.
+
+    Raises:
+        ArtifactError: the metadata is not that of a single graph written by ``vpt export`` or lacks
+            a field (the message names the graph).
+    """
+    if gm.get("graph") != GRAPH_SINGLE:
+        raise ArtifactError(f"{onnx_path}: not a single graph written by `vpt export`; it cannot predict on its own")
+    try:
+        pre = json.loads(gm["preprocessing"])
+        arch = json.loads(gm["architecture"])
+        return PromptFileMeta(
+            method=gm["method"],
+            prompt=json.loads(gm["prompt"]),
+            backbone=json.loads(gm["backbone"]),
+            embed_dim=int(arch["embed_dim"]),
+            depth=int(arch["depth"]),
+            num_prefix_tokens=int(arch["num_prefix_tokens"]),
+            img_size=int(pre["img_size"]),
+            mean=[float(v) for v in pre["mean"]],
+            std=[float(v) for v in pre["std"]],
+            interpolation=str(pre["interpolation"]),
+            crop_pct=float(pre["crop_pct"]),
+            crop_mode=str(pre["crop_mode"]),
+            classes=[str(c) for c in json.loads(gm["classes"])],
+            data_fingerprint=gm.get("data_fingerprint", ""),
+            tool_version=gm.get("version", ""),
+            tensors_sha256=gm.get("prompt_tensors_sha256", ""),
+        )
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ArtifactError(
+            f"{onnx_path}: its vptcli metadata is incomplete ({type(exc).__name__}: {exc}); re-export it "
+            "with `vpt export`, or pass the prompt file with --prompt-file"
+        ) from None
+
+
 def read_graph_metadata(session) -> dict[str, str]:
     """The ``vptcli.*`` metadata of an ONNX Runtime session's model, keys without the prefix."""
     props = session.get_modelmeta().custom_metadata_map or {}
@@ -632,7 +740,10 @@ __all__ = [
     "FP32_LOGIT_TOL",
     "GRAPH_SHARED",
     "GRAPH_SINGLE",
+    "MIN_OPSET",
     "ONNX_FILE",
+    "ORT_FOR_IR",
+    "ORT_FOR_OPSET",
     "SHARED_ONNX_FILE",
     "ArtifactError",
     "ExportError",
@@ -640,7 +751,10 @@ __all__ = [
     "ParityCheck",
     "export_onnx",
     "graph_metadata",
+    "meta_from_graph",
+    "min_onnxruntime",
     "read_graph_metadata",
     "shared_structure",
+    "stamp_ir_version",
     "synthetic_images",
 ]

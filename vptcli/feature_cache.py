@@ -91,6 +91,10 @@ class FeatureCache:
         """
         if views < 1:
             raise VptError("--cache-views must be >= 1")
+        dc = getattr(dataset, "data_config", None)
+        if dc:  # the cached values depend on the preprocessing (resize policy, interpolation) too
+            pre = [dc.get("crop_mode"), dc.get("crop_pct"), dc.get("interpolation")]
+            key = hashlib.sha256(json.dumps([key, pre]).encode()).hexdigest()
         k = start_block
         path = Path(cache_dir) / f"{key}.safetensors" if cache_dir is not None else None
         if path is not None and path.is_file():

@@ -13,6 +13,12 @@ exactly the same pixels. The rules, in order:
 3. **Full decode.** Pixels are decoded completely (not ``verify()``): truncated or corrupt data is an
    error. (A PNG whose pixel data is complete but whose final ``IEND`` chunk is cut off decodes, as in
    Pillow.)
+   Files in formats that Pillow cannot decode are recognised from their bytes before decoding and
+   named, with what to do, as ``"unsupported: ..."`` (never "corrupt"): JPEG with 12-bit (or other
+   non-8-bit) sample precision and lossless JPEG (X-ray and thermal cameras), HEIC/HEIF (phone
+   photos; decoded when the optional ``pillow-heif`` plug-in is installed), AVIF when this Pillow
+   build lacks it, JPEG XL, and camera raw formats (CR2, CR3, CRW, NEF, ARW, DNG, ORF, RW2, RAF, PEF,
+   SRW...; a raw file must never be read as its small embedded preview). See :func:`sniff_unsupported`.
 4. **First frame.** Animated or multi-frame files (GIF, APNG, WebP, multi-page TIFF, MPO) give their
    first frame, with a note such as ``"animated: first frame of 5"``.
 5. **Bit depth.** 16-bit integer data (``I;16``, ``I;16B``, ``I``, 16-bit TIFF, and 16-bit RGB/RGBA
@@ -59,6 +65,7 @@ __all__ = [
     "decode_image",
     "low_bit_usage",
     "pixel_sha256",
+    "sniff_unsupported",
 ]
 
 DEFAULT_MAX_PIXELS: int = 89_478_485
@@ -188,6 +195,9 @@ def decode_image(
     if max_pixels is not None and (not isinstance(max_pixels, int) or max_pixels < 1):
         raise VptError(f"the pixel limit must be a positive integer (got {max_pixels!r})")
     _check_file(path)
+    unsupported = sniff_unsupported(path)
+    if unsupported is not None:
+        raise ImageDecodeError(path, f"{KIND_UNSUPPORTED}: {unsupported}")
     _allow_in_pillow(max_pixels)
     with warnings.catch_warnings():
         # Pillow's warnings (decompression bomb, odd EXIF, ...) are never printed raw: the size limit
@@ -461,6 +471,213 @@ def _cmyk_to_rgb(im: Image.Image, notes: list[str]) -> np.ndarray:
         except Exception:  # noqa: BLE001 - a broken profile: plain conversion
             notes.append("CMYK ICC profile unusable; plain conversion")
     return np.asarray(im.convert("RGB"))
+
+
+# --------------------------------------------------------------------------------------------------
+# formats Pillow cannot decode
+
+_HEIF_BRANDS = frozenset({"heic", "heix", "heim", "heis", "hevc", "hevx", "hevm", "hevs", "heif", "mif1", "msf1"})
+_HEVC_BRANDS = _HEIF_BRANDS - {"heif", "mif1", "msf1"}
+_AVIF_BRANDS = frozenset({"avif", "avis"})
+_RAW_SUFFIXES = {
+    ".cr2": "Canon CR2", ".cr3": "Canon CR3", ".crw": "Canon CRW", ".nef": "Nikon NEF", ".nrw": "Nikon NRW",
+    ".arw": "Sony ARW", ".srf": "Sony SRF", ".sr2": "Sony SR2", ".dng": "DNG", ".orf": "Olympus ORF",
+    ".rw2": "Panasonic RW2", ".raf": "Fujifilm RAF", ".pef": "Pentax PEF", ".srw": "Samsung SRW",
+    ".3fr": "Hasselblad 3FR", ".erf": "Epson ERF", ".kdc": "Kodak KDC", ".dcr": "Kodak DCR",
+    ".mos": "Leaf MOS", ".mrw": "Minolta MRW", ".x3f": "Sigma X3F", ".iiq": "Phase One IIQ",
+    ".rwl": "Leica RWL",
+}
+_RAW_ADVICE = (
+    "Pillow would at best read its small embedded preview: convert it to 16-bit TIFF or PNG with the "
+    "camera software, darktable, RawTherapee or dcraw/LibRaw (e.g. `dcraw -T -4 FILE`)"
+)
+_HEIF_PLUGIN_LOCK = threading.Lock()
+
+
+def sniff_unsupported(path: str | Path, head: bytes | None = None) -> str | None:
+    """Recognise, from the file's bytes, an image format that Pillow cannot decode (here).
+
+    Returns ``None`` for anything else, or the detail of the reason (without the ``"unsupported: "``
+    prefix): what the format is and what to do. Recognised (sources: ITU T.81 for JPEG frame headers,
+    ISO/IEC 14496-12 / 23008-12 for the ``ftyp`` box and its HEIF/AVIF brands, ISO/IEC 18181-2 for JPEG
+    XL signatures, the camera makers' TIFF-based raw layouts):
+
+    * JPEG whose frame header (SOFn) declares a sample precision other than 8 bits (12-bit JPEG from
+      X-ray and thermal cameras), or the lossless process (SOF3);
+    * HEIC/HEIF (``ftyp`` brands ``heic``, ``heix``, ``mif1``, ...), unless the optional
+      ``pillow-heif`` plug-in is installed (it is then registered with Pillow and the file decodes);
+    * AVIF when this Pillow build has no AVIF support;
+    * JPEG XL (bare codestream ``FF 0A`` or the ``JXL `` container) unless a Pillow plug-in opens it;
+    * camera raw files: by signature (Canon CR2/CR3/CRW, Olympus ORF, Panasonic RW2, Fujifilm RAF,
+      Minolta MRW, Sigma X3F) or a raw suffix (``.nef``, ``.arw``, ``.dng``...) on TIFF content.
+
+    The file name is only used for wording (``"despite the .jpg name"``) and for TIFF-based raw
+    formats that carry no signature of their own. ``head``: the first bytes if already read (at least
+    64 bytes); the JPEG check reads the file's segment headers itself. Never raises for I/O problems
+    (returns ``None``; decoding then reports them).
+    """
+    path = Path(path)
+    try:
+        if head is None:
+            with open(path, "rb") as fh:
+                head = fh.read(64)
+    except OSError:
+        return None
+    suffix = unicodedata.normalize("NFC", path.suffix.lower())
+    found = _sniff_container(head, suffix)
+    if found is None and head.startswith(b"\xff\xd8\xff"):
+        found = _sniff_jpeg(path)
+    if found is None:
+        return None
+    name, advice = found
+    if suffix in IMAGE_SUFFIXES and not _suffix_matches(name, suffix):
+        name += f" (despite the {suffix} name)"
+    return f"{name}; {advice}"
+
+
+def _suffix_matches(name: str, suffix: str) -> bool:
+    """Whether ``suffix`` is a usual name for the format described by ``name``."""
+    for key, suffixes in (
+        ("JPEG XL", {".jxl"}), ("AVIF", {".avif"}), ("HEIC", {".heic", ".heif", ".hif"}),
+        ("JPEG", {".jpg", ".jpeg", ".jpe", ".jfif"}),
+    ):
+        if key in name:
+            return suffix in suffixes
+    return False
+
+
+_RAW_SIGNATURES = (
+    (lambda h: h.startswith(b"II*\x00") and h[8:11] == b"CR\x02", "Canon CR2"),
+    (lambda h: h.startswith(b"II\x1a\x00\x00\x00HEAPCCDR"), "Canon CRW"),
+    (lambda h: h[:4] in (b"IIRO", b"IIRS", b"MMOR"), "Olympus ORF"),
+    (lambda h: h.startswith(b"IIU\x00"), "Panasonic RW2"),
+    (lambda h: h.startswith(b"FUJIFILMCCD-RAW"), "Fujifilm RAF"),
+    (lambda h: h.startswith(b"\x00MRM"), "Minolta MRW"),
+    (lambda h: h.startswith(b"FOVb"), "Sigma X3F"),
+)
+"""Camera raw formats recognised by their own signature (the rest are TIFF files named by suffix)."""
+
+
+def _sniff_container(head: bytes, suffix: str) -> tuple[str, str] | None:
+    if head[4:8] == b"ftyp":
+        found = _sniff_ftyp(head)
+        if found is not None:
+            return found if found != ("", "") else None
+    if head.startswith((b"\xff\n", b"\x00\x00\x00\x0cJXL \r\n\x87\n")):
+        return _jxl()
+    for matches, name in _RAW_SIGNATURES:
+        if matches(head):
+            return f"{name} raw image", _RAW_ADVICE
+    if head[:4] in (b"II*\x00", b"MM\x00*") and suffix in _RAW_SUFFIXES:
+        return f"{_RAW_SUFFIXES[suffix]} raw image", _RAW_ADVICE
+    return None
+
+
+def _sniff_ftyp(head: bytes) -> tuple[str, str] | None:
+    """An ISO-BMFF ``ftyp`` box: ``(name, advice)`` for a format Pillow cannot decode, ``("", "")`` for
+    one it can (AVIF with support, HEIF with the plug-in), ``None`` for other brands."""
+    size = int.from_bytes(head[:4], "big")
+    box = head[8:max(16, min(size, len(head)))]
+    brands = [box[i:i + 4].decode("latin-1") for i in range(0, len(box) - 3, 4)]
+    brands = {b for i, b in enumerate(brands) if i != 1}  # skip minor_version
+    if "crx " in brands:
+        return "Canon CR3 raw image", _RAW_ADVICE
+    if brands & _AVIF_BRANDS and not brands & _HEVC_BRANDS:
+        if _pillow_opens("AVIF"):
+            return "", ""
+        return ("AVIF image, which this Pillow build cannot decode",
+                "convert it to PNG or JPEG, or upgrade Pillow (11.3+ reads AVIF)")
+    if brands & _HEIF_BRANDS:
+        if _heif_plugin():
+            return "", ""
+        major = box[:4].decode("latin-1")
+        brand = major if major in _HEIF_BRANDS else min(brands & _HEIF_BRANDS)
+        return ((f"HEIC/HEIF image (ftyp brand '{brand.strip()}', the photo format of most phones), "
+                 "which Pillow cannot decode"),
+                ("convert it to PNG or JPEG (e.g. `heif-convert`, or export from the phone or "
+                 "Photos), or install the plug-in: pip install pillow-heif"))
+    if "jxl " in brands:
+        return _jxl() or ("", "")
+    return None
+
+
+def _jxl() -> tuple[str, str] | None:
+    if _pillow_opens("JXL"):
+        return None
+    return ("JPEG XL image, which Pillow cannot decode",
+            "convert it to PNG or JPEG (e.g. `djxl FILE out.png`)")
+
+
+def _pillow_opens(fmt: str) -> bool:
+    Image.init()
+    if fmt not in Image.OPEN:
+        return False
+    if fmt == "AVIF":
+        try:
+            from PIL import features
+
+            return bool(features.check("avif"))
+        except Exception:  # noqa: BLE001
+            return False
+    return True
+
+
+def _heif_plugin() -> bool:
+    """Register the optional ``pillow-heif`` opener with Pillow; True when HEIF can be decoded."""
+    with _HEIF_PLUGIN_LOCK:
+        if _pillow_opens("HEIF"):
+            return True
+        try:
+            import pillow_heif  # optional plug-in
+        except ImportError:
+            return False
+        try:
+            pillow_heif.register_heif_opener()
+        except Exception:  # noqa: BLE001 - a broken plug-in: report the format as unsupported
+            return False
+        return _pillow_opens("HEIF")
+
+
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _sniff_jpeg(path: Path) -> tuple[str, str] | None:
+    """Walk a JPEG's marker segments up to the frame header; unsupported precision or process."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(2)
+            for _ in range(256):  # a JPEG has a handful of segments before SOF
+                marker = fh.read(2)
+                while marker[:1] == b"\xff" and marker[1:2] == b"\xff":  # fill bytes
+                    marker = marker[1:] + fh.read(1)
+                if len(marker) < 2 or marker[0] != 0xFF:
+                    return None
+                code = marker[1]
+                if code in (0x01,) or 0xD0 <= code <= 0xD7:
+                    continue
+                if code in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+                    return None
+                length = int.from_bytes(fh.read(2), "big")
+                if length < 2:
+                    return None
+                if code in _SOF_MARKERS:
+                    precision = fh.read(1)
+                    if not precision:
+                        return None
+                    bits = precision[0]
+                    if bits != 8:
+                        return ((f"{bits}-bit JPEG (the frame header declares {bits}-bit samples, common "
+                                "from X-ray and thermal cameras), which Pillow cannot decode"),
+                                ("export the images as 16-bit PNG or TIFF from the camera software, or "
+                                "convert them with a 12-bit-capable tool (e.g. dcmtk or GDAL)"))
+                    if code in (0xC3, 0xC7, 0xCB, 0xCF):
+                        return ("lossless JPEG (ITU T.81 process 14), which Pillow cannot decode",
+                                "export the images as PNG or TIFF from the camera software")
+                    return None
+                fh.seek(length - 2, 1)
+    except OSError:
+        return None
+    return None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -171,35 +171,47 @@ class OnnxPredictor(Predictor):
         onnx_path: the graph (``model.onnx`` or a shared-backbone graph).
         prompt_path: the prompt file (run / export folder or ``.safetensors``) whose metadata gives the
             classes and preprocessing, and, for a shared graph, the prompts and head fed to it.
+            ``None``: a single graph predicts on its own, from the class names and preprocessing in
+            its metadata; a shared-backbone graph needs one.
         device: ``auto`` | ``cpu`` | ``cuda`` (see the module docstring).
 
     Raises:
         PredictorError: graph unreadable, not written by vpt export, or not matching the prompt file
             (backbone identity, image size, normalisation, prompt structure, prompt-file digest);
-            ``cuda`` asked for but ``CUDAExecutionProvider`` not obtained.
+            a shared-backbone graph without a prompt file; ``cuda`` asked for but
+            ``CUDAExecutionProvider`` not obtained.
         ArtifactError: unreadable prompt file.
     """
 
     backend = "onnx"
 
-    def __init__(self, onnx_path: str | os.PathLike, prompt_path: str | os.PathLike, *, device: str = "auto") -> None:
+    def __init__(self, onnx_path: str | os.PathLike, prompt_path: str | os.PathLike | None = None, *,
+                 device: str = "auto", threads: int | None = None) -> None:
         super().__init__()
-        from vptcli.export import GRAPH_SHARED, GRAPH_SINGLE, read_graph_metadata
+        from vptcli.export import GRAPH_SHARED, GRAPH_SINGLE, meta_from_graph, read_graph_metadata
 
         check_device(device)
         self.onnx_path = Path(onnx_path)
         if not self.onnx_path.is_file():
             raise PredictorError(f"{self.onnx_path}: no such ONNX file")
-        tensors, meta = read_prompt_file(prompt_path)
-        self.meta = meta
-        self.prompt_path = resolve_prompt_path(prompt_path)
-        self.session, self.device, warns = create_session(self.onnx_path, device)
+        tensors, meta = read_prompt_file(prompt_path) if prompt_path is not None else ({}, None)
+        self.prompt_path = resolve_prompt_path(prompt_path) if prompt_path is not None else None
+        self.session, self.device, warns = create_session(self.onnx_path, device, threads)
         self.warnings.extend(warns)
         gm = read_graph_metadata(self.session)
         kind = gm.get("graph")
         if kind not in (GRAPH_SINGLE, GRAPH_SHARED):
             raise PredictorError(f"{self.onnx_path}: not a graph written by `vpt export` (no vptcli metadata)")
-        _check_graph_matches(gm, meta, self.onnx_path, self.prompt_path)
+        if meta is None:
+            if kind == GRAPH_SHARED:
+                raise PredictorError(
+                    f"{self.onnx_path} is a shared-backbone graph: its prompts and head are inputs, so it "
+                    "needs the prompt file to use: --prompt-file FILE.safetensors"
+                )
+            meta = meta_from_graph(gm, self.onnx_path)
+        else:
+            _check_graph_matches(gm, meta, self.onnx_path, self.prompt_path)
+        self.meta = meta
         self.graph = kind
         self.input_names = [i.name for i in self.session.get_inputs()]
         self._extra: dict[str, np.ndarray] = {}
@@ -282,9 +294,22 @@ def _captured_stderr_fd():
             buf.write(tmp.read().decode("utf-8", "replace"))
 
 
-def _cuda_failure_reason(log: str) -> str:
-    """One line from ONNX Runtime's log (and torch) saying why the CUDA provider could not be created."""
+def _cuda_failure_reason(log: str, short: bool = False) -> str:
+    """One line from ONNX Runtime's log (and torch) saying why the CUDA provider could not be created.
+    ``short``: only the most telling part (no GPU visible, else the library that failed to load),
+    for the one-line warning of ``--device auto``."""
     text = _ANSI.sub("", log)
+    if short:
+        with contextlib.suppress(Exception):
+            import torch
+
+            if not torch.cuda.is_available():
+                return "no CUDA GPU visible"
+        m = re.search(r"Failed to load library (\S+) with error: ([^:\n]+)", text)
+        if m:
+            return f"{Path(m.group(1)).name} not loadable: {m.group(2).strip()}"
+        m = re.search(r"(Require cuDNN \S+ and CUDA \d+(?:\.\*)?)", text)
+        return m.group(1) if m else "onnxruntime did not say why"
     parts = []
     m = re.search(r"Failed to load library (\S+) with error: ([^\n]+)", text)
     if m:
@@ -300,8 +325,11 @@ def _cuda_failure_reason(log: str) -> str:
     return "; ".join(parts) or "onnxruntime did not say why"
 
 
-def create_session(onnx_path: str | os.PathLike, device: str = "auto"):
+def create_session(onnx_path: str | os.PathLike, device: str = "auto", threads: int | None = None):
     """An ``onnxruntime.InferenceSession`` on the requested device.
+
+    ``threads``: intra-op threads (:func:`vptcli.cpus.ort_intra_op_threads`: by default the CPUs this
+    process may use when a container or affinity mask limits them, else the runtime's default).
 
     Returns:
         ``(session, provider_used, warnings)``; ``provider_used`` is the first of
@@ -314,10 +342,15 @@ def create_session(onnx_path: str | os.PathLike, device: str = "auto"):
     import onnxruntime as ort
 
     check_device(device)
+    with contextlib.suppress(Exception):  # the runtime's own (environment) logger: errors only
+        ort.set_default_logger_severity(3)
     available = list(ort.get_available_providers())
     warns: list[str] = []
+    from vptcli.cpus import ort_intra_op_threads
+
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    opts.intra_op_num_threads = ort_intra_op_threads(threads)
     want_cuda = device in ("auto", "cuda")
     if want_cuda and CUDA_EP not in available:
         if device == "cuda":
@@ -344,7 +377,8 @@ def create_session(onnx_path: str | os.PathLike, device: str = "auto"):
                 f"--device cuda: the ONNX Runtime session did not get {CUDA_EP} (it got {', '.join(used)}): "
                 f"{reason}. Install the CUDA/cuDNN libraries onnxruntime {ort.__version__} needs, or use --device cpu"
             )
-        warns.append(f"{CUDA_EP} could not be used ({reason}); running on {used[0] if used else CPU_EP}")
+        warns.append(f"CUDA not used ({_cuda_failure_reason(log.getvalue(), short=True)}); ONNX Runtime runs on "
+                     f"{used[0] if used else CPU_EP}")
     return session, (used[0] if used else CPU_EP), warns
 
 
@@ -375,12 +409,18 @@ def open_predictor(
     prompts: str | os.PathLike | None = None,
     weights: str | None = None,
     force: bool = False,
+    threads: int | None = None,
 ) -> Predictor:
     """Open the predictor for ``vpt predict``'s MODEL / ``--onnx`` / ``--prompt-file``.
 
+    ``threads``: ONNX Runtime intra-op threads and PyTorch threads (default: the CPUs this process
+    may use, see :mod:`vptcli.cpus`).
+
     ``backend="auto"``: ONNX when ``onnx`` is given or MODEL is an export folder with a graph (or a
     ``.onnx`` file), else PyTorch. The prompt file is ``prompts`` when given, else MODEL's
-    (``prompts.safetensors`` of a folder; the folder of a ``.onnx`` file).
+    (``prompts.safetensors`` of a folder; the one beside a ``.onnx`` file). With ``onnx`` and no
+    ``prompts`` (or a ``.onnx`` MODEL with no prompt file beside it), a single graph predicts on its
+    own (classes and preprocessing from its metadata); only a shared-backbone graph needs ``prompts``.
 
     Raises:
         VptError / PredictorError / ArtifactError: nothing usable given, graph missing for the ONNX
@@ -388,20 +428,26 @@ def open_predictor(
     """
     if backend not in BACKENDS:
         raise VptError(f"--backend must be auto, torch or onnx, got {backend!r}")
+    from vptcli.cpus import apply_torch_threads, check_threads
+
+    check_threads(threads)
     if model is None and onnx is None and prompts is None:
         raise VptError("give MODEL (a run folder, export folder or prompt file) or --onnx/--prompt-file")
     graph = Path(onnx) if onnx is not None else (find_graph(model) if model is not None else None)
     if backend == "auto":
+        _refuse_export_without_graph(model, graph)
         backend = "onnx" if graph is not None else "torch"
-    if prompts is not None:
-        prompt_src: Path = Path(prompts)
-    elif model is not None and Path(model).is_file() and Path(model).suffix.lower() == ".onnx":
-        prompt_src = Path(model).parent
-    elif model is not None:
-        prompt_src = Path(model)
-    else:
-        raise VptError("--onnx needs --prompt-file (the prompt file whose classes and head to use)")
     if backend == "torch":
+        if prompts is not None:
+            prompt_src: Path = Path(prompts)
+        elif model is not None and Path(model).is_file() and Path(model).suffix.lower() == ".onnx":
+            prompt_src = Path(model).parent
+        elif model is not None:
+            prompt_src = Path(model)
+        else:
+            raise VptError("--backend torch needs a prompt file: pass MODEL (a run folder, export folder or "
+                           "prompt file) or --prompt-file FILE")
+        apply_torch_threads(threads)
         return TorchPredictor(prompt_src, device=device, weights=weights, force=force)
     if graph is None:
         raise PredictorError(
@@ -410,7 +456,36 @@ def open_predictor(
         )
     if weights is not None or force:
         raise VptError("--weights/--force apply to the torch backend only; an ONNX graph carries its own backbone")
-    return OnnxPredictor(graph, prompt_src, device=device)
+    # The prompt file: --prompt-file, else the one beside the graph (an export folder's copy, checked against
+    # the graph); none: a single graph predicts from its own metadata, a shared graph says it needs one.
+    prompt_file: Path | None = Path(prompts) if prompts is not None else None
+    if prompt_file is None and model is not None:
+        from vptcli.artifacts import PROMPT_FILE
+
+        folder = Path(model) if Path(model).is_dir() else Path(model).parent
+        if Path(model).suffix.lower() == ".safetensors" and Path(model).is_file():
+            prompt_file = Path(model)
+        elif (folder / PROMPT_FILE).is_file():
+            prompt_file = folder / PROMPT_FILE
+    return OnnxPredictor(graph, prompt_file, device=device, threads=threads)
+
+
+def _refuse_export_without_graph(model, graph) -> None:
+    """``--backend auto`` never switches to PyTorch silently: a folder that holds a prompt file but no
+    graph and is not a run folder of ``vpt train`` (no ``config.json``) is an incomplete export."""
+    from vptcli.artifacts import PROMPT_FILE
+
+    if graph is not None or model is None or not Path(model).is_dir():
+        return
+    folder = Path(model)
+    if not (folder / PROMPT_FILE).is_file() or (folder / "config.json").is_file():
+        return
+    leftovers = sorted(p.name for p in folder.glob(".*.onnx.*.tmp"))
+    why = f" (an interrupted write left {leftovers[0]})" if leftovers else ""
+    raise PredictorError(
+        f"{folder}: export folder without its graph: {PROMPT_FILE} is here but model.onnx is missing{why}; "
+        f"re-run `vpt export` into it, or pass --backend torch to run the prompt file with PyTorch"
+    )
 
 
 # ------------------------------------------------------------------------------------------- inputs
@@ -536,6 +611,10 @@ class RowWriter:
     fsynced and renamed over ``path`` on :meth:`close`; discarded on :meth:`abort`), or to a text
     stream (``path=None``, CSV).
 
+    A full disk loses no finished row: each row is flushed as it is written, and when the disk fills
+    up the rows written so far (complete lines only) are kept in ``<stem>.partial<suffix>`` beside
+    ``path`` (an existing ``path`` is left as it was) and :class:`~vptcli.fsutil.DiskFullError` says so.
+
     Raises:
         VptError: an unsupported extension.
     """
@@ -544,7 +623,9 @@ class RowWriter:
         self.path = Path(path) if path is not None else None
         self.top_k = top_k
         self.format = "csv"
+        self.rows = 0
         self._tmp = None
+        self._good = 0  # bytes of complete lines known to be flushed
         if self.path is not None:
             suffix = self.path.suffix.lower()
             if suffix not in OUTPUT_SUFFIXES:
@@ -554,19 +635,62 @@ class RowWriter:
             self._fh = self._tmp.file
         else:
             self._fh = stream
-        self._csv = csv.writer(self._fh, lineterminator="\n") if self.format == "csv" else None
-        if self._csv is not None:
-            self._csv.writerow(csv_header(top_k))
+        if self.format == "csv":
+            self._put(self._csv_line(csv_header(top_k)))
+
+    @staticmethod
+    def _csv_line(cells: list[str]) -> str:
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerow(cells)
+        return buf.getvalue()
+
+    def _put(self, text: str) -> None:
+        try:
+            self._fh.write(text)
+            if self._tmp is not None:
+                self._fh.flush()
+        except OSError as exc:
+            from vptcli.fsutil import is_disk_full
+
+            if self._tmp is not None and is_disk_full(exc):
+                self._keep_partial()
+            raise
+        self._good += len(text.encode("utf-8"))
+
+    def _keep_partial(self) -> None:
+        """Disk full: keep the complete lines written so far as ``<stem>.partial<suffix>``; raises."""
+        from vptcli.fsutil import DiskFullError, apply_umask_mode
+
+        tmp, self._tmp = self._tmp, None
+        with contextlib.suppress(OSError, ValueError):
+            tmp.file.close()
+        partial = self.path.with_name(f"{self.path.stem}.partial{self.path.suffix}")
+        try:
+            os.truncate(tmp._tmp, self._good)
+            apply_umask_mode(tmp._tmp)
+            os.replace(tmp._tmp, partial)
+        except OSError:
+            tmp.abort()
+            raise DiskFullError(
+                f"{self.path}: the disk filled up after {self.rows} row(s) and they could not be kept; free "
+                "some space and run again"
+            ) from None
+        raise DiskFullError(
+            f"{self.path}: the disk filled up after {self.rows} row(s); those rows are kept in {partial} "
+            f"({self._good:,} bytes); free some space and run again (nothing else was changed)"
+        ) from None
 
     def write(self, row: PredictionRow) -> None:
-        if self._csv is not None:
-            self._csv.writerow(csv_row(row, self.top_k))
+        if self.format == "csv":
+            self._put(self._csv_line(csv_row(row, self.top_k)))
         else:
-            self._fh.write(json.dumps(row.to_json(), ensure_ascii=False) + "\n")
+            self._put(json.dumps(row.to_json(), ensure_ascii=False) + "\n")
+        self.rows += 1
 
     def close(self) -> None:
         if self._tmp is None:
-            self._fh.flush()
+            if self.path is None:
+                self._fh.flush()
             return
         self._tmp.commit()
         self._tmp = None
@@ -639,7 +763,10 @@ def predict_files(
     check_predict_options(batch_size=batch_size, top_k=top_k, reject_below=reject_below)
     classes = predictor.classes
     k = min(top_k, len(classes))
-    workers = workers or max(1, min(8, (os.cpu_count() or 2)))
+    if workers is None:
+        from vptcli.cpus import default_workers
+
+        workers = default_workers()
     batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         def submit(batch):

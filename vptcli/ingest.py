@@ -5,6 +5,9 @@ Layouts (decided from SRC's top-level folders):
 - ``SRC/<class>/**/<image>``: one folder per class, nested folders allowed; splits are drawn here.
 - ``SRC/{train,val,test}/<class>/**/<image>`` (``valid``/``validation`` are read as ``val``, case
   ignored): pre-split; the given splits are kept.
+- ``SRC/**/<image>`` plus a ``filename,label`` CSV (``labels=``, ``vpt ingest --labels FILE``): the
+  labels come from the CSV (see :func:`read_labels_csv`); images under SRC that the CSV does not list
+  are skipped as "unlabelled".
 
 Ignored and counted (never classes, never records): hidden files and folders (names starting with
 ``.``: ``.DS_Store``, ``._x.jpg``, ``.ipynb_checkpoints/``), ``__MACOSX/``, ``Thumbs.db``,
@@ -159,13 +162,20 @@ def ingest_folder(
     bit_depth: int | None = None,
     workers: int | None = None,
     progress: bool = True,
+    labels: str | os.PathLike | None = None,
+    file_column: str | None = None,
+    label_column: str | None = None,
 ) -> IngestResult:
     """Scan ``src``, decode every file once, find duplicates and conflicts, split; write nothing.
+
+    ``labels``: a CSV file (with a header) giving each image's class instead of class folders;
+    ``file_column``/``label_column`` pick its columns by header name (default: detected, see
+    :func:`read_labels_csv`).
 
     ``val_fraction``/``test_fraction``: shares of each class's images (0 ≤ each, sum < 1; ignored for
     a pre-split layout). ``seed``: split seed. ``strict``: any skipped file or label conflict is an
     error. ``max_pixels``/``bit_depth``: passed to :func:`~vptcli.images.decode_image`. ``workers``:
-    decoding threads (default ``min(8, CPU count)``). ``progress``: show a progress bar on stderr.
+    decoding threads (default: the CPUs this process may use, at most 8). ``progress``: show a progress bar on stderr.
 
     Raises :class:`VptError` (one line, naming the folder/class/file and what to do) when SRC is
     missing or not a folder, has no class folders, has fewer than 2 classes, a class has no usable
@@ -181,7 +191,17 @@ def ingest_folder(
         raise VptError(f"{src} is not a folder; give the folder that holds one sub-folder per class")
 
     ignored: Counter = Counter()
-    layout, class_dirs, candidates = _scan(src, ignored)
+    if labels is not None:
+        layout, class_dirs, candidates = _scan_labels(src, Path(labels), ignored, file_column, label_column)
+    else:
+        layout, class_dirs, candidates = _scan(src, ignored)
+    case_pairs = case_clashes(label for label, _ in class_dirs)
+    if strict and case_pairs:
+        raise VptError(
+            f"--strict: class folders whose names differ only by case in {src}: {_case_text(case_pairs)}; "
+            "they merge when the tree is copied to Windows or macOS; rename or merge them, or run without "
+            "--strict to keep them as separate classes"
+        )
     probes = _decode_all(candidates, max_pixels=max_pixels, bit_depth=bit_depth, workers=workers,
                          progress=progress)
 
@@ -209,6 +229,13 @@ def ingest_folder(
         _assign_splits(by_hash, class_names, val_fraction, test_fraction, seed)
 
     warnings += _imbalance_warnings(usable, class_names) + _bit_depth_warnings(wide, low_bit, bit_depth)
+    if case_pairs:
+        warnings.append(
+            f"class names that differ only by case: {_case_text(case_pairs)}; almost always a labelling "
+            "slip, and they merge into one folder when the tree is copied to Windows or macOS; kept as "
+            "separate classes (rename or merge the folders; --strict refuses them)"
+        )
+    warnings.extend(_shape_warnings(usable))
     nfc_clash = _nfc_clashes(class_dirs)
     if nfc_clash:
         warnings.append(nfc_clash)
@@ -230,6 +257,7 @@ def ingest_folder(
             "max_pixels": max_pixels,
             "bit_depth": bit_depth,
             "strict": strict,
+            **({"labels": str(labels)} if labels is not None else {}),
         },
     )
     for g in groups:  # records changed split in place; keep group lists sorted for reports
@@ -485,10 +513,175 @@ def _scan(src: Path, ignored: Counter) -> tuple[str, list[tuple[str, Path]], lis
     if not class_dirs:
         found = f" (it holds {len(top_files)} file(s) directly)" if top_files else ""
         hint = "SRC/train/<class>/<images>" if layout == "pre-split" else "SRC/<class>/<images>"
+        tables = sorted(f for f in top_files if f.suffix.lower() in LABEL_TABLE_SUFFIXES)
+        if tables:
+            raise VptError(
+                f"{src} has no class folders{found}, but holds {tables[0].name}: if it lists each image's "
+                f"class (columns such as filename,label), run `vpt ingest {src} --labels {tables[0]} --out DIR`; "
+                f"otherwise put each class's images in its own sub-folder: {hint}"
+            )
         raise VptError(
             f"{src} has no class folders{found}; put each class's images in its own sub-folder: {hint}"
         )
     return layout, class_dirs, candidates
+
+
+LABEL_TABLE_SUFFIXES = (".csv", ".tsv", ".txt")
+"""Files in a flat folder that may hold labels (the layout error then points to ``--labels``)."""
+
+FILE_COLUMNS = ("filename", "file_name", "file", "path", "filepath", "file_path", "image", "image_path",
+                "img", "image_name", "name")
+"""Header names taken as the file column of a labels CSV (case and spaces ignored), in this order."""
+
+LABEL_COLUMNS = ("label", "class", "class_name", "category", "target", "defect", "labels")
+"""Header names taken as the label column of a labels CSV (case and spaces ignored), in this order."""
+
+UNLABELLED_REASON = "unlabelled: not listed in {name}"
+
+
+def _header_key(name: str) -> str:
+    return "_".join(name.strip().lower().replace("-", "_").split())
+
+
+def read_labels_csv(path: str | os.PathLike, file_column: str | None = None,
+                    label_column: str | None = None) -> list[tuple[int, str, str]]:
+    """Read a labels table: ``[(line number, file, label)]`` in file order.
+
+    The file is UTF-8 (a BOM is accepted) with a header row; the delimiter (``,``, ``;`` or tab) is
+    detected. Columns are chosen by header name: ``file_column``/``label_column`` when given (case and
+    surrounding spaces ignored), else the first header among :data:`FILE_COLUMNS` /
+    :data:`LABEL_COLUMNS`. Cells are stripped; backslashes in file names become ``/``.
+
+    Raises:
+        VptError: missing or unreadable file, no header, a column that is not in the header (the
+            message lists the header), a row without a file name or without a label (line number
+            named), or a file listed twice with different labels.
+    """
+    path = Path(path)
+    header, rows = _read_table(path)
+    fi = _pick_column(path, header, file_column, FILE_COLUMNS, "file-name", "--file-column")
+    li = _pick_column(path, header, label_column, LABEL_COLUMNS, "label", "--label-column")
+    if fi == li:
+        raise VptError(f"--labels {path}: the file and label columns are the same ({header[fi]!r})")
+    out: list[tuple[int, str, str]] = []
+    seen: dict[str, tuple[int, str]] = {}
+    for n, row in rows:
+        name = row[fi].strip().replace("\\", "/") if fi < len(row) else ""
+        label = row[li].strip() if li < len(row) else ""
+        if not name:
+            raise VptError(f"--labels {path}, line {n}: no file name in column {header[fi]!r}")
+        if not label:
+            raise VptError(
+                f"--labels {path}, line {n}: {name} has no label in column {header[li]!r}; give every "
+                "listed file a class, or remove the row"
+            )
+        key = _nfc(name)
+        if key in seen and seen[key][1] != label:
+            raise VptError(
+                f"--labels {path}: {name} is listed twice with different labels ({seen[key][1]!r} on line "
+                f"{seen[key][0]}, {label!r} on line {n}); keep one"
+            )
+        if key not in seen:
+            seen[key] = (n, label)
+            out.append((n, name, _nfc(label)))
+    if not out:
+        raise VptError(f"--labels {path}: no rows after the header")
+    return out
+
+
+def _read_table(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """``(header cells, [(line number, cells)] of the non-blank rows after it)``; VptError when the file
+    is missing, unreadable, not UTF-8 or empty."""
+    import csv
+
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise VptError(f"--labels {path}: no such file; give the CSV that lists each image's class") from None
+    except UnicodeDecodeError:
+        raise VptError(f"--labels {path}: not UTF-8 text; save the table as a UTF-8 CSV") from None
+    except OSError as exc:
+        raise VptError(f"--labels {path}: cannot read it ({exc.strerror or exc})") from None
+    lines = text.splitlines()
+    first = next((ln for ln in lines if ln.strip()), "")
+    if not first:
+        raise VptError(f"--labels {path}: the file is empty; it needs a header such as filename,label")
+    delimiter = max((",", ";", "\t"), key=first.count)
+    rows = list(csv.reader(lines, delimiter=delimiter))
+    start = next(i for i, r in enumerate(rows) if any(c.strip() for c in r))
+    body = [(n, r) for n, r in enumerate(rows[start + 1:], start=start + 2) if any(c.strip() for c in r)]
+    return [c.strip() for c in rows[start]], body
+
+
+def _pick_column(path: Path, header: list[str], given: str | None, known: tuple[str, ...], what: str,
+                 option: str) -> int:
+    """Index of the column named ``given`` (or the first of ``known``) in ``header``; VptError naming
+    the header otherwise."""
+    keys = [_header_key(h) for h in header]
+    if given is not None:
+        if _header_key(given) in keys:
+            return keys.index(_header_key(given))
+        raise VptError(
+            f"--labels {path}: no column {given!r}; the header has {', '.join(map(repr, header))}; "
+            f"pass one of them as {option}"
+        )
+    for k in known:
+        if k in keys:
+            return keys.index(k)
+    raise VptError(
+        f"--labels {path}: no {what} column found in the header ({', '.join(map(repr, header))}); name "
+        f"it with {option} (recognised without it: {', '.join(known[:4])}, ...)"
+    )
+
+
+def _scan_labels(src: Path, labels: Path, ignored: Counter, file_column: str | None,
+                 label_column: str | None) -> tuple[str, list[tuple[str, Path]], list[_Candidate]]:
+    """Labels from a CSV: -> (``"labels-csv"``, [(label, SRC)], candidates). Files are named relative to
+    SRC (or to the CSV's folder, or absolute); every file under SRC that the CSV does not list is a
+    skipped "unlabelled" candidate (the CSV itself excepted)."""
+    rows = read_labels_csv(labels, file_column, label_column)
+    labels_real = os.path.realpath(labels)
+    on_disk: dict[str, Path] = {}
+    candidates: list[_Candidate] = []
+    for path, error in walk_files(src, ignored):
+        if error is not None:
+            reason = f"unreadable: cannot list this folder ({error.strerror or error})"
+            candidates.append(_Candidate(path, _rel(src, path), "", "", reason))
+        elif os.path.realpath(path) != labels_real:
+            on_disk[_rel(src, path)] = path
+    bases = [src, labels.parent]
+    listed: set[str] = set()
+    missing: list[tuple[int, str]] = []
+    for line, name, label in rows:
+        rel = None
+        for base in bases:
+            p = Path(name) if os.path.isabs(name) else base / name
+            r = _rel(src, p)
+            if r in on_disk:
+                rel = r
+                break
+        if rel is None:
+            missing.append((line, name))
+            continue
+        if rel in listed:
+            continue
+        listed.add(rel)
+        candidates.append(_Candidate(on_disk[rel], rel, label, ""))
+    if missing:
+        line, name = missing[0]
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise VptError(
+            f"--labels {labels}: {len(missing)} listed file(s) not found under {src}, first {name!r} (line "
+            f"{line}){more}; file names are read relative to {src} (or to the CSV's folder); check SRC, or "
+            "remove the rows of deleted files"
+        )
+    reason = UNLABELLED_REASON.format(name=labels.name)
+    for rel, path in on_disk.items():
+        if rel not in listed:
+            candidates.append(_Candidate(path, rel, "", "", reason))
+    candidates.sort(key=lambda c: c.rel)
+    class_dirs = [(label, src) for label in sorted({c.label for c in candidates if c.label})]
+    return "labels-csv", class_dirs, candidates
 
 
 # --------------------------------------------------------------------------------------------------
@@ -513,7 +706,11 @@ def _decode_all(candidates: list[_Candidate], *, max_pixels, bit_depth, workers,
     probes = [_Probe() for _ in candidates]
     if not todo:
         return probes
-    n_workers = workers or min(8, os.cpu_count() or 1)
+    if workers is None:
+        from vptcli.cpus import default_workers
+
+        workers = default_workers()
+    n_workers = workers
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from vptcli.console import console
@@ -551,6 +748,8 @@ def _check_classes(src: Path, class_names: list[str], class_dirs: list[tuple[str
     counts = Counter(r.label for r in usable)
     with_images = [c for c in class_names if counts[c]]
     if len(class_names) < 2:
+        if class_dirs and all(d == src for _, d in class_dirs):
+            raise VptError(f"the labels CSV names only 1 class ({class_names[0]!r}); a classifier needs at least 2")
         raise VptError(
             f"{src} has only 1 class folder ({class_names[0]!r}); a classifier needs at least 2 classes, "
             "each in its own sub-folder"
@@ -562,9 +761,10 @@ def _check_classes(src: Path, class_names: list[str], class_dirs: list[tuple[str
         bad = [r for r in skipped if r.label == c]
         detail = f" ({len(bad)} file(s) skipped, e.g. {bad[0].path}: {bad[0].reason})" if bad else " (it is empty)"
         more = f"; {len(empty) - 1} more class(es) too" if len(empty) > 1 else ""
+        where = "in the labels CSV" if folders == ["."] else f"folder {', '.join(folders)}"
         raise VptError(
-            f"class {c!r} (folder {', '.join(folders)}) has no usable images{detail}{more}; add images "
-            "or remove the folder"
+            f"class {c!r} ({where}) has no usable images{detail}{more}; add images "
+            "or remove the " + ("rows" if folders == ["."] else "folder")
         )
     if len(with_images) < 2:  # pragma: no cover - implied by the two checks above
         raise VptError(f"{src}: fewer than 2 classes with usable images")
@@ -651,6 +851,52 @@ def _check_pre_split(class_names: list[str], usable: list[ImageRecord], groups: 
             f"{len(straddling)} group(s) of identical images appear in more than one of the given splits "
             f"(e.g. {' and '.join(repr(r.path) for r in g.records[:2])}); evaluation on them is not independent"
         )
+
+
+ASPECT_WARN_RATIO = 10.0
+"""Images at least this elongated (long side / short side) are reported by ingest."""
+
+SMALL_IMAGE_PX = 56
+"""Images whose long side is under this many pixels (a quarter of the usual 224 px model input) are
+reported by ingest: they are upscaled several times."""
+
+
+def _shape_warnings(usable: list[ImageRecord]) -> list[str]:
+    """Warnings about extreme aspect ratios and images far smaller than the model input."""
+    out = []
+    elongated = [r for r in usable if min(r.width, r.height) > 0
+                 and max(r.width, r.height) / min(r.width, r.height) >= ASPECT_WARN_RATIO]
+    if elongated:
+        worst = max(elongated, key=lambda r: max(r.width, r.height) / min(r.width, r.height))
+        ratio = max(worst.width, worst.height) / min(worst.width, worst.height)
+        out.append(
+            f"{len(elongated)} image(s) have an aspect ratio of {ASPECT_WARN_RATIO:g}:1 or more (e.g. {worst.path}, "
+            f"{worst.width}×{worst.height}, {ratio:.0f}:1, line-scan strips?): `vpt train` shows the model the "
+            "whole image (--resize squash, the default, or letterbox); never use --resize crop for them, it "
+            "cuts away all but the centre; consider tiling long strips into near-square pieces"
+        )
+    small = [r for r in usable if 0 < max(r.width, r.height) < SMALL_IMAGE_PX]
+    if small:
+        least = min(small, key=lambda r: max(r.width, r.height))
+        out.append(
+            f"{len(small)} image(s) are smaller than {SMALL_IMAGE_PX} px on their long side (e.g. {least.path}, "
+            f"{least.width}×{least.height}): they are upscaled several times to the model input (224 px for "
+            "the default backbone), which blurs rather than adds detail; a smaller --img-size may suit them"
+        )
+    return out
+
+
+def case_clashes(labels) -> list[tuple[str, ...]]:
+    """Groups of distinct class names that differ only by case (``str.casefold``, after NFC), e.g.
+    ``[('Crack', 'crack')]``; each group sorted, groups sorted; empty when there are none."""
+    by_fold: dict[str, set[str]] = defaultdict(set)
+    for label in labels:
+        by_fold[_nfc(label).casefold()].add(_nfc(label))
+    return sorted(tuple(sorted(names)) for names in by_fold.values() if len(names) > 1)
+
+
+def _case_text(groups: list[tuple[str, ...]]) -> str:
+    return ", ".join(" and ".join(repr(n) for n in g) for g in groups)
 
 
 def _nfc_clashes(class_dirs: list[tuple[str, Path]]) -> str:

@@ -9,7 +9,6 @@ block range of ``--prompt-start-block`` and ``--guided-block``) run when the tra
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -26,8 +25,11 @@ CONFIG_JSON = "config.json"
 
 
 def default_workers() -> int:
-    """Loader workers: half the CPU cores, at most 8 (0 on a 2-core machine, where they only compete)."""
-    n = os.cpu_count() or 1
+    """Loader workers: half the CPUs this process may use (:func:`vptcli.cpus.usable_cpus`: affinity and
+    container quota, not the machine's count), at most 8 (0 with 2 or fewer, where they only compete)."""
+    from vptcli.cpus import usable_cpus
+
+    n = usable_cpus()
     return 0 if n <= 2 else min(8, n // 2)
 
 

@@ -17,16 +17,20 @@ def eval_command(
     force: Annotated[bool, typer.Option("--force", help="Accept other weights of the same architecture (warns).")] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="PyTorch CPU threads (default: the CPUs this process may use, container limits and affinity included).")] = None,
 ) -> None:
     """Evaluate: top-1, balanced accuracy, macro-F1, per-class P/R/F1, confusion matrix, ROC/PR-AUC (binary), ECE."""
     from vptcli.commands.render import ConsoleReporter, print_eval_report
     from vptcli.console import console
     from vptcli.console import out as stdout
+    from vptcli.cpus import apply_torch_threads
     from vptcli.evaluation import evaluate
     from vptcli.metrics import write_report
 
+    apply_torch_threads(threads)
+
     report, context = evaluate(model, data, split=split, weights=weights, force=force, device=device, batch_size=batch_size,
-                              reporter=ConsoleReporter())
+                               reporter=ConsoleReporter())
     print_eval_report(report, console)
     if out is None:
         out = (model if model.is_dir() else model.parent) / f"eval-{split}"

@@ -11,7 +11,7 @@ import typer
 def export(
     model: Annotated[Path, typer.Argument(metavar="RUN_OR_PROMPT_FILE", help="A run folder of `vpt train`, an export folder or a prompt file (.safetensors).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write prompts.safetensors and model.onnx (shared.onnx with --shared-backbone) into.")],
-    opset: Annotated[int | None, typer.Option(help="ONNX opset (default 20).")] = None,
+    opset: Annotated[int | None, typer.Option(help="ONNX opset (default 20, lowest 14). The IR version follows the opset, so older ONNX Runtime releases load the graph (opset 17: 1.13+); the oldest is printed and stored in the graph.")] = None,
     fp16: Annotated[bool, typer.Option("--fp16", help="Half-precision weights and compute (inputs/outputs stay float32); parity tolerance 5e-2 on logits.")] = False,
     shared_backbone: Annotated[bool, typer.Option("--shared-backbone", help="Prompts and head become graph inputs: one graph serves every prompt file of this backbone.")] = False,
     weights: Annotated[str | None, typer.Option(help="Backbone weights to use instead of the file's own source (path or 'random').")] = None,
@@ -33,8 +33,10 @@ def export(
             f"({r.precision}, tolerance {r.tolerance:g})",
             soft_wrap=True,
         )
+    oldest = f"ONNX Runtime {r.min_onnxruntime} or later" if r.min_onnxruntime else "a recent ONNX Runtime"
     stdout.print(
-        f"{r.graph} graph, {r.precision}, opset {r.opset}, {r.exporter} exporter, inputs {', '.join(r.inputs)}; "
+        f"{r.graph} graph, {r.precision}, opset {r.opset} (IR {r.ir_version}, loads in {oldest}), {r.exporter} "
+        f"exporter, inputs {', '.join(r.inputs)}; "
         f"exported in {r.export_seconds:.1f} s ({r.total_seconds:.1f} s with checks)",
         soft_wrap=True,
     )

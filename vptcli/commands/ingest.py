@@ -55,13 +55,34 @@ def ingest(
         int | None,
         typer.Option("--workers", min=1, show_default=False, help="Decoding threads (default: min(8, CPU count))."),
     ] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            "--labels", metavar="CSV", show_default=False,
+            help="A CSV with a header that gives each image's class (e.g. filename,label; paths relative to "
+            "SRC) instead of class folders; images it does not list are skipped as unlabelled.",
+        ),
+    ] = None,
+    file_column: Annotated[
+        str | None,
+        typer.Option("--file-column", metavar="NAME", show_default=False,
+                     help="--labels: header of the file-name column (default: filename, file, path, image, ...)."),
+    ] = None,
+    label_column: Annotated[
+        str | None,
+        typer.Option("--label-column", metavar="NAME", show_default=False,
+                     help="--labels: header of the label column (default: label, class, category, ...)."),
+    ] = None,
 ) -> None:
     """Scan SRC into a manifest: decode every image once, hash pixels, find duplicates and label
     conflicts, and split train/val/test (stratified, duplicates kept together). Writes into --out only."""
     from vptcli.console import console, warn
     from vptcli.console import out as stdout
+    from vptcli.errors import VptError
     from vptcli.ingest import check_out_dir, ingest_folder, write_ingest_outputs
 
+    if (file_column or label_column) and labels is None:
+        raise VptError("--file-column/--label-column choose columns of a --labels CSV; pass --labels FILE too")
     check_out_dir(src, out)  # fail before decoding anything
     result = ingest_folder(
         src,
@@ -73,6 +94,9 @@ def ingest(
         bit_depth=bit_depth,
         workers=workers,
         progress=True,
+        labels=labels,
+        file_column=file_column,
+        label_column=label_column,
     )
     write_ingest_outputs(result, out)
     from vptcli.commands.render import print_ingest_summary

@@ -20,13 +20,14 @@ def predict(
     top_k: Annotated[int, typer.Option("--top-k", help="Class probabilities per row, best first.")] = 3,
     reject_below: Annotated[float | None, typer.Option("--reject-below", help="Mark predictions whose confidence is under P as 'review' instead of a class.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
-    onnx: Annotated[Path | None, typer.Option("--onnx", help="An ONNX graph, e.g. a shared-backbone graph (with --prompt-file).")] = None,
-    prompt_file: Annotated[Path | None, typer.Option("--prompt-file", help="The prompt file to use (classes, preprocessing; prompts and head for a shared graph).")] = None,
+    onnx: Annotated[Path | None, typer.Option("--onnx", help="An ONNX graph from `vpt export`: a single graph predicts on its own; a shared-backbone graph needs --prompt-file.")] = None,
+    prompt_file: Annotated[Path | None, typer.Option("--prompt-file", help="The prompt file to use (classes, preprocessing; prompts and head for a shared graph; not needed with a single graph).")] = None,
     weights: Annotated[str | None, typer.Option(help="torch backend: backbone weights instead of the file's own source.")] = None,
     force: Annotated[bool, typer.Option("--force", help="torch backend: accept other weights of the same architecture (warns).")] = False,
     bit_depth: Annotated[int | None, typer.Option(help="Sensor bit depth of 16-bit files (as in `vpt ingest --bit-depth`).")] = None,
     max_pixels: Annotated[int | None, typer.Option(help="Refuse images with more pixels than this (default: Pillow's limit, 89,478,485).")] = None,
-    workers: Annotated[int | None, typer.Option(help="Decoding threads (default: CPU count, at most 8).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Decoding threads (default: the CPUs this process may use, at most 8).")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="ONNX Runtime intra-op threads and PyTorch threads (default: the CPUs this process may use, container limits and affinity included).")] = None,
 ) -> None:
     """Predict classes of image files; one row per file (path, label, confidence, top-k, status, reason). Exit code 1 when any file failed."""
     from vptcli.commands.render import print_predictions
@@ -34,9 +35,9 @@ def predict(
     from vptcli.inference import check_predict_options, open_predictor
 
     check_predict_options(batch_size=batch_size, top_k=top_k, reject_below=reject_below, out=out)
-    model_arg, files, problems = _inputs(model, paths, onnx)
+    model_arg, files, problems = _inputs(model, paths, onnx, prompt_file)
     predictor = open_predictor(model_arg, backend=backend, device=device, onnx=onnx, prompts=prompt_file, weights=weights,
-                               force=force)
+                               force=force, threads=threads)
     for w in predictor.warnings:
         warn(w)
     console.print(f"{predictor.backend} backend on {predictor.device}: {predictor.source} ({len(predictor.classes)} classes)",
@@ -49,11 +50,12 @@ def predict(
         raise typer.Exit(code=1)
 
 
-def _inputs(model: str, paths: list[str] | None, onnx: Path | None):
+def _inputs(model: str, paths: list[str] | None, onnx: Path | None, prompt_file: Path | None = None):
     """``(MODEL or None, image files, problems)`` from the arguments (with ``--onnx`` MODEL is a PATH).
 
     Raises:
-        VptError: no PATH, or no image file in the PATHs given.
+        VptError: no PATH, a MODEL / --onnx / --prompt-file that does not exist (said before any
+            folder is scanned), or no image file in the PATHs given.
     """
     from vptcli.console import console
     from vptcli.errors import VptError
@@ -66,6 +68,10 @@ def _inputs(model: str, paths: list[str] | None, onnx: Path | None):
         model_arg = None
     if not args:
         raise VptError("no PATH given: pass image files, folders or glob patterns after MODEL")
+    for what, given in (("MODEL", model_arg), ("--onnx", onnx), ("--prompt-file", prompt_file)):
+        if given is not None and not Path(given).exists():  # before any folder is scanned
+            raise VptError(f"{what} {given}: no such file or folder; pass a run folder, export folder, prompt "
+                           "file or .onnx graph")
     files, problems, skipped = expand_inputs(args)
     if skipped:
         names = ", ".join(p.name for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")

@@ -106,27 +106,48 @@ def print_train_result(result: TrainResult, full_model: bool) -> None:
 
 
 def print_predictions(predictor, counts: dict[str, int], shown: list, out: Path | None) -> None:
-    """``vpt predict``'s table (when stdout is a terminal) and its summary line (stderr when the rows
-    go to stdout)."""
-    from rich.table import Table
-
+    """``vpt predict``'s table (when stdout is a terminal; :func:`predictions_table`) and its summary
+    line (stderr when the rows go to stdout)."""
     total = sum(counts.values())
     if stdout.is_terminal:
-        t = Table(title=f"predictions ({predictor.backend}, {predictor.device})")
-        for col in ("path", "label", "confidence", "top-k", "status", "reason"):
-            t.add_column(col, overflow="fold")
-        style = {"ok": "green", "review": "yellow", "error": "red"}
-        for r in shown:
-            t.add_row(r.path, r.label or "", "" if r.confidence is None else f"{r.confidence:.3f}",
-                      ", ".join(f"{c} {p:.3f}" for c, p in r.top_k), f"[{style[r.status]}]{r.status}[/]", r.reason)
-        stdout.print(t)
+        stdout.print(predictions_table(shown, predictor, stdout.width))
         if total > len(shown):
             stdout.print(f"… {total - len(shown)} more rows" + (f" in {out}" if out else "; use --out FILE.csv to save all rows"),
                          soft_wrap=True)
     to_stdout = out is None and not stdout.is_terminal
-    summary = (f"{total} files: {counts['ok']} ok, {counts['review']} review, {counts['error']} error; "
-               f"{predictor.backend} on {predictor.device}" + (f"; rows in {out}" if out else ""))
+    summary = (f"{total} file{'' if total == 1 else 's'}: {counts['ok']} ok, {counts['review']} review, "
+               f"{counts['error']} error; {predictor.backend} on {predictor.device}" + (f"; rows in {out}" if out else ""))
     (console if to_stdout else stdout).print(summary, soft_wrap=True)
+
+
+def left_ellipsis(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters from the left (``"…" + end``), so a file name stays whole."""
+    if width < 2 or len(text) <= width:
+        return text if len(text) <= max(width, 1) else text[-max(width, 1):]
+    return "…" + text[-(width - 1):]
+
+
+def predictions_table(rows, predictor, width: int):
+    """The terminal table for ``rows``: file (ellipsised from the left to fit ``width`` columns),
+    label, confidence and status on one line each; top-k and reasons are in the CSV/JSONL only."""
+    from rich.table import Table
+    from rich.text import Text
+
+    style = {"ok": "green", "review": "yellow", "error": "red"}
+    labels = [r.label or ("-" if r.status != "error" else "") for r in rows]
+    label_w = max([5, *(len(x) for x in labels)])
+    fixed = label_w + len("confidence") + len("review") + 13  # columns, padding and borders
+    file_w = max(8, width - fixed)
+    t = Table(title=f"predictions ({predictor.backend}, {predictor.device})", title_justify="left")
+    t.add_column("file", no_wrap=True, overflow="ellipsis", max_width=file_w)
+    t.add_column("label", no_wrap=True, overflow="ellipsis")
+    t.add_column("confidence", justify="right", no_wrap=True)
+    t.add_column("status", no_wrap=True)
+    for r, label in zip(rows, labels):
+        t.add_row(Text(left_ellipsis(r.path, file_w)), Text(label),
+                  "" if r.confidence is None else f"{r.confidence:.3f}",
+                  Text(r.status, style=style[r.status]))
+    return t
 
 
 def print_ingest_summary(result, console: Console) -> None:

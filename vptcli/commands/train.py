@@ -51,10 +51,14 @@ def train(
     lam: Annotated[float, Opt("--lambda", help="DA-VPT: weight of Proxy-Anchor(class-token query, prompts).")] = D["lam"],
     guided_block: Annotated[int | None, Opt(help="DA-VPT: block whose prompts are class proxies (default: the last).")] = D["guided_block"],
     resume: Annotated[bool, Opt("--resume", help="Continue the run in --out from its last checkpoint (its saved settings are used).")] = False,
+    threads: Annotated[int | None, Opt("--threads", min=1, help="PyTorch CPU threads (default: the CPUs this process may use, container limits and affinity included).")] = None,
+    resize: Annotated[str, Opt("--resize", help="How images become the square model input: squash (whole image, aspect not kept) | letterbox (whole image, padded) | crop (short side resized, centre crop: cuts the ends of elongated images). Stored in the prompt file; eval, export and predict use it.")] = "squash",
 ) -> None:
     """Train prompt tokens and a linear head on a frozen ViT (or a linear probe / full fine-tuning baseline)."""
     from vptcli.backbones import load_backbone
     from vptcli.commands.render import ConsoleTrainReporter, print_train_result
+    from vptcli.cpus import apply_torch_threads
+    from vptcli.datasets import with_resize
     from vptcli.ingest import check_out_dir, load_or_ingest
     from vptcli.manifest import is_manifest_dir
     from vptcli.training import load_run_config
@@ -71,12 +75,30 @@ def train(
             cache_dir=str(cache_dir) if cache_dir else None, beta=beta, lam=lam, guided_block=guided_block,
             backbone=backbone, weights=weights, img_size=img_size,
         )
+    with_resize({}, resize)  # an unknown --resize fails before anything is loaded
+    apply_torch_threads(threads)
     if not is_manifest_dir(data):  # a raw image folder: never write the run inside it
         check_out_dir(data, out)
     manifest = load_or_ingest(data)
     bb = load_backbone(cfg.backbone, weights=cfg.weights, img_size=cfg.img_size)
+    if resume:  # the policy the run started with (its config.json records the data config used)
+        resize = _saved_resize(out)
+    bb.data_config = with_resize(bb.data_config, resize)
     result = run_training(manifest, bb, cfg, out, resume=resume, reporter=ConsoleTrainReporter())
     print_train_result(result, full_model=cfg.spec.tunes_backbone)
+
+
+def _saved_resize(run_dir: Path) -> str:
+    """The resize policy recorded in a run's ``config.json`` (``crop`` for runs made before the option)."""
+    import json
+
+    from vptcli.datasets import resize_policy
+
+    try:
+        saved = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
+        return resize_policy(saved["resolved"]["data_config"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "crop"
 
 
 def register(app: typer.Typer) -> None:

@@ -154,8 +154,10 @@ def start(name: str, args):
 
     set_threads(args.threads)
     date = dt.date.today().isoformat()
-    out = args.out or Path(__file__).resolve().parent / "results" / f"{name}-{date}{'-smoke' if args.smoke else ''}.json"
-    backbone = load_backbone("test_vit", weights="random", img_size=32) if args.smoke else load_backbone()
+    tag = "".join(f"-{v}" for v in (getattr(args, "task", None), getattr(args, "img_size", None)) if v not in (None, "binary"))
+    out = args.out or Path(__file__).resolve().parent / "results" / f"{name}{tag}-{date}{'-smoke' if args.smoke else ''}.json"
+    size = getattr(args, "img_size", None)
+    backbone = load_backbone("test_vit", weights="random", img_size=32) if args.smoke else load_backbone(img_size=size)
     return Console(stderr=True, width=200), date, out, backbone
 
 
@@ -328,7 +330,7 @@ def predicted_probs(model, ds, memo: HiddenMemo | None, batch_size: int = 32) ->
     if not cfg.spec.uses_cache or memo is None:
         batches = ((torch.stack([ds[i][0] for i in ix]), None, None) for ix in chunks(range(len(ds)), batch_size))
     else:
-        k = cfg.spec.first_trained_block(cfg.prompt_start_block, len(model.backbone.blocks))
+        k = model.frozen_blocks
         hidden = memo.get(model, ds, k, 0, False, batch_size)
         batches = ((hidden[ix[0] : ix[-1] + 1], None, k) for ix in chunks(range(len(ds)), batch_size))
     return predict_probs(model, batches)[0]

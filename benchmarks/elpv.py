@@ -51,14 +51,18 @@ def parse_args(argv=None):
     p.add_argument("--methods-full", nargs="*", default=FROZEN_FULL, choices=ALL_METHODS,
                    help="methods for the full-data regime (default: no full fine-tuning, too slow on 2 CPU cores)")
     p.add_argument("--task", default="binary", choices=["binary", "4class"])
+    p.add_argument("--img-size", type=int, default=None, help="input size in pixels (default: the backbone's, 224; ELPV's own size: 308)")
     p.add_argument("--epochs-fewshot", type=int, default=10)
-    p.add_argument("--epochs-full", type=int, default=5)
+    p.add_argument("--epochs-full", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0, help="training seed of every row (order, augmented views, init); row ids get /seedS when S > 0")
+    p.add_argument("--head-input", default="cls", help="what the head reads (vpt train --head-input)")
+    p.add_argument("--head-init", default="probe", choices=["probe", "random"], help="vpt train --head-init (default probe)")
     p.add_argument("--batch-fewshot", type=int, default=8, help="batch size in the few-shot regimes (default 8)")
     p.add_argument("--batch-full", type=int, default=32)
-    p.add_argument("--k-fewshot", type=int, default=9, help="prompt start block of prompt methods, few-shot (default 9)")
-    p.add_argument("--k-full", type=int, default=11, help="prompt start block of prompt methods, full data (default 11)")
+    p.add_argument("--k-fewshot", type=int, default=11, help="prompt start block of prompt methods, few-shot (default 11, vpt train's CPU default)")
+    p.add_argument("--k-full", type=int, default=11, help="prompt start block of prompt methods, full data (default 11, vpt train's CPU default)")
     p.add_argument("--prompts", type=int, default=10)
-    p.add_argument("--cache-views", type=int, default=4, help="cached augmented views per image, few-shot (full data: 1, augmentation off)")
+    p.add_argument("--cache-views", type=int, default=4, help="cached augmented views per image (default 4, as vpt train)")
     p.add_argument("--tries", action="store_true", help="VPT-deep settings table on the 64-shot regime")
     p.add_argument("--tries-grid", nargs="*", default=["lr=1e-2", "lr=1e-3", "p=50"],
                    help="tries besides the main row, each 'lr=X', 'p=N', 'e=E' or combined with ',' (default lr=1e-2 lr=1e-3 p=50)")
@@ -122,15 +126,17 @@ def main(argv=None) -> int:
     # -------------------------------------------------------------- plan
     jobs = []  # (id, regime, method, settings, group)
     fewshot = [r for r in args.regimes if r != "full"]
-    base = {"prompts": args.prompts, "lr": None}
-    for reg in fewshot:
-        for m in args.methods:
-            if not spec(m).tunes_backbone:
-                jobs.append((f"{reg}-shot/{m}", reg, m, dict(base, epochs=args.epochs_fewshot), "main"))
+    base = {"prompts": args.prompts, "lr": None, "seed": args.seed}
     if "full" in args.regimes:
         for m in args.methods_full:
             if not spec(m).tunes_backbone:
                 jobs.append((f"full/{m}", "full", m, dict(base, epochs=args.epochs_full), "main"))
+    for reg in fewshot:
+        for m in args.methods:
+            if not spec(m).tunes_backbone:
+                jobs.append((f"{reg}-shot/{m}", reg, m, dict(base, epochs=args.epochs_fewshot), "main"))
+    if args.seed:
+        jobs = [(f"{j[0]}/seed{args.seed}", *j[1:]) for j in jobs]
     ft_regs = [reg for reg in fewshot if FT in args.methods]
     if ft_regs:  # the cheapest few-shot full fine-tuning before the tries, the others after
         jobs.append((f"{ft_regs[0]}-shot/{FT}", ft_regs[0], FT, dict(base, epochs=args.epochs_fewshot), "main"))
@@ -167,12 +173,13 @@ def main(argv=None) -> int:
         m = regime_manifest(reg)
         full = reg == "full"
         k = (args.k_full if full else args.k_fewshot) if spec(method).has_prompts else 0
-        augment = not full
+        augment = True
         cfg = TrainConfig(method=method, num_prompts=s["prompts"], prompt_start_block=k, epochs=s["epochs"],
                           batch_size=args.batch_full if full else args.batch_fewshot, lr=s["lr"],
                           augment=augment, cache="auto" if spec(method).uses_cache else "off",
-                          cache_views=args.cache_views if augment else 1, seed=0, workers=0, device="cpu",
-                          backbone=backbone.identity.name, cache_max_gb=16.0)
+                          cache_views=args.cache_views, seed=s["seed"], workers=0, device="cpu",
+                          backbone=backbone.identity.name, cache_max_gb=16.0, head_input=args.head_input,
+                          head_init=args.head_init, img_size=backbone.img_size)
         bb = backbone
         run_dir = runs_root / jid.replace("/", "_").replace(":", "_").replace("=", "")
         con.rule(f"{jid}  (k={k}, epochs {cfg.epochs}, batch {cfg.batch_size}, lr {cfg.resolved_lr():g}, prompts {s['prompts']})")
@@ -197,9 +204,11 @@ def main(argv=None) -> int:
         ikey = (method, k, s["prompts"])
         if ikey not in infer_cache:
             infer_cache[ikey] = C.inference_img_per_s(model, bench_images)
-        train_s = [h["train_seconds"] for h in res.history]
+        epochs_run = [h for h in res.history if h["epoch"] > 0] or res.history  # row 0: the head fit
+        train_s = [h["train_seconds"] for h in epochs_run]
         row = {
-            "id": jid, "group": group, "regime": f"{reg}-shot" if not full else "full", "method": method,
+            "id": jid, "group": group, "regime": f"{reg}-shot" if not full else "full", "method": method, "seed": s["seed"],
+            "img_size": backbone.img_size, "head_input": args.head_input, "head_init": args.head_init,
             "prompt_start_block": k if spec(method).has_prompts else None,
             "num_prompts": s["prompts"] if spec(method).has_prompts else 0,
             "lr": cfg.resolved_lr(), "epochs": cfg.epochs, "batch_size": cfg.batch_size, "augment": augment,
@@ -213,7 +222,7 @@ def main(argv=None) -> int:
             "tuned_parameters": res.tuned_parameters, "backbone_parameters": res.backbone_parameters,
             "tuned_percent": 100 * res.tuned_parameters / res.backbone_parameters,
             "prompt_file_bytes": (res.run_dir / "prompts.safetensors").stat().st_size,
-            "train_seconds_per_epoch": round(float(np.mean(train_s)), 2), "train_img_per_s": round(float(np.mean([h["train_img_per_s"] for h in res.history])), 2),
+            "train_seconds_per_epoch": round(float(np.mean(train_s)), 2), "train_img_per_s": round(float(np.mean([h["train_img_per_s"] for h in epochs_run])), 2),
             "train_wall_seconds": round(wall, 1), "frozen_memo_seconds_in_train": round(memo_train, 1), "test_eval_seconds": round(test_s, 1),
             "peak_rss_mb": round(peak, 1), "inference_img_per_s_torch": round(infer_cache[ikey], 2),
             "history": res.history, "run_dir": C.work_relative(res.run_dir), "git_commit": result["git_commit"],

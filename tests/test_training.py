@@ -30,7 +30,7 @@ def backbone():
 
 def cfg(**kw):
     base = {"method": "vpt-deep", "num_prompts": 4, "epochs": 2, "batch_size": 4, "lr": 1e-2, "backbone": "test_vit", "weights": "random",
-                "img_size": IMG, "augment": False, "cache": "off", "seed": 0}
+                "img_size": IMG, "augment": False, "cache": "off", "seed": 0, "prompt_start_block": 0}
     base.update(kw)
     return TrainConfig(**base)
 
@@ -45,7 +45,7 @@ def test_train_writes_run_dir_and_keeps_backbone_frozen(tiny_data, tmp_path):
         assert (tmp_path / "run" / name).is_file(), name
     assert not (tmp_path / "run" / "last.state.json").exists()  # one checkpoint file, never half-updated
     rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
-    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]  # row 0: the head fitted before any epoch
     assert all(np.isfinite(float(r["train_loss"])) for r in rows)
     tensors, meta = read_prompt_file(tmp_path / "run" / "prompts.safetensors")
     assert tuple(tensors["prompts"].shape) == (6, 4, 64)
@@ -122,8 +122,9 @@ def test_every_method_trains(tiny_data, tmp_path, method):
     assert ("prompts" in tensors) == (method in ("vpt-shallow", "da-vpt")) == spec(method).has_prompts
     assert meta.kind == ("full-model" if method == "full-finetune" else "prompts")
     if method == "da-vpt":
-        row = next(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
-        assert float(row["metric_loss"]) > 0
+        rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+        assert [int(r["epoch"]) for r in rows] == [0, 1]  # 0: the head fitted before any epoch
+        assert float(rows[1]["metric_loss"]) > 0
 
 
 def test_learns_a_separable_task(tiny_data, tmp_path):
@@ -135,7 +136,7 @@ def test_non_finite_loss_stops_without_checkpoint(tiny_data, tmp_path):
     from vptcli.errors import VptError
 
     with pytest.raises(VptError, match="non-finite loss"):
-        train(tiny_data, backbone(), cfg(lr=float("inf")), tmp_path / "run")
+        train(tiny_data, backbone(), cfg(lr=float("inf"), head_init="random"), tmp_path / "run")
     assert not (tmp_path / "run" / "prompts.safetensors").exists()
 
 

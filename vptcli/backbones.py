@@ -168,6 +168,15 @@ def default_img_size(name: str) -> int:
     return int(_meta_model(name).patch_embed.img_size[0])
 
 
+def patch_size(name: str) -> int:
+    """Side of a patch in pixels of timm model ``name`` (built on the meta device: no weights).
+
+    Raises VptError for a name timm does not know.
+    """
+    ps = _meta_model(name).patch_embed.patch_size
+    return int(ps[0] if isinstance(ps, (tuple, list)) else ps)
+
+
 def _check_name(name: str) -> None:
     import timm
 

@@ -58,6 +58,29 @@ _PIL_RESAMPLE = {
 }
 
 
+AUTO_IMG_SIZE_CAP = 2.0
+"""``--img-size auto`` never exceeds this multiple of the backbone's default side (memory and time grow
+with the square of the side)."""
+
+
+def auto_img_size(manifest: Manifest, patch: int, default: int, cap: float = AUTO_IMG_SIZE_CAP) -> int:
+    """An input side that fits the training images: their median side (the median over images of
+    ``(width + height) / 2``), rounded up to a multiple of ``patch`` (so the images are not shrunk: thin
+    defects keep their pixels), between ``patch * 4`` and ``cap * default``. ELPV's 300x300 cells
+    give 308 with DINOv2's 14 px patches.
+
+    Raises:
+        VptError: the manifest has no usable training image with a recorded size.
+    """
+    from vptcli.errors import VptError
+
+    sides = [(r.width + r.height) / 2 for r in manifest.usable("train") if r.width and r.height]
+    if not sides:
+        raise VptError("--img-size auto needs the training images' sizes; re-run `vpt ingest`")
+    side = int(np.ceil(float(np.median(sides)) / patch)) * patch
+    return int(min(max(side, 4 * patch), int(cap * default) // patch * patch))
+
+
 def resize_policy(data_config: dict) -> str:
     """The resize policy (:data:`RESIZE_POLICIES`) of a data config, from its ``crop_mode``."""
     mode = data_config.get("crop_mode") or "center"

@@ -211,16 +211,20 @@ def _graph_modules():
 
 
 def shared_structure(meta: PromptFileMeta) -> dict:
-    """What a shared-backbone graph fixes besides the backbone: deep or shallow prompts, prompt count
-    and first prompted block (VPT-deep and DA-VPT have the same structure)."""
+    """What a shared-backbone graph fixes besides the backbone: deep or shallow prompts, prompt count,
+    first prompted block (VPT-deep and DA-VPT have the same structure) and, when it is not the class
+    token alone, the head input (so graphs exported before that option still match)."""
     cfg = meta.prompt_config
     n = int(cfg.num_prompts) if cfg.spec.has_prompts else 0
-    return {
+    structure = {
         "prompts": n > 0,
         "deep": bool(cfg.deep) if n else False,
         "num_prompts": n,
         "prompt_start_block": int(cfg.prompt_start_block) if n else 0,
     }
+    if cfg.head_input != "cls":
+        structure["head_input"] = cfg.head_input
+    return structure
 
 
 def graph_metadata(meta: PromptFileMeta, *, graph: str, precision: str, exporter: str, opset: int) -> dict[str, str]:

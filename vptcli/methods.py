@@ -43,6 +43,8 @@ class MethodSpec:
         default_lr: AdamW learning rate when ``--lr`` is not given (prompts and head; with
             ``tunes_backbone``: the backbone's, the head gets ``head_lr_scale`` times it).
         head_lr_scale: the head's learning rate relative to ``default_lr``'s group.
+        head_fit: the head alone is fitted to convergence on cached features (L-BFGS,
+            :mod:`vptcli.probe`) instead of trained for epochs (with ``--head-init random``: epochs).
         start: the first block the training step computes: ``"prompt_start_block"`` (everything
             before it is frozen and cacheable), ``"after_blocks"`` (linear probe: only the head is
             trained, the whole backbone output is cacheable) or ``"input"`` (nothing cacheable).
@@ -57,6 +59,7 @@ class MethodSpec:
     metric_loss: bool
     default_lr: float
     head_lr_scale: float = 1.0
+    head_fit: bool = False
     start: str = "prompt_start_block"
 
     @property
@@ -74,9 +77,6 @@ class MethodSpec:
         """Whether a frozen prefix of the backbone exists that a feature cache can hold."""
         return self.start != "input"
 
-    def first_trained_block(self, prompt_start_block: int, n_blocks: int) -> int:
-        """The block where a training step starts computing (``n_blocks``: the head only)."""
-        return {"prompt_start_block": prompt_start_block, "after_blocks": n_blocks, "input": 0}[self.start]
 
 
 SPECS: dict[Method, MethodSpec] = {
@@ -88,9 +88,9 @@ SPECS: dict[Method, MethodSpec] = {
                    has_prompts=True, deep=True, tunes_backbone=False, metric_loss=False, default_lr=3e-3),
         MethodSpec(Method.DA_VPT, "DA-VPT", "VPT-deep plus distribution-aware metric losses (DA-VPT)",
                    has_prompts=True, deep=True, tunes_backbone=False, metric_loss=True, default_lr=3e-3),
-        MethodSpec(Method.LINEAR_PROBE, "linear probe", "no prompts, the linear head only",
+        MethodSpec(Method.LINEAR_PROBE, "linear probe", "no prompts, the linear head only (fitted to convergence)",
                    has_prompts=False, deep=False, tunes_backbone=False, metric_loss=False, default_lr=3e-3,
-                   start="after_blocks"),
+                   head_fit=True, start="after_blocks"),
         MethodSpec(Method.FULL_FINETUNE, "full fine-tuning", "every backbone weight tuned (a full model, not a prompt file)",
                    has_prompts=False, deep=False, tunes_backbone=True, metric_loss=False, default_lr=3e-5,
                    head_lr_scale=30.0, start="input"),

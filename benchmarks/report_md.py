@@ -1,6 +1,6 @@
 """Print Markdown tables from the benchmark result files (for docs/benchmarks.md).
 
-Usage: ``python benchmarks/report_md.py [--elpv FILE] [--speed FILE]``.
+Usage: ``python benchmarks/report_md.py [--elpv FILE ...] [--speed FILE]``.
 """
 
 from __future__ import annotations
@@ -12,10 +12,30 @@ from pathlib import Path
 from vptcli.methods import Method, spec
 
 
+def seed_summary(rows: list[dict]) -> str:
+    """Mean ± sample std of test top-1 / macro-F1 over the seeds of each (regime, method, image size)."""
+    import statistics
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["regime"], r["method"], r.get("img_size")), []).append(r)
+    out = ["| regime | method | px | seeds | test top-1 | macro-F1 | val macro-F1 |", "|---|---|---|---|---|---|---|"]
+    for (reg, m, px), rs in groups.items():
+        if len(rs) < 2:
+            continue
+
+        def ms(key, scale=1.0, rs=rs):
+            v = [scale * r[key] for r in rs]
+            return f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}" if scale != 1.0 else f"{statistics.mean(v):.3f} ± {statistics.stdev(v):.3f}"
+
+        out.append(f"| {reg} | {spec(m).label} | {px} | {len(rs)} | {ms('test_top1', 100.0)} % | {ms('test_macro_f1')} | {ms('best_val_macro_f1')} |")
+    return "\n".join(out) if len(out) > 2 else ""
+
+
 def elpv_tables(d: dict) -> str:
     out = []
     rows = [r for r in d["rows"] if "error" not in r]
-    out.append("| regime | method | k | epochs | batch | test top-1 | bal. acc. | macro-F1 | ROC-AUC | ECE | tuned params (%) | prompt file | train s/epoch | peak RSS | torch img/s | best epoch (val F1) |")
+    out.append("| regime | method | px | seed | k | epochs | test top-1 | bal. acc. | macro-F1 | ROC-AUC | ECE | tuned params (%) | prompt file | train s/epoch | train wall s | best epoch (val F1) |")
     out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if r["group"] != "main":
@@ -24,10 +44,14 @@ def elpv_tables(d: dict) -> str:
         auc = "–" if r["test_roc_auc"] is None else f"{r['test_roc_auc']:.3f}"
         size = r["prompt_file_bytes"]
         size_s = f"{size / 1024:.0f} KiB" if size < 1024**2 else f"{size / 1024**2:.0f} MiB"
-        out.append(f"| {r['regime']} | {spec(r['method']).label} | {k} | {r['epochs']} | {r['batch_size']} | {100 * r['test_top1']:.2f} % | "
+        out.append(f"| {r['regime']} | {spec(r['method']).label} | {r.get('img_size', d.get('img_size'))} | {r.get('seed', 0)} | {k} | "
+                   f"{'fit' if spec(r['method']).head_fit and r.get('head_init') == 'probe' else r['epochs']} | {100 * r['test_top1']:.2f} % | "
                    f"{100 * r['test_balanced_accuracy']:.2f} % | {r['test_macro_f1']:.3f} | {auc} | {r['test_ece']:.3f} | "
                    f"{r['tuned_parameters']:,} ({r['tuned_percent']:.3f} %) | {size_s} | {r['train_seconds_per_epoch']:.1f} | "
-                   f"{r['peak_rss_mb']:.0f} MiB | {r['inference_img_per_s_torch']:.1f} | {r['best_epoch']} ({r['best_val_macro_f1']:.3f}) |")
+                   f"{r['train_wall_seconds']:.0f} | {r['best_epoch']} ({r['best_val_macro_f1']:.3f}) |")
+    summary = seed_summary([r for r in rows if r["group"] == "main"])
+    if summary:
+        out += ["", summary]
     tries = [r for r in rows if r["regime"] == "64-shot" and r["method"] == Method.VPT_DEEP.value]
     if tries:
         out.append("")
@@ -65,14 +89,16 @@ def speed_tables(d: dict) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--elpv", type=Path)
+    p.add_argument("--elpv", type=Path, nargs="*", default=[])
     p.add_argument("--speed", type=Path)
     a = p.parse_args()
     if a.speed:
         print(speed_tables(json.loads(a.speed.read_text())))
         print()
-    if a.elpv:
-        print(elpv_tables(json.loads(a.elpv.read_text())))
+    for path in a.elpv:
+        print(f"From `{path.as_posix()}`:\n")
+        print(elpv_tables(json.loads(path.read_text())))
+        print()
     return 0
 
 

@@ -31,7 +31,8 @@ def epoch_cells(cells) -> str:
 
 
 class ConsoleReporter(Reporter):
-    """Warnings and transient progress bars on stderr."""
+    """Warnings and transient progress bars on stderr (bars only on a terminal: in a log file a
+    stopped bar would leave an empty line per task)."""
 
     def __init__(self, show_progress: bool = True) -> None:
         self.show_progress = show_progress
@@ -45,7 +46,7 @@ class ConsoleReporter(Reporter):
 
         progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                             TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                            console=console, disable=not self.show_progress, transient=True)
+                            console=console, disable=not (self.show_progress and console.is_terminal), transient=True)
         with progress:
             task = progress.add_task(description, total=total, info="")
             yield lambda completed, info="": progress.update(task, completed=completed, info=info)

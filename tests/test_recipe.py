@@ -13,9 +13,10 @@ from vptcli.backbones import load_backbone
 from vptcli.datasets import auto_img_size
 from vptcli.ingest import ingest_folder
 from vptcli.manifest import Manifest
+from vptcli.methods import HEAD_INPUTS
 from vptcli.probe import fit_linear_probe
-from vptcli.prompting import HEAD_INPUTS, PromptConfig, PromptedViT
-from vptcli.train_config import CPU_PROMPTED_BLOCKS, HEAD_INPUT_NAMES, TrainConfig
+from vptcli.prompting import PromptConfig, PromptedViT, head_input_dim
+from vptcli.train_config import CPU_PROMPTED_BLOCKS, TrainConfig
 from vptcli.training import train
 
 IMG = 32  # test_vit: patch 16, 6 blocks, dim 64
@@ -28,8 +29,9 @@ def tiny(img=IMG):
 # --------------------------------------------------------------------------------------- head input
 
 
-def test_head_input_names_are_declared_once_in_prompting():
-    assert tuple(HEAD_INPUTS) == HEAD_INPUT_NAMES
+def test_head_inputs_are_declared_once():
+    assert list(HEAD_INPUTS) == ["cls", "cls+mean", "last4+mean"]
+    assert [head_input_dim(h, 64) for h in HEAD_INPUTS] == [64, 128, 320]
 
 
 @pytest.mark.parametrize("head_input,width", [("cls", 1), ("cls+mean", 2), ("last4+mean", 5)])
@@ -190,3 +192,30 @@ def test_cli_auto_options_and_richer_head_export_with_parity(tiny_data, tmp_path
     assert "top-1 agrees 3/3" in out + err
     code, out, err = vpt("train", src, "--out", tmp_path / "bad", "--prompt-start-block", "late")
     assert code == 2 and "--prompt-start-block must be a whole number or auto" in err
+
+
+def test_resume_keeps_what_auto_resolved_to(tiny_data, tmp_path):
+    import json
+
+    from vptcli.train_config import load_run_config
+
+    train(tiny_data, tiny(), cfg(epochs=1), tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["train"]["prompt_start_block"] is None and saved["resolved"]["prompt_start_block"] == 5
+    again = load_run_config(tmp_path / "run")
+    assert again.prompt_start_block == 5  # not re-resolved on another device (CUDA would say 0)
+    assert again.resolved_start_block(6, "cuda") == 5
+
+
+def test_auto_start_block_is_zero_for_methods_without_prompts():
+    assert cfg(method="linear-probe").resolved_start_block(12, "cpu") == 0
+    assert cfg(method="full-finetune").resolved_start_block(12, "cpu") == 0
+
+
+def test_prompt_file_format_stays_1_for_the_class_token_head(tmp_path):
+    from vptcli.artifacts import FORMAT_VERSION, make_meta
+
+    bb = tiny()
+    for head_input, version in (("cls", 1), ("cls+mean", 2)):
+        m = PromptedViT(bb.model, 2, PromptConfig("vpt-deep", 4, 5, head_input=head_input))
+        assert make_meta(m, bb, ["a", "b"]).format_version == version <= FORMAT_VERSION

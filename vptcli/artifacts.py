@@ -2,7 +2,7 @@
 
 Prompt file (``*.safetensors``, never a pickle):
 
-- tensors: ``prompts`` ``[depth, n_prompts, dim]`` (VPT / DA-VPT only), ``head.weight`` ``[C, dim]``,
+- tensors: ``prompts`` ``[depth, n_prompts, dim]`` (VPT / DA-VPT only), ``head.weight`` ``[C, F]`` (F = dim x the head input's width),
   ``head.bias`` ``[C]``; nothing from the frozen backbone. A full fine-tuning run stores every backbone
   tensor too (``backbone.*``) and is labelled ``kind: "full-model"``: it is a whole model, not a
   prompt file.
@@ -28,7 +28,10 @@ from vptcli.errors import VptError
 from vptcli.fsutil import atomic_save_safetensors
 from vptcli.prompting import PromptConfig, PromptedViT
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The newest prompt-file format this vptcli reads. 2: the head may read more than the class token
+(``prompt.head_input``); a file whose head reads the class token alone is still written as 1, so
+older vptcli versions keep reading it."""
 METADATA_KEY = "vptcli"
 PROMPT_FILE = "prompts.safetensors"
 
@@ -83,6 +86,7 @@ def make_meta(model: PromptedViT, backbone, classes: list[str], *, data_fingerpr
     """Metadata for ``model`` trained on ``backbone`` (a :class:`vptcli.backbones.LoadedBackbone`)."""
     dc = backbone.data_config
     return PromptFileMeta(
+        format_version=1 if model.config.head_input == "cls" else 2,
         method=model.config.method,
         prompt=model.config.to_dict(),
         backbone=backbone.identity.to_dict(),

@@ -181,7 +181,7 @@ def _graph_modules():
             return logits, torch.softmax(logits, dim=-1)
 
     class SharedGraph(nn.Module):
-        """``images, [prompts [depth, n, D]], head_weight [C, D], head_bias [C]`` -> logits, probabilities.
+        """``images, [prompts [depth, n, D]], head_weight [C, F], head_bias [C]`` -> logits, probabilities.
 
         The prompt tokens are passed to :meth:`~vptcli.prompting.PromptedViT.features`, so the block
         loop stays the one in ``PromptedViT.forward_from``.
@@ -202,7 +202,7 @@ def _graph_modules():
             return self._run(images, prompts, head_weight, head_bias)
 
     class SharedHeadGraph(SharedGraph):
-        """Linear probe: ``images, head_weight [C, D], head_bias [C]`` -> logits, probabilities."""
+        """Linear probe: ``images, head_weight [C, F], head_bias [C]`` -> logits, probabilities."""
 
         def forward(self, images, head_weight, head_bias):
             return self._run(images, None, head_weight, head_bias)

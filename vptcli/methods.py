@@ -45,9 +45,6 @@ class MethodSpec:
         head_lr_scale: the head's learning rate relative to ``default_lr``'s group.
         head_fit: the head alone is fitted to convergence on cached features (L-BFGS,
             :mod:`vptcli.probe`) instead of trained for epochs (with ``--head-init random``: epochs).
-        start: the first block the training step computes: ``"prompt_start_block"`` (everything
-            before it is frozen and cacheable), ``"after_blocks"`` (linear probe: only the head is
-            trained, the whole backbone output is cacheable) or ``"input"`` (nothing cacheable).
     """
 
     method: Method
@@ -60,7 +57,6 @@ class MethodSpec:
     default_lr: float
     head_lr_scale: float = 1.0
     head_fit: bool = False
-    start: str = "prompt_start_block"
 
     @property
     def name(self) -> str:
@@ -74,9 +70,9 @@ class MethodSpec:
 
     @property
     def uses_cache(self) -> bool:
-        """Whether a frozen prefix of the backbone exists that a feature cache can hold."""
-        return self.start != "input"
-
+        """Whether a frozen prefix of the backbone exists that a feature cache can hold (see
+        :attr:`vptcli.prompting.PromptedViT.frozen_blocks` for where it ends)."""
+        return not self.tunes_backbone
 
 
 SPECS: dict[Method, MethodSpec] = {
@@ -90,10 +86,10 @@ SPECS: dict[Method, MethodSpec] = {
                    has_prompts=True, deep=True, tunes_backbone=False, metric_loss=True, default_lr=3e-3),
         MethodSpec(Method.LINEAR_PROBE, "linear probe", "no prompts, the linear head only (fitted to convergence)",
                    has_prompts=False, deep=False, tunes_backbone=False, metric_loss=False, default_lr=3e-3,
-                   head_fit=True, start="after_blocks"),
+                   head_fit=True),
         MethodSpec(Method.FULL_FINETUNE, "full fine-tuning", "every backbone weight tuned (a full model, not a prompt file)",
                    has_prompts=False, deep=False, tunes_backbone=True, metric_loss=False, default_lr=3e-5,
-                   head_lr_scale=30.0, start="input"),
+                   head_lr_scale=30.0),
     )
 }
 """Every method's spec, in the CLI's order."""
@@ -119,3 +115,32 @@ def spec(method: str | Method) -> MethodSpec:
 def methods_help() -> str:
     """``--method`` help: each name with its one-line summary."""
     return "; ".join(f"{s.name}: {s.summary}" for s in SPECS.values()) + "."
+
+
+@dataclass(frozen=True)
+class HeadInput:
+    """What the linear head reads (``--head-input``; see :meth:`vptcli.prompting.PromptedViT.forward_from`).
+
+    Attributes:
+        name: the CLI spelling. blocks: how many final blocks' class tokens it reads (0: only the
+            final normed class token, as timm's ``forward_head(pre_logits=True)``).
+        width: feature width in units of the embedding dimension D. summary: one line for ``--help``.
+    """
+
+    name: str
+    blocks: int
+    width: int
+    summary: str
+
+
+HEAD_INPUTS: dict[str, HeadInput] = {
+    h.name: h
+    for h in (
+        HeadInput("cls", 0, 1, "the final normed class token (VPT's head)"),
+        HeadInput("cls+mean", 0, 2, "the final class token and the mean of the final patch tokens"),
+        HeadInput("last4+mean", 4, 5, "the normed class tokens of the last 4 blocks and the mean patch token: "
+                  "DINOv2's linear-evaluation input (Oquab et al., 2023, github facebookresearch/dinov2, "
+                  "create_linear_input with n_last_blocks=4, avgpool=True)"),
+    )
+}
+"""Every head input, by name; ``cls`` is the default and what files without the setting mean."""

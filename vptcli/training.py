@@ -155,10 +155,16 @@ def class_balance(cfg: TrainConfig, labels: list[int], classes: list[str], devic
     balance = cfg.class_balance if cfg.class_balance != "auto" else ("weighted" if imbalance > 3 else "off")
     class_weight = sample_weights = None
     if balance == "weighted":
-        class_weight = torch.tensor([len(labels) / (n_classes * c) for c in counts], dtype=torch.float32, device=device)
+        class_weight = balanced_class_weights(counts).to(device)
     elif balance == "sampler":
         sample_weights = np.array([1.0 / counts[y] for y in labels])
     return balance, imbalance, counts, class_weight, sample_weights
+
+
+def balanced_class_weights(counts: list[int]) -> torch.Tensor:
+    """``[C]`` weights ``N / (C * count)``: every class weighs as much in total (scikit-learn's "balanced")."""
+    n, c = sum(counts), len(counts)
+    return torch.tensor([n / (c * k) for k in counts], dtype=torch.float32)
 
 
 def plan_cache(cfg: TrainConfig, model: PromptedViT, input_size, k: int, n_train: int, n_val: int,
@@ -248,7 +254,7 @@ def run_info(s: Setup, backbone) -> dict:
             "backbone_parameters": s.model.num_backbone(), "balance": s.balance, "imbalance": s.imbalance,
             "cpu_hint_block": hint, "auto_start_block": auto_block, "n_blocks": n_blocks,
             "img_size": int(backbone.data_config["input_size"][-1]), "head_input": pcfg.head_input,
-            "head_init": s.cfg.head_init, "fits_head_only": not pcfg.spec.has_prompts and not pcfg.spec.tunes_backbone}
+            "head_init": s.cfg.head_init, "fits_head_only": pcfg.spec.head_fit}
 
 
 def resolved_settings(s: Setup, backbone, manifest) -> dict:
@@ -328,15 +334,12 @@ def fit_head(s: Setup, train_cache: FeatureCache | None, val_cache: FeatureCache
     views = train_cache.hidden.shape[0] if train_cache is not None else 1
     x, y = head_features(s, s.train_ds, train_cache, views)
     xv, yv = head_features(s, s.val_ds, val_cache, 1)
-    weight = None
-    if s.balance != "off":  # the same balance as the loss: each class weighs as much in total
-        counts = torch.bincount(y, minlength=len(s.classes)).clamp(min=1).double()
-        weight = (len(y) / (len(s.classes) * counts))[y].numpy()
-    fit = fit_linear_probe(x, y, xv, yv, len(s.classes), sample_weight=weight)
+    class_weight = balanced_class_weights(s.counts) if s.balance != "off" else None  # as the loss (or sampler) balances
+    fit = fit_linear_probe(x, y, xv, yv, len(s.classes), sample_weight=None if class_weight is None else class_weight[y].numpy())
     with torch.no_grad():
         s.model.head.weight.copy_(fit.weight.to(s.device))
         s.model.head.bias.copy_(fit.bias.to(s.device))
-        train_loss = float(F.cross_entropy(x @ fit.weight.T + fit.bias, y))
+        train_loss = float(F.cross_entropy(x @ fit.weight.T + fit.bias, y, weight=class_weight, label_smoothing=s.cfg.label_smoothing))
     seconds = time.perf_counter() - t0
     reporter.head_fitted({"features": len(y), "dim": int(x.shape[1]), "c": fit.c, "seconds": seconds})
     return {"loss": train_loss, "metric_loss": 0.0, "seen": len(y), "seconds": seconds}
@@ -410,15 +413,17 @@ def epoch_row(s: Setup, opt: Optimisation, epoch: int, fit: dict, val: dict) -> 
         "train_loss": round(fit["loss"], 6),
         "metric_loss": round(fit["metric_loss"], 6) if s.cfg.spec.metric_loss else "",
         **val,
-        "lr": f"{opt.scheduler.get_last_lr()[0]:.3e}",
+        "lr": f"{opt.scheduler.get_last_lr()[0]:.3e}" if epoch >= 0 else "",
         "train_seconds": round(fit["seconds"], 2),
         "train_img_per_s": round(fit["seen"] / fit["seconds"], 2),
     }
 
 
-def record_epoch(s: Setup, opt: Optimisation, state: LoopState, row: dict, run_dir: Path, backbone, manifest) -> bool:
+def record_epoch(s: Setup, opt: Optimisation, state: LoopState, row: dict, run_dir: Path, backbone, manifest,
+                 next_epoch: int | None = None) -> bool:
     """Update ``state`` with ``row``; write the prompt file when it is a new best, the metrics and
-    the last checkpoint. Returns whether it improved."""
+    the last checkpoint (which resumes at ``next_epoch``, default the epoch after ``row``'s).
+    Returns whether it improved."""
     state.history.append(row)
     score = [row["val_macro_f1"], -row["val_loss"]]
     improved = state.best is None or tuple(score) > tuple(state.best)
@@ -429,7 +434,7 @@ def record_epoch(s: Setup, opt: Optimisation, state: LoopState, row: dict, run_d
         save_prompt_file(run_dir / PROMPT_FILE, s.model, meta)
     else:
         state.bad_epochs += 1
-    state.next_epoch = row["epoch"]
+    state.next_epoch = row["epoch"] if next_epoch is None else next_epoch
     atomic_write_text(run_dir / METRICS_CSV, _metrics_csv(state.history))
     save_checkpoint(run_dir, s.model, opt, state)
     return improved
@@ -480,7 +485,10 @@ def load_checkpoint(run_dir: Path, model: PromptedViT, opt: Optimisation) -> Loo
         meta = json.loads(raw) if raw is not None else json.loads((run_dir / LEGACY_LAST_STATE).read_text(encoding="utf-8"))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise VptError(f"{run_dir}: cannot resume, the last checkpoint is unreadable ({exc})") from None
-    model.load_tuned_state({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+    try:
+        model.load_tuned_state({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+    except (KeyError, ValueError) as exc:
+        raise VptError(f"{path}: the checkpoint does not fit the run's model ({exc}); start a new run") from None
     opt_state = {"state": {}, "param_groups": meta["optimizer_param_groups"]}
     for key, val in tensors.items():
         if key.startswith("optim."):
@@ -573,10 +581,9 @@ def _fit(s: Setup, opt: Optimisation, state: LoopState, run_dir: Path, backbone,
     reporter.epochs_started()
     if fit is not None:
         row = epoch_row(s, opt, -1, fit, validate(s, val_cache))
-        reporter.epoch_done(row, record_epoch(s, opt, state, row, run_dir, backbone, manifest))
-        if cfg.spec.head_fit:  # the fit is the whole training: nothing is left to resume
-            state.next_epoch = cfg.epochs
-            save_checkpoint(run_dir, s.model, opt, state)
+        done = cfg.epochs if cfg.spec.head_fit else None  # the probe's fit is its whole training
+        reporter.epoch_done(row, record_epoch(s, opt, state, row, run_dir, backbone, manifest, next_epoch=done))
+        if done is not None:
             return False
     for epoch in range(state.next_epoch, cfg.epochs):
         with reporter.task(f"epoch {epoch + 1}/{cfg.epochs}", len(s.train_ds)) as update:

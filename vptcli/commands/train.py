@@ -12,14 +12,13 @@ from typing import Annotated
 
 import typer
 
-from vptcli.methods import Method, methods_help
+from vptcli.methods import HEAD_INPUTS, Method, methods_help
 from vptcli.train_config import (
     CACHE_DTYPES,
     CACHE_MODES,
     CLASS_BALANCE,
     CPU_PROMPTED_BLOCKS,
     HEAD_INITS,
-    HEAD_INPUT_NAMES,
     TrainConfig,
 )
 
@@ -43,7 +42,7 @@ def train(
     lr: Annotated[float | None, Opt(help="AdamW learning rate (default per method: 3e-3 prompts/head, 3e-5 full fine-tuning).")] = D["lr"],
     weight_decay: Annotated[float, Opt(help="AdamW weight decay.")] = D["weight_decay"],
     img_size: Annotated[str | None, Opt(help="Input size in pixels, or auto: a multiple of the patch size near the training images' median side (default: the backbone's, 224 for DINOv2-S).")] = D["img_size"],
-    head_input: Annotated[str, Opt(help=f"What the linear head reads: {' | '.join(HEAD_INPUT_NAMES)} (class token; + mean patch token; class tokens of the last 4 blocks + mean patch token).")] = D["head_input"],
+    head_input: Annotated[str, Opt(help="What the linear head reads: " + "; ".join(f"{h.name}: {h.summary}" for h in HEAD_INPUTS.values()) + ".")] = D["head_input"],
     head_init: Annotated[str, Opt(help=f"{' | '.join(HEAD_INITS)}: start the head from a linear probe fitted to convergence on the initial features (linear-probe: that fit is the training), or from a small random head.")] = D["head_init"],
     device: Annotated[str, Opt(help="auto | cpu | cuda (auto picks CUDA when present).")] = D["device"],
     amp: Annotated[bool, Opt("--amp/--no-amp", help="Mixed precision on CUDA (bf16, else fp16). No effect on CPU.")] = D["amp"],

@@ -44,7 +44,7 @@ from vptcli.feature_cache import FeatureCache, estimate_bytes
 from vptcli.fsutil import atomic_save_safetensors, atomic_write_json, atomic_write_text
 from vptcli.losses import DAVPTLossConfig, class_to_proxy, da_vpt_metric_loss
 from vptcli.prompting import PromptConfig, PromptedViT
-from vptcli.train_config import CONFIG_JSON, TrainConfig, load_run_config
+from vptcli.train_config import CONFIG_JSON, TRAIN_IMAGES, TrainConfig, load_run_config
 from vptcli.train_report import TrainReporter
 
 LAST_CKPT = "last.ckpt.safetensors"
@@ -52,7 +52,7 @@ LEGACY_LAST_STATE = "last.state.json"  # runs written before the one-file checkp
 METRICS_CSV = "metrics.csv"
 CKPT_FORMAT = "vptcli-last"
 
-__all__ = ["CONFIG_JSON", "LAST_CKPT", "METRICS_CSV", "TrainConfig", "TrainReporter", "TrainResult", "load_run_config", "train"]
+__all__ = ["CONFIG_JSON", "LAST_CKPT", "METRICS_CSV", "TRAIN_IMAGES", "TrainConfig", "TrainReporter", "TrainResult", "load_run_config", "train"]
 
 
 @dataclass
@@ -264,8 +264,18 @@ def resolved_settings(s: Setup, backbone, manifest) -> dict:
         "backbone": backbone.identity.to_dict(),
         "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in backbone.data_config.items()},
         "manifest_root": str(manifest.root), "manifest_fingerprint": manifest.fingerprint(),
+        "train_val_fingerprint": manifest.train_val_fingerprint(),
         "n_train": len(s.train_ds), "n_val": len(s.val_ds), "tool_version": __version__,
     }}
+
+
+def train_images(manifest) -> dict:
+    """``train_images.json``: the pixel sha256, path, class and split of every training and validation
+    image (the images the run learns from or is selected on)."""
+    rows = [{"sha256": r.sha256, "path": r.path, "label": r.label, "split": r.split}
+            for r in manifest.usable() if r.split in ("train", "val")]
+    return {"format": "vptcli-train-images", "manifest_root": str(manifest.root),
+            "manifest_fingerprint": manifest.fingerprint(), "images": rows}
 
 
 def build_caches(s: Setup, backbone, reporter: TrainReporter, builder=None) -> tuple[FeatureCache, FeatureCache]:
@@ -552,6 +562,7 @@ def train(manifest, backbone, cfg: TrainConfig, run_dir: str | Path, *, resume: 
         reporter.resumed(run_dir, state.next_epoch, cfg.epochs)
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / TRAIN_IMAGES, train_images(manifest))
         atomic_write_json(run_dir / CONFIG_JSON, resolved_settings(s, backbone, manifest))
     stopped_early = _fit(s, opt, state, run_dir, backbone, manifest, reporter, cache_builder)
     best_row = next((r for r in state.history if r["epoch"] == state.best_epoch), {})

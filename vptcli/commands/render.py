@@ -228,6 +228,14 @@ def print_ingest_summary(result, console: Console) -> None:
         console.print("label conflicts: none", markup=False)
 
 
+def print_written(paths) -> None:
+    """Every file a command wrote, one per line on stdout (``wrote PATH``)."""
+    from vptcli.console import out
+
+    for p in paths:
+        out.print(f"wrote {p}", markup=False, soft_wrap=True)
+
+
 def print_eval_report(report: Mapping[str, Any], console: Console) -> None:
     """Print the report as rich tables: headline metrics, per-class P/R/F1/support, confusion matrix.
 
@@ -258,8 +266,7 @@ def print_eval_report(report: Mapping[str, Any], console: Console) -> None:
     per.add_column("class")
     for col in ("precision", "recall", "F1", "support"):
         per.add_column(col, justify="right")
-    for name in classes:
-        m = report["per_class"][name]
+    for name, m in report["per_class"].items():
         per.add_row(Text(name), format_value(m["precision"]), format_value(m["recall"]), format_value(m["f1"]), str(m["support"]))
     console.print(per)
 

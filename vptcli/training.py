@@ -506,6 +506,30 @@ def load_checkpoint(run_dir: Path, model: PromptedViT, opt: Optimisation) -> Loo
     return LoopState(meta["epoch"] + 1, meta["history"], meta["best"], meta["best_epoch"], meta["bad_epochs"])
 
 
+def check_resume_data(run_dir: Path, manifest) -> None:
+    """A resume continues on the data the run started with: the fingerprint of the manifest's train and
+    val images (pixel hashes, classes, splits; file names and the test split do not count), or for runs
+    made before it was recorded the manifest's own fingerprint.
+
+    Raises:
+        VptError: other data, naming both fingerprints.
+    """
+    try:
+        resolved = json.loads((run_dir / CONFIG_JSON).read_text(encoding="utf-8"))["resolved"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise VptError(f"{run_dir / CONFIG_JSON}: cannot read the run's settings ({exc})") from None
+    if "train_val_fingerprint" in resolved:
+        saved, now, what = resolved["train_val_fingerprint"], manifest.train_val_fingerprint(), "train/val images"
+    else:
+        saved, now, what = resolved.get("manifest_fingerprint"), manifest.fingerprint(), "manifest"
+    if saved != now:
+        raise VptError(
+            f"--resume: the data differs from the run's ({what} fingerprint {now[:12]} here, {str(saved)[:12]} in "
+            f"{run_dir / CONFIG_JSON}, data {resolved.get('manifest_root')}); resume with the data the run started "
+            "with, or start a new run with another --out"
+        )
+
+
 def has_checkpoint(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds a last checkpoint to resume from."""
     return (run_dir / LAST_CKPT).is_file()
@@ -558,6 +582,7 @@ def train(manifest, backbone, cfg: TrainConfig, run_dir: str | Path, *, resume: 
     s.proxy_of_class = da_vpt_proxies(s)
     state = LoopState()
     if resume:
+        check_resume_data(run_dir, manifest)
         state = load_checkpoint(run_dir, s.model, opt)
         reporter.resumed(run_dir, state.next_epoch, cfg.epochs)
     else:

@@ -32,3 +32,44 @@ def test_resume_refuses_other_options_and_other_data(ingested, tmp_path, vpt, ma
     # the same options and data, or none at all: it continues (here: nothing left)
     code, _, err = vpt("train", ingested, "--out", run, *TINY, "--epochs", "2", "--batch-size", "4", "--resume")
     assert code == 0 and "already finished its 2 epochs" in " ".join(err.split())
+
+
+def test_ctrl_c_during_cache_build_then_resume_starts_again(ingested, tmp_path, vpt, monkeypatch):
+    from vptcli import training
+
+    real = training.build_caches
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(training, "build_caches", interrupted)
+    code, _, err = vpt("train", ingested, "--out", run, *TINY, "--epochs", "1", "--batch-size", "4")
+    flat = " ".join(err.split())
+    assert code == 130 and "interrupted before the first epoch ended" in flat
+    assert f"vpt train {ingested} --out {run} --resume" in flat and "Traceback" not in err and "Aborted" not in err
+    monkeypatch.setattr(training, "build_caches", real)
+    code, _, err = vpt("train", ingested, "--out", run, "--resume")
+    assert code == 0, err
+    assert "starting" in err and (run / "prompts.safetensors").is_file() and (run / "last.ckpt.safetensors").is_file()
+
+
+def test_ctrl_c_during_an_epoch_says_what_was_saved(ingested, tmp_path, vpt, monkeypatch):
+    from vptcli import training
+
+    real = training.train_one_epoch
+
+    def stop_in_second(s, opt, epoch, *args, **kwargs):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(s, opt, epoch, *args, **kwargs)
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(training, "train_one_epoch", stop_in_second)
+    code, _, err = vpt("train", ingested, "--out", run, *TINY, "--epochs", "3", "--batch-size", "4")
+    flat = " ".join(err.split())
+    assert code == 130 and "holds epoch 1 of 3" in flat and f"continue with: vpt train {ingested} --out {run} --resume" in flat
+    assert len([line for line in err.splitlines() if "interrupted" in line]) == 1
+    monkeypatch.setattr(training, "train_one_epoch", real)
+    code, _, err = vpt("train", ingested, "--out", run, "--resume")
+    assert code == 0 and "resuming" in err and "after epoch 1 of 3" in " ".join(err.split())

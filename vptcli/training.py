@@ -530,6 +530,18 @@ def check_resume_data(run_dir: Path, manifest) -> None:
         )
 
 
+def last_saved_epoch(run_dir: Path) -> int | None:
+    """The epoch (``metrics.csv`` numbering, 0: the fitted head) the last checkpoint holds, or None
+    when there is none (or it is unreadable)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(Path(run_dir) / LAST_CKPT), framework="pt") as fh:
+            return int((fh.metadata() or {})["epoch"]) + 1
+    except (SafetensorError, OSError, KeyError, ValueError):
+        return None
+
+
 def has_checkpoint(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds a last checkpoint to resume from."""
     return (run_dir / LAST_CKPT).is_file()
@@ -549,9 +561,9 @@ def start_config(run_dir: Path, cfg: TrainConfig, resume: bool) -> TrainConfig:
         if run_dir.exists() and any(run_dir.iterdir()):
             raise VptError(f"{run_dir}: folder exists and is not empty; choose another --out or pass --resume")
         return cfg
-    if not has_checkpoint(run_dir):
+    if not has_checkpoint(run_dir) and not (run_dir / CONFIG_JSON).is_file():
         raise VptError(f"{run_dir}: nothing to resume (no {LAST_CKPT}); start without --resume")
-    return load_run_config(run_dir)
+    return load_run_config(run_dir)  # without a checkpoint (stopped before the first epoch ended): from the start
 
 
 def train(manifest, backbone, cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False,
@@ -583,9 +595,12 @@ def train(manifest, backbone, cfg: TrainConfig, run_dir: str | Path, *, resume: 
     state = LoopState()
     if resume:
         check_resume_data(run_dir, manifest)
+    if resume and has_checkpoint(run_dir):
         state = load_checkpoint(run_dir, s.model, opt)
         reporter.resumed(run_dir, state.next_epoch, cfg.epochs)
-    else:
+    else:  # a new run, or one stopped before its first checkpoint (it starts again, same settings)
+        if resume:
+            reporter.resumed(run_dir, 0, cfg.epochs)
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_dir / TRAIN_IMAGES, train_images(manifest))
         atomic_write_json(run_dir / CONFIG_JSON, resolved_settings(s, backbone, manifest))

@@ -81,6 +81,9 @@ class ConsoleTrainReporter(ConsoleReporter, TrainReporter):
         if next_epoch >= epochs:
             console.print(f"{run_dir} already finished its {epochs} epochs; nothing to resume "
                           "(start a new run to train longer: the learning-rate schedule depends on --epochs)")
+        elif next_epoch == 0:
+            console.print(f"starting {run_dir} again from the beginning (it stopped before its first epoch ended), "
+                          "with the run's saved settings")
         else:
             console.print(f"resuming {run_dir} after epoch {next_epoch} of {epochs}, with the run's saved settings")
 
@@ -102,6 +105,27 @@ class ConsoleTrainReporter(ConsoleReporter, TrainReporter):
 
     def early_stop(self, patience: int, best_epoch: int) -> None:
         console.print(f"early stop: val macro-F1 did not improve for {patience} epochs (best epoch {best_epoch})")
+
+
+def print_interrupted(run_dir: Path, data: Path, epochs: int) -> None:
+    """The one line after Ctrl-C in ``vpt train``: what the run folder holds and the command that continues it."""
+    import shlex
+    import sys
+
+    from vptcli.training import CONFIG_JSON, LAST_CKPT, last_saved_epoch
+
+    run_dir = Path(run_dir)
+    resume = f"vpt train {shlex.quote(str(data))} --out {shlex.quote(str(run_dir))} --resume"
+    saved = last_saved_epoch(run_dir)
+    if saved is not None:
+        line = (f"interrupted: {run_dir / LAST_CKPT} holds epoch {saved} of {epochs} (best so far in "
+                f"{run_dir / 'prompts.safetensors'}); continue with: {resume}")
+    elif (run_dir / CONFIG_JSON).is_file():
+        line = (f"interrupted before the first epoch ended: only the settings are saved ({run_dir / CONFIG_JSON}); "
+                f"start it again with: {resume}")
+    else:
+        line = f"interrupted before anything was saved; start again with: {shlex.join(['vpt', *sys.argv[1:]])}"
+    console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def print_train_result(result: TrainResult, full_model: bool) -> None:

@@ -67,7 +67,7 @@ def train(
 ) -> None:
     """Train prompt tokens and a linear head on a frozen ViT (or a linear probe / full fine-tuning baseline)."""
     from vptcli.backbones import load_backbone
-    from vptcli.commands.render import ConsoleTrainReporter, print_train_result
+    from vptcli.commands.render import ConsoleTrainReporter, print_interrupted, print_train_result
     from vptcli.cpus import apply_torch_threads
     from vptcli.datasets import with_resize
     from vptcli.ingest import check_out_dir, load_or_ingest
@@ -92,12 +92,16 @@ def train(
     apply_torch_threads(threads)
     if not is_manifest_dir(data):  # a raw image folder: never write the run inside it
         check_out_dir(data, out)
-    manifest = load_or_ingest(data)
-    bb = load_backbone(cfg.backbone, weights=cfg.weights, img_size=_img_size(cfg, manifest))
-    if resume:  # the policy the run started with (its config.json records the data config used)
-        resize = _saved_resize(out)
-    bb.data_config = with_resize(bb.data_config, resize)
-    result = run_training(manifest, bb, cfg, out, resume=resume, reporter=ConsoleTrainReporter())
+    try:
+        manifest = load_or_ingest(data)
+        bb = load_backbone(cfg.backbone, weights=cfg.weights, img_size=_img_size(cfg, manifest))
+        if resume:  # the policy the run started with (its config.json records the data config used)
+            resize = _saved_resize(out)
+        bb.data_config = with_resize(bb.data_config, resize)
+        result = run_training(manifest, bb, cfg, out, resume=resume, reporter=ConsoleTrainReporter())
+    except KeyboardInterrupt:  # Ctrl-C: one line, what was saved and how to continue
+        print_interrupted(out, data, cfg.epochs)
+        raise typer.Exit(130) from None
     print_train_result(result, full_model=cfg.spec.tunes_backbone)
 
 

@@ -73,3 +73,21 @@ def test_ctrl_c_during_an_epoch_says_what_was_saved(ingested, tmp_path, vpt, mon
     monkeypatch.setattr(training, "train_one_epoch", real)
     code, _, err = vpt("train", ingested, "--out", run, "--resume")
     assert code == 0 and "resuming" in err and "after epoch 1 of 3" in " ".join(err.split())
+
+
+def test_export_refuses_a_folder_of_other_files_and_eval_stays_out_of_it(ingested, tmp_path, vpt, make_tree):
+    run = tmp_path / "run"
+    assert vpt("train", ingested, "--out", run, *TINY, "--epochs", "1", "--batch-size", "4")[0] == 0
+    images = make_tree(tmp_path / "images", n_per_class=1, names=("good", "scratch"))
+    code, _, err = vpt("export", run, "--out", images)
+    assert code == 2 and "holds other files (good, scratch)" in " ".join(err.split()) and "--exist-ok" in err
+    assert sorted(p.name for p in images.iterdir()) == ["good", "scratch"]
+    assert vpt("export", run, "--out", tmp_path / "export")[0] == 0
+    assert vpt("export", run, "--out", tmp_path / "export")[0] == 0  # a previous export is replaced
+    code, _, err = vpt("export", run, "--out", images, "--exist-ok")
+    assert code == 0, err and (images / "model.onnx").is_file() and (images / "good" / "000.png").is_file()
+    code, out, err = vpt("eval", tmp_path / "export", ingested)
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["model.onnx", "prompts.safetensors"]
+    assert (tmp_path / "export-eval-test" / "report.json").is_file()
+    assert f"wrote {tmp_path / 'export-eval-test' / 'report.json'}" in " ".join(out.split())

@@ -91,3 +91,22 @@ def test_export_refuses_a_folder_of_other_files_and_eval_stays_out_of_it(ingeste
     assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["model.onnx", "prompts.safetensors"]
     assert (tmp_path / "export-eval-test" / "report.json").is_file()
     assert f"wrote {tmp_path / 'export-eval-test' / 'report.json'}" in " ".join(out.split())
+
+
+def test_training_curves_and_the_list_of_files_written(ingested, tmp_path, vpt, monkeypatch):
+    from vptcli import training
+
+    plotted = []
+    real = training.training_curves_png
+    monkeypatch.setattr(training, "training_curves_png", lambda rows, path: plotted.append([r["epoch"] for r in rows]) or real(rows, path))
+    run = tmp_path / "run"
+    code, out, err = vpt("train", ingested, "--out", run, *TINY, "--epochs", "2", "--batch-size", "4")
+    assert code == 0, err
+    assert plotted[-1] == [0, 1, 2]  # the head fitted before any epoch is plotted too
+    png = (run / "training_curves.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 1000
+    flat = " ".join(out.split())
+    written = sorted(p.name for p in run.iterdir())
+    assert "training_curves.png" in written and "train_images.json" in written
+    for name in written:
+        assert f"wrote {run / name}" in flat

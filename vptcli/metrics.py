@@ -392,6 +392,44 @@ def confusion_matrix_png(
     return fsutil.atomic_write_bytes(path, buf.getvalue())
 
 
+def training_curves_png(rows: list[Mapping[str, Any]], path: str | os.PathLike) -> Path:
+    """Save a run's training curves as a PNG, atomically: loss (training and validation) and the
+    validation top-1 and macro-F1 per epoch, from ``metrics.csv`` rows (epoch 0, the head fitted before
+    any epoch, included). Agg canvas, no global matplotlib state.
+
+    Args:
+        rows: ``metrics.csv`` rows with ``epoch``, ``train_loss``, ``val_loss``, ``val_top1``,
+            ``val_macro_f1``.
+        path: destination file.
+
+    Returns:
+        The path written.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    epochs = [int(r["epoch"]) for r in rows]
+    fig = Figure(figsize=(9, 3.6), dpi=110)
+    FigureCanvasAgg(fig)
+    loss_ax, score_ax = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    loss_ax.plot(epochs, [float(r["train_loss"]) for r in rows], marker="o", label="train loss")
+    loss_ax.plot(epochs, [float(r["val_loss"]) for r in rows], marker="o", label="val loss")
+    loss_ax.set_title("loss")
+    score_ax.plot(epochs, [float(r["val_top1"]) for r in rows], marker="o", label="val top-1")
+    score_ax.plot(epochs, [float(r["val_macro_f1"]) for r in rows], marker="o", label="val macro-F1")
+    score_ax.set_ylim(-0.02, 1.02)
+    score_ax.set_title("validation")
+    for ax in (loss_ax, score_ax):
+        ax.set_xlabel("epoch (0: head fitted before training)" if epochs and epochs[0] == 0 else "epoch")
+        ax.set_xticks(epochs if len(epochs) <= 20 else epochs[:: max(1, len(epochs) // 10)])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return fsutil.atomic_write_bytes(path, buf.getvalue())
+
+
 # --------------------------------------------------------------------------------------------------
 # markdown
 

@@ -43,6 +43,7 @@ from vptcli.evaluation import chunks, predict_probs
 from vptcli.feature_cache import FeatureCache, estimate_bytes
 from vptcli.fsutil import atomic_save_safetensors, atomic_write_json, atomic_write_text
 from vptcli.losses import DAVPTLossConfig, class_to_proxy, da_vpt_metric_loss
+from vptcli.metrics import training_curves_png
 from vptcli.prompting import PromptConfig, PromptedViT
 from vptcli.train_config import CONFIG_JSON, TRAIN_IMAGES, TrainConfig, load_run_config
 from vptcli.train_report import TrainReporter
@@ -50,9 +51,10 @@ from vptcli.train_report import TrainReporter
 LAST_CKPT = "last.ckpt.safetensors"
 LEGACY_LAST_STATE = "last.state.json"  # runs written before the one-file checkpoint
 METRICS_CSV = "metrics.csv"
+CURVES_PNG = "training_curves.png"
 CKPT_FORMAT = "vptcli-last"
 
-__all__ = ["CONFIG_JSON", "LAST_CKPT", "METRICS_CSV", "TRAIN_IMAGES", "TrainConfig", "TrainReporter", "TrainResult", "load_run_config", "train"]
+__all__ = ["CONFIG_JSON", "CURVES_PNG", "LAST_CKPT", "METRICS_CSV", "TRAIN_IMAGES", "TrainConfig", "TrainReporter", "TrainResult", "load_run_config", "train"]
 
 
 @dataclass
@@ -67,6 +69,8 @@ class TrainResult:
     backbone_parameters: int
     history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
+    files: list[Path] = field(default_factory=list)
+    """Every file in the run folder after training (config, image list, metrics, curves, prompt file, checkpoint)."""
 
 
 @dataclass
@@ -441,6 +445,7 @@ def record_epoch(s: Setup, opt: Optimisation, state: LoopState, row: dict, run_d
         state.bad_epochs += 1
     state.next_epoch = row["epoch"]
     atomic_write_text(run_dir / METRICS_CSV, _metrics_csv(state.history))
+    training_curves_png(state.history, run_dir / CURVES_PNG)
     save_checkpoint(run_dir, s.model, opt, state)
     return improved
 
@@ -606,8 +611,9 @@ def train(manifest, backbone, cfg: TrainConfig, run_dir: str | Path, *, resume: 
         atomic_write_json(run_dir / CONFIG_JSON, resolved_settings(s, backbone, manifest))
     stopped_early = _fit(s, opt, state, run_dir, backbone, manifest, reporter, cache_builder)
     best_row = next((r for r in state.history if r["epoch"] == state.best_epoch), {})
+    files = sorted(p for p in run_dir.iterdir() if p.is_file() and not p.name.startswith("."))
     return TrainResult(run_dir, run_dir / PROMPT_FILE, state.best_epoch, best_row, s.model.num_tuned(),
-                       s.model.num_backbone(), state.history, stopped_early)
+                       s.model.num_backbone(), state.history, stopped_early, files)
 
 
 def _fit(s: Setup, opt: Optimisation, state: LoopState, run_dir: Path, backbone, manifest,

@@ -140,6 +140,7 @@ def print_train_result(result: TrainResult, full_model: bool) -> None:
         stdout.print(f"full model (every backbone weight was tuned; not a prompt file): {result.prompt_file}")
     else:
         stdout.print(f"prompt file: {result.prompt_file}")
+    print_written(result.files)
 
 
 def print_predictions(predictor, counts: dict[str, int], shown: list, out: Path | None) -> None:

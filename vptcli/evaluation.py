@@ -256,7 +256,7 @@ def evaluate(model_path: str | Path, data: str | Path, *, split: str | None = No
     report = classification_report(np.asarray(ds.labels[:n_known]), probs[:n_known], classes, present_only=True)
     pred = probs.argmax(1)
     report["images"] = [
-        {"path": str(resolve_image_path(ev.manifest, r)), "true": r.label, "predicted": classes[int(p)],
+        {"path": str(Path(data) / r.path if ev.raw else resolve_image_path(ev.manifest, r)), "true": r.label, "predicted": classes[int(p)],
          "confidence": round(float(probs[i, p]), 6), "correct": r.label == classes[int(p)]}
         for i, (r, p) in enumerate(zip(ds.records, pred))
     ]

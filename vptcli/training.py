@@ -530,7 +530,7 @@ def check_resume_data(run_dir: Path, manifest) -> None:
     if saved != now:
         raise VptError(
             f"--resume: the data differs from the run's ({what} fingerprint {now[:12]} here, {str(saved)[:12]} in "
-            f"{run_dir / CONFIG_JSON}, data {resolved.get('manifest_root')}); resume with the data the run started "
+            f"{run_dir / CONFIG_JSON}, data {_shown_path(resolved.get('manifest_root'))}); resume with the data the run started "
             "with, or start a new run with another --out"
         )
 
@@ -593,13 +593,13 @@ def train(manifest, backbone, cfg: TrainConfig, run_dir: str | Path, *, resume: 
     reporter = reporter or TrainReporter()
     run_dir = Path(run_dir)
     cfg = start_config(run_dir, cfg, resume)
+    if resume:
+        check_resume_data(run_dir, manifest)
     s = setup(manifest, backbone, cfg, reporter)
     opt = make_optimisation(cfg, s.model, len(s.train_ds), s.dtype)
     reporter.run_started(run_info(s, backbone))
     s.proxy_of_class = da_vpt_proxies(s)
     state = LoopState()
-    if resume:
-        check_resume_data(run_dir, manifest)
     if resume and has_checkpoint(run_dir):
         state = load_checkpoint(run_dir, s.model, opt)
         reporter.resumed(run_dir, state.next_epoch, cfg.epochs)
@@ -666,6 +666,17 @@ def _warmup_cosine(total_steps: int, warmup_steps: int):
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return f
+
+
+def _shown_path(path) -> str:
+    """``path`` relative to the working folder when it lies under it, else as given."""
+    import os
+
+    try:
+        rel = os.path.relpath(str(path))
+    except (TypeError, ValueError):
+        return str(path)
+    return str(path) if rel.startswith("..") else rel
 
 
 def _dtype_name(dtype: torch.dtype | None) -> str | None:

@@ -66,7 +66,8 @@ def test_reingested_data_with_another_seed_is_refused_or_excluded(trained, tmp_p
 
 def test_same_data_held_out_split_passes_and_val_split_is_refused(trained, tmp_path, vpt):
     code, _, err = vpt("eval", trained / "run", trained / "data", "--out", tmp_path / "t")
-    assert code == 0, err and _report(tmp_path / "t")["n_images"] == 4
+    assert code == 0, err
+    assert _report(tmp_path / "t")["n_images"] == 4
     code, _, err = vpt("eval", trained / "run", trained / "data", "--split", "val", "--out", tmp_path / "v")
     assert code == 2 and "4 of 4 images" in " ".join(err.split())
 
@@ -134,3 +135,15 @@ def test_info_shows_values_not_reprs(trained, vpt):
     code, out, err = vpt("info", trained / "run")
     assert code == 0, err
     assert "{" not in out and "val_macro_f1: " in " ".join(out.split())
+
+
+def test_run_without_its_image_list_warns_or_falls_back_to_the_data(trained, tmp_path, vpt):
+    old = tmp_path / "old-run"
+    shutil.copytree(trained / "run", old)
+    (old / "train_images.json").unlink()
+    lot = build_tree(tmp_path / "lot", n_per_class=2, seed=13, names=("good", "scratch"))
+    code, _, err = vpt("eval", old, lot, "--out", tmp_path / "e")
+    assert code == 0, err
+    assert "leakage between training and evaluated images cannot be checked" in " ".join(err.split())
+    code, _, err = vpt("eval", old, trained / "data", "--split", "val", "--out", tmp_path / "v")
+    assert code == 2 and "were used to train or select this model" in " ".join(err.split())

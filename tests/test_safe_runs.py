@@ -85,7 +85,8 @@ def test_export_refuses_a_folder_of_other_files_and_eval_stays_out_of_it(ingeste
     assert vpt("export", run, "--out", tmp_path / "export")[0] == 0
     assert vpt("export", run, "--out", tmp_path / "export")[0] == 0  # a previous export is replaced
     code, _, err = vpt("export", run, "--out", images, "--exist-ok")
-    assert code == 0, err and (images / "model.onnx").is_file() and (images / "good" / "000.png").is_file()
+    assert code == 0, err
+    assert (images / "model.onnx").is_file() and (images / "good" / "000.png").is_file()
     code, out, err = vpt("eval", tmp_path / "export", ingested)
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["model.onnx", "prompts.safetensors"]

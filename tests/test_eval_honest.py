@@ -69,7 +69,7 @@ def test_same_data_held_out_split_passes_and_val_split_is_refused(trained, tmp_p
     assert code == 0, err
     assert _report(tmp_path / "t")["n_images"] == 4
     code, _, err = vpt("eval", trained / "run", trained / "data", "--split", "val", "--out", tmp_path / "v")
-    assert code == 2 and "4 of 4 images" in " ".join(err.split())
+    assert code == 2 and "all 4 images in" in " ".join(err.split()) and "nothing is held out" in " ".join(err.split())
 
 
 def test_renamed_duplicate_of_a_training_image_is_caught(trained, tmp_path, vpt):

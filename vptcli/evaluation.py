@@ -173,14 +173,15 @@ def check_leakage(records: list, hashes: set[str] | None, exclude: bool, data, r
     if not leaked:
         return records, 0
     kept = [r for r in records if r.sha256 not in hashes]
+    if not kept:
+        raise VptError(f"all {len(records)} images in {data} were used to train or select this model (same pixels); "
+                       "nothing is held out: evaluate the test split or a folder of new images")
     if not exclude:
         raise VptError(
             f"{len(leaked)} of {len(records)} images in {data} were used to train or select this model (same "
             f"pixels, e.g. {leaked[0].path}); their scores would be optimistic: evaluate held-out images, or pass "
             f"--exclude-trained to score the other {len(kept)}"
         )
-    if not kept:
-        raise VptError(f"every image in {data} was used to train or select this model; nothing held out to evaluate")
     reporter.warn(f"--exclude-trained: left out {len(leaked)} of {len(records)} images used to train or select the model")
     return kept, len(leaked)
 

@@ -206,15 +206,20 @@ class ManifestDataset(Dataset):
         augment: apply training augmentation (dihedral + jitter), drawn per ``(seed, key, index)``.
         seed: augmentation seed. The key is the epoch (:meth:`set_epoch`) or a cache view
             (:meth:`view`).
+        records: the images to use instead of ``manifest.usable(split)`` (evaluation picks them).
+        classes: the class names whose index is an image's label (default: the manifest's; a model's
+            classes when a held-out folder holds only some of them).
 
     Raises:
         vptcli.images.ImageDecodeError: a file can no longer be decoded (names the file).
     """
 
-    def __init__(self, manifest: Manifest, split: str | None, data_config: dict, *, augment: bool = False, seed: int = 0):
+    def __init__(self, manifest: Manifest, split: str | None, data_config: dict, *, augment: bool = False, seed: int = 0,
+                 records: list | None = None, classes: list[str] | None = None):
         self.manifest = manifest
-        self.records = manifest.usable(split)
-        self.labels = [manifest.label_index(r.label) for r in self.records]
+        self.records = manifest.usable(split) if records is None else list(records)
+        self.labels = ([manifest.label_index(r.label) for r in self.records] if classes is None
+                       else [list(classes).index(r.label) for r in self.records])
         self.data_config = dict(data_config)
         self.transform = eval_transform(data_config)
         self.augment = augment

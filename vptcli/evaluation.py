@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -72,51 +73,210 @@ def chunks(seq, size: int):
         yield seq[i : i + size]
 
 
-def evaluate(model_path: str | Path, data: str | Path, *, split: str = "test", weights: str | None = None, force: bool = False,
-             device: str = "auto", batch_size: int = 32, reporter=None) -> tuple[dict, dict]:
-    """Evaluate a prompt file / run dir on ``split`` of an ingested data set.
+SPLIT_CHOICES = ("test", "val", "train", "all")
+"""``vpt eval --split`` of an ingested data set (``all``: every usable image)."""
 
-    ``reporter``: a :class:`vptcli.train_report.Reporter` for warnings and progress (default: silent).
+MAX_LISTED_SKIPPED = 20
+"""Skipped files of a raw folder named one by one."""
 
-    Returns:
-        ``(report, context)``: the :func:`vptcli.metrics.classification_report` dict and what was
-        evaluated (model path, backbone, data, split).
+
+@dataclass
+class EvalData:
+    """What is evaluated: the manifest (read, or a raw folder scanned in memory), the images to score,
+    the split (``all`` for a raw folder) and whether ``data`` was a raw folder."""
+
+    manifest: object
+    records: list
+    split: str
+    raw: bool
+
+
+def load_eval_data(data: str | Path, split: str | None, reporter) -> EvalData:
+    """The images to evaluate: ``split`` (default ``test``, or ``all``) of an ingested data set, or
+    every usable image of a raw class-per-folder tree (a held-out lot; it may hold a single class).
 
     Raises:
-        VptError: class names of the data and the file differ, the split is empty, or the prompt
-            file does not fit the backbone (see :func:`vptcli.artifacts.check_compatible`).
+        VptError: a split asked of a raw folder, an unknown split, no usable images.
+    """
+    from vptcli.ingest import ingest_folder
+    from vptcli.manifest import Manifest, is_manifest_dir
+
+    data = Path(data)
+    if split is not None and split not in SPLIT_CHOICES:
+        raise VptError(f"--split must be one of {', '.join(SPLIT_CHOICES)}, got {split!r}")
+    if is_manifest_dir(data):
+        manifest = Manifest.read(data if data.is_dir() else data.parent)
+        split = split or "test"
+        return EvalData(manifest, manifest.usable(None if split == "all" else split), split, raw=False)
+    if split not in (None, "all"):
+        raise VptError(f"--split {split}: {data} is a plain image folder, not an ingested data set, so it has no "
+                       "splits; omit --split to score every image in it")
+    result = ingest_folder(data, val_fraction=0.0, test_fraction=0.0, progress=False, held_out=True)
+    for line in result.warnings:
+        reporter.warn(line)
+    for rec in result.skipped[:MAX_LISTED_SKIPPED]:
+        reporter.warn(f"skipped {rec.path}: {rec.reason}")
+    if len(result.skipped) > MAX_LISTED_SKIPPED:
+        reporter.warn(f"... and {len(result.skipped) - MAX_LISTED_SKIPPED} more skipped files")
+    return EvalData(result.manifest, result.manifest.usable(), "all", raw=True)
+
+
+def split_by_class(records: list, model_classes: list[str], data, unknown: bool) -> tuple[list, list]:
+    """``(images of the model's classes, images of other classes)``, matched by class name.
+
+    Raises:
+        VptError: a class the model does not know, unless ``unknown`` (its images are then scored
+            in an ``unknown`` row).
+    """
+    foreign = sorted({r.label for r in records} - set(model_classes))
+    if foreign and not unknown:
+        raise VptError(
+            f"class {foreign[0]!r} in {data} is not one of the model's classes ({', '.join(model_classes)})"
+            f"{f' ({len(foreign) - 1} more)' if len(foreign) > 1 else ''}; rename or remove that folder, or pass "
+            "--unknown-classes to score its images in an 'unknown' row"
+        )
+    return [r for r in records if r.label in model_classes], [r for r in records if r.label not in model_classes]
+
+
+def trained_hashes(prompt_path: Path, meta, manifest) -> tuple[set[str] | None, str]:
+    """The pixel hashes of the images the model was trained or selected on, and where they come from:
+    the run's ``train_images.json`` next to the prompt file, else the data set itself when it is the
+    one the model was trained on (same manifest fingerprint). ``(None, "")`` when unknown."""
+    import json
+
+    from vptcli.train_config import TRAIN_IMAGES
+
+    listed = Path(prompt_path).parent / TRAIN_IMAGES
+    if listed.is_file():
+        try:
+            rows = json.loads(listed.read_text(encoding="utf-8"))["images"]
+            return {r["sha256"] for r in rows}, str(listed)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise VptError(f"{listed}: unreadable ({exc}); leakage cannot be checked: restore the file") from None
+    if manifest.fingerprint() == meta.data_fingerprint:
+        return {r.sha256 for r in manifest.usable() if r.split in ("train", "val")}, "the data set's own train/val splits"
+    return None, ""
+
+
+def check_leakage(records: list, hashes: set[str] | None, exclude: bool, data, reporter) -> tuple[list, int]:
+    """``(records to score, number excluded)``: images whose pixels match a training or validation
+    image (any file name) are refused, or with ``exclude`` left out with a warning.
+
+    Raises:
+        VptError: such images without ``exclude``, or nothing left after excluding them.
+    """
+    if hashes is None:
+        reporter.warn("this run does not list its training images (made before train_images.json): leakage "
+                      "between training and evaluated images cannot be checked")
+        return records, 0
+    leaked = [r for r in records if r.sha256 in hashes]
+    if not leaked:
+        return records, 0
+    kept = [r for r in records if r.sha256 not in hashes]
+    if not kept:
+        raise VptError(f"all {len(records)} images in {data} were used to train or select this model (same pixels); "
+                       "nothing is held out: evaluate the test split or a folder of new images")
+    if not exclude:
+        raise VptError(
+            f"{len(leaked)} of {len(records)} images in {data} were used to train or select this model (same "
+            f"pixels, e.g. {leaked[0].path}); their scores would be optimistic: evaluate held-out images, or pass "
+            f"--exclude-trained to score the other {len(kept)}"
+        )
+    reporter.warn(f"--exclude-trained: left out {len(leaked)} of {len(records)} images used to train or select the model")
+    return kept, len(leaked)
+
+
+EXPORT_GRAPHS = ("model.onnx", "shared.onnx")
+"""Files that mark an export (deployment) folder."""
+
+
+def is_export_dir(folder: str | Path) -> bool:
+    """Whether ``folder`` is a ``vpt export`` output (it holds an exported graph)."""
+    return any((Path(folder) / name).is_file() for name in EXPORT_GRAPHS)
+
+
+def default_eval_dir(model_path: str | Path, split: str) -> Path:
+    """Where ``vpt eval`` writes without ``--out``: ``RUN/eval-SPLIT`` for a run folder (or a prompt
+    file in one); next to an export folder, never inside it (``EXPORT-eval-SPLIT``); for a loose prompt
+    file, ``eval-SPLIT`` beside it."""
+    p = Path(model_path)
+    folder = p if p.is_dir() else p.parent
+    if is_export_dir(folder):
+        return folder.parent / f"{folder.resolve().name}-eval-{split}"
+    return folder / f"eval-{split}"
+
+
+def evaluate(model_path: str | Path, data: str | Path, *, split: str | None = None, weights: str | None = None,
+             force: bool = False, device: str = "auto", batch_size: int = 32, reporter=None,
+             exclude_trained: bool = False, unknown_classes: bool = False) -> tuple[dict, dict]:
+    """Evaluate a prompt file / run dir on held-out images.
+
+    ``data``: an ingested data set (``split``: ``test`` by default, ``val``, ``train`` or ``all``) or a
+    raw class-per-folder tree (every usable image; it may hold some of the model's classes). Classes are
+    matched by name. Images used to train or select the model (by pixel hash) are refused, or left out
+    with ``exclude_trained``. ``unknown_classes``: images of classes the model does not know are scored
+    in an ``unknown`` row instead of being an error. ``reporter``: a
+    :class:`vptcli.train_report.Reporter` for warnings and progress (default: silent).
+
+    Returns:
+        ``(report, context)``: the :func:`vptcli.metrics.classification_report` dict plus ``images``
+        (one row per image: path, true, predicted, confidence, correct) and ``unknown`` (or None), and
+        what was evaluated (model, backbone, data identity, split, excluded images).
+
+    Raises:
+        VptError: see :func:`load_eval_data`, :func:`split_by_class`, :func:`check_leakage`; no images
+            of the model's classes; the prompt file does not fit the backbone.
     """
     from vptcli.artifacts import load_model, resolve_prompt_path
     from vptcli.datasets import ManifestDataset
     from vptcli.device import resolve_device
-    from vptcli.ingest import load_or_ingest
+    from vptcli.manifest import resolve_image_path
     from vptcli.metrics import classification_report
     from vptcli.train_report import Reporter
 
     reporter = reporter or Reporter()
+    prompt_path = resolve_prompt_path(model_path)
+    ev = load_eval_data(data, split, reporter)
     model, meta, _backbone, warnings = load_model(model_path, weights=weights, force=force)
     for w in warnings:
         reporter.warn(w)
-    manifest = load_or_ingest(Path(data))
-    if list(manifest.classes) != list(meta.classes):
-        raise VptError(f"classes differ: data has {manifest.classes}, the model was trained on {meta.classes}")
-    ds = ManifestDataset(manifest, split, meta.data_config, augment=False)
-    if len(ds) == 0:
-        raise VptError(f"split {split!r} of {data} has no usable images")
+    classes = list(meta.classes)
+    hashes, hashes_from = trained_hashes(prompt_path, meta, ev.manifest)
+    records, excluded = check_leakage(ev.records, hashes, exclude_trained, data, reporter)
+    known, foreign = split_by_class(records, classes, data, unknown_classes)
+    if not known:
+        where = f"split {ev.split!r} of {data}" if not ev.raw else str(data)
+        raise VptError(f"{where} has no usable images of the model's classes ({', '.join(classes)})")
+    ds = ManifestDataset(ev.manifest, None, meta.data_config, records=known + foreign,
+                         classes=classes + sorted({r.label for r in foreign}))
     dev = resolve_device(device)
     model.to(dev)
-    with reporter.task(f"evaluating {split}", len(ds)) as update:
+    with reporter.task(f"evaluating {len(ds)} images", len(ds)) as update:
         probs = predict_split(model, ds, batch_size=batch_size, device=dev, progress=update)
-    report = classification_report(np.asarray(ds.labels), probs, list(meta.classes))
+    n_known = len(known)
+    report = classification_report(np.asarray(ds.labels[:n_known]), probs[:n_known], classes, present_only=True)
+    pred = probs.argmax(1)
+    report["images"] = [
+        {"path": str(Path(data) / r.path if ev.raw else resolve_image_path(ev.manifest, r)), "true": r.label, "predicted": classes[int(p)],
+         "confidence": round(float(probs[i, p]), 6), "correct": r.label == classes[int(p)]}
+        for i, (r, p) in enumerate(zip(ds.records, pred))
+    ]
+    report["unknown"] = ({"classes": sorted({r.label for r in foreign}), "n_images": len(foreign),
+                          "predicted": {c: int((pred[n_known:] == j).sum()) for j, c in enumerate(classes)}}
+                         if foreign else None)
     context = {
-        "model": str(resolve_prompt_path(model_path)),
+        "model": str(prompt_path),
         "method": meta.method,
-        "backbone": meta.backbone,
+        "backbone": f"{meta.backbone.get('name')} ({meta.backbone.get('source')})",
+        "backbone sha256": meta.backbone.get("sha256"),
+        "classes": classes,
         "data": str(data),
-        "split": split,
-        "data_fingerprint": manifest.fingerprint(),
-        "trained_on_fingerprint": meta.data_fingerprint,
+        "data kind": "raw folder (every image)" if ev.raw else "ingested data set",
+        "split": ev.split,
+        "data fingerprint (manifest sha256)": ev.manifest.fingerprint(),
+        "trained on (manifest sha256)": meta.data_fingerprint,
+        "leakage check": (f"against {hashes_from}: {excluded} image(s) used in training left out" if hashes is not None
+                          else "not possible (the run does not list its training images)"),
+        "images scored": len(ds),
     }
-    if manifest.fingerprint() == meta.data_fingerprint and split in ("train", "val"):
-        reporter.warn(f"evaluating on the {split} split the model was trained/selected on: the figures are optimistic")
     return report, context

@@ -381,6 +381,7 @@ def export_onnx(
     weights: str | None = None,
     force: bool = False,
     exporter: str = "auto",
+    exist_ok: bool = False,
 ) -> ExportResult:
     """Export a prompt file (or a run / export folder) to ONNX and check it against PyTorch.
 
@@ -390,7 +391,9 @@ def export_onnx(
 
     Args:
         model_path: run folder, export folder or ``.safetensors`` prompt file.
-        out_dir: folder to write (created; existing files of the same names are replaced).
+        out_dir: folder to write (created; existing files of the same names are replaced). A folder
+            that holds other files (an image folder, a run) is refused unless ``exist_ok`` (then the
+            other files are left as they are).
         opset: ONNX opset (default :data:`DEFAULT_OPSET`).
         fp16: float16 weights and compute (inputs/outputs stay float32); tolerance
             :data:`FP16_LOGIT_TOL`.
@@ -419,7 +422,7 @@ def export_onnx(
             f"--opset {opset}: the lowest opset vpt can export is {MIN_OPSET} (ONNX Runtime "
             f"{ORT_FOR_OPSET[MIN_OPSET]} and later load it); pass --opset {MIN_OPSET} or higher"
         )
-    src, out = _check_request(model_path, out_dir, exporter, shared_backbone)
+    src, out = _check_request(model_path, out_dir, exporter, shared_backbone, exist_ok)
     model, meta, _backbone, warn_list = load_model(src, weights=weights, force=force)
     model = model.float().eval().cpu()
     graph = GRAPH_SHARED if shared_backbone else GRAPH_SINGLE
@@ -474,7 +477,11 @@ def export_onnx(
     )
 
 
-def _check_request(model_path, out_dir, exporter: str, shared_backbone: bool) -> tuple[Path, Path]:
+EXPORT_FOLDER_FILES = ("prompts.safetensors", ONNX_FILE, SHARED_ONNX_FILE, f"{ONNX_FILE}.data", f"{SHARED_ONNX_FILE}.data")
+"""What a previous export leaves in its folder: ``--out`` may hold these (they are replaced)."""
+
+
+def _check_request(model_path, out_dir, exporter: str, shared_backbone: bool, exist_ok: bool = False) -> tuple[Path, Path]:
     """The prompt file's path and the output folder, checked before any model is loaded.
 
     Raises:
@@ -493,6 +500,13 @@ def _check_request(model_path, out_dir, exporter: str, shared_backbone: bool) ->
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out}: exists and is not a folder; pass a folder for --out")
+    other = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_FOLDER_FILES
+                   and not (p.name.startswith(".") and p.name.endswith(".tmp"))) if out.is_dir() else []
+    if other and not exist_ok:
+        raise ExportError(
+            f"--out {out} holds other files ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}); export into an "
+            "empty folder or a previous export folder, or pass --exist-ok to write beside them (they are left as they are)"
+        )
     return src, out
 
 

@@ -165,8 +165,13 @@ def ingest_folder(
     labels: str | os.PathLike | None = None,
     file_column: str | None = None,
     label_column: str | None = None,
+    held_out: bool = False,
 ) -> IngestResult:
     """Scan ``src``, decode every file once, find duplicates and conflicts, split; write nothing.
+
+    ``held_out``: the folder is evaluated, not trained on (``vpt eval`` on a raw folder): it may hold
+    one class or more, no split is made (every usable image gets split ``test``) and the class checks
+    only require one usable image.
 
     ``labels``: a CSV file (with a header) giving each image's class instead of class folders;
     ``file_column``/``label_column`` pick its columns by header name (default: detected, see
@@ -220,13 +225,15 @@ def ingest_folder(
         _check_strict(src, skipped, conflicts)
 
     class_names = sorted({label for label, _ in class_dirs})
-    _check_classes(src, class_names, class_dirs, usable, skipped)
-
     warnings: list[str] = []
-    if layout == "pre-split":
-        _check_pre_split(class_names, usable, groups, warnings)
+    if held_out:
+        _mark_held_out(src, usable)
     else:
-        _assign_splits(by_hash, class_names, val_fraction, test_fraction, seed)
+        _check_classes(src, class_names, class_dirs, usable, skipped)
+        if layout == "pre-split":
+            _check_pre_split(class_names, usable, groups, warnings)
+        else:
+            _assign_splits(by_hash, class_names, val_fraction, test_fraction, seed)
 
     warnings += _imbalance_warnings(usable, class_names) + _bit_depth_warnings(wide, low_bit, bit_depth)
     if case_pairs:
@@ -768,6 +775,14 @@ def _check_classes(src: Path, class_names: list[str], class_dirs: list[tuple[str
         )
     if len(with_images) < 2:  # pragma: no cover - implied by the two checks above
         raise VptError(f"{src}: fewer than 2 classes with usable images")
+
+
+def _mark_held_out(src: Path, usable: list[ImageRecord]) -> None:
+    """A held-out folder (``vpt eval``): every usable image is a test image; at least one is needed."""
+    if not usable:
+        raise VptError(f"{src}: no usable images in its class folders; give a folder with one sub-folder per class")
+    for r in usable:
+        r.split = "test"
 
 
 def _round_half_up(x: float) -> int:

@@ -130,6 +130,12 @@ class Manifest:
         """SHA-256 (hex) of the ``manifest.csv`` bytes: identifies the training data exactly."""
         return hashlib.sha256(self.csv_bytes()).hexdigest()
 
+    def train_val_fingerprint(self) -> str:
+        """SHA-256 (hex) of the training and validation images (split, class, pixel hash; sorted): the
+        data a run learns from and is selected on, independent of file names and of the test split."""
+        rows = sorted(f"{r.split}\t{r.label}\t{r.sha256}" for r in self.usable() if r.split in ("train", "val"))
+        return hashlib.sha256("\n".join(rows).encode("utf-8")).hexdigest()
+
     def write(self, folder: str | os.PathLike) -> None:
         """Write ``manifest.csv``, ``classes.json`` and (last) ``manifest.json`` into ``folder``.
 

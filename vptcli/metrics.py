@@ -162,7 +162,8 @@ def _check_inputs(y_true: Any, probs: Any, classes: list[str]) -> tuple[np.ndarr
 
 
 def classification_report(
-    y_true: np.ndarray, probs: np.ndarray, classes: list[str], *, n_bins: int = DEFAULT_N_BINS
+    y_true: np.ndarray, probs: np.ndarray, classes: list[str], *, n_bins: int = DEFAULT_N_BINS,
+    present_only: bool = False,
 ) -> dict:
     """All evaluation metrics of one split, as a JSON-serialisable dict.
 
@@ -174,6 +175,8 @@ def classification_report(
         probs: ``[N, C]`` softmax probabilities (each row sums to 1 within 1e-3).
         classes: the ``C`` class names, index ``i`` naming column ``i`` (unique).
         n_bins: equal-width confidence bins for the ECE.
+        present_only: ``per_class`` and ``macro_f1`` cover only the classes present in ``y_true`` (a
+            held-out lot that holds some of the model's classes); the confusion matrix keeps all ``C``.
 
     Returns:
         A dict with exactly these keys (rates are fractions in [0, 1]):
@@ -225,7 +228,8 @@ def classification_report(
     precision, recall, f1, support = precision_recall_fscore_support(
         y, y_pred, labels=labels, zero_division=0
     )
-    macro_f1 = float(f1_score(y, y_pred, labels=labels, average="macro", zero_division=0))
+    scored = sorted({int(v) for v in y}) if present_only else labels
+    macro_f1 = float(f1_score(y, y_pred, labels=scored, average="macro", zero_division=0))
     report: dict[str, Any] = {
         "accuracy": float(accuracy_score(y, y_pred)),
         "balanced_accuracy": balanced,
@@ -237,7 +241,7 @@ def classification_report(
                 "f1": float(f1[i]),
                 "support": int(support[i]),
             }
-            for i, name in enumerate(classes)
+            for i, name in enumerate(classes) if i in scored
         },
         "confusion_matrix": confusion_matrix(y, y_pred, labels=labels).astype(int).tolist(),
         "ece": expected_calibration_error(conf, y_pred == y, n_bins=n_bins),
@@ -388,6 +392,44 @@ def confusion_matrix_png(
     return fsutil.atomic_write_bytes(path, buf.getvalue())
 
 
+def training_curves_png(rows: list[Mapping[str, Any]], path: str | os.PathLike) -> Path:
+    """Save a run's training curves as a PNG, atomically: loss (training and validation) and the
+    validation top-1 and macro-F1 per epoch, from ``metrics.csv`` rows (epoch 0, the head fitted before
+    any epoch, included). Agg canvas, no global matplotlib state.
+
+    Args:
+        rows: ``metrics.csv`` rows with ``epoch``, ``train_loss``, ``val_loss``, ``val_top1``,
+            ``val_macro_f1``.
+        path: destination file.
+
+    Returns:
+        The path written.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    epochs = [int(r["epoch"]) for r in rows]
+    fig = Figure(figsize=(9, 3.6), dpi=110)
+    FigureCanvasAgg(fig)
+    loss_ax, score_ax = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    loss_ax.plot(epochs, [float(r["train_loss"]) for r in rows], marker="o", label="train loss")
+    loss_ax.plot(epochs, [float(r["val_loss"]) for r in rows], marker="o", label="val loss")
+    loss_ax.set_title("loss")
+    score_ax.plot(epochs, [float(r["val_top1"]) for r in rows], marker="o", label="val top-1")
+    score_ax.plot(epochs, [float(r["val_macro_f1"]) for r in rows], marker="o", label="val macro-F1")
+    score_ax.set_ylim(-0.02, 1.02)
+    score_ax.set_title("validation")
+    for ax in (loss_ax, score_ax):
+        ax.set_xlabel("epoch (0: head fitted before training)" if epochs and epochs[0] == 0 else "epoch")
+        ax.set_xticks(epochs if len(epochs) <= 20 else epochs[:: max(1, len(epochs) // 10)])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return fsutil.atomic_write_bytes(path, buf.getvalue())
+
+
 # --------------------------------------------------------------------------------------------------
 # markdown
 
@@ -425,6 +467,39 @@ def headline_metrics(report: Mapping[str, Any]) -> list[tuple[str, Any]]:
     return rows
 
 
+def plain_value(value: Any) -> str:
+    """A context value as text a person reads: mappings as ``key: value; ...``, lists comma-joined,
+    numbers and strings as they are (never a Python repr)."""
+    if isinstance(value, Mapping):
+        return "; ".join(f"{k}: {plain_value(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(plain_value(v) for v in value)
+    if value is None:
+        return "n/a"
+    return str(value)
+
+
+MAX_MISCLASSIFIED = 200
+"""Misclassified images listed in ``report.md`` (``report.json`` lists every image)."""
+
+
+def _misclassified_lines(report: Mapping[str, Any]) -> list[str]:
+    """The ``Misclassified`` section of ``report.md`` (only when the report has per-image rows)."""
+    rows = report.get("images")
+    if rows is None:
+        return []
+    wrong = [r for r in rows if not r["correct"]]
+    lines = ["## Misclassified", ""]
+    if not wrong:
+        return [*lines, "None.", ""]
+    lines += ["| path | true | predicted | confidence |", "|---|---|---|---:|"]
+    lines += [f"| {_md(r['path'])} | {_md(r['true'])} | {_md(r['predicted'])} | {r['confidence']:.4f} |"
+              for r in wrong[:MAX_MISCLASSIFIED]]
+    if len(wrong) > MAX_MISCLASSIFIED:
+        lines.append(f"\n... {len(wrong) - MAX_MISCLASSIFIED} more in report.json")
+    return [*lines, ""]
+
+
 def report_markdown(
     report: Mapping[str, Any],
     *,
@@ -454,7 +529,7 @@ def report_markdown(
     lines = [f"# {str(title).strip()}", ""]
     if context:
         lines += ["| | |", "|---|---|"]
-        lines += [f"| {_md(k)} | {_md(v)} |" for k, v in context.items()]
+        lines += [f"| {_md(k)} | {_md(plain_value(v))} |" for k, v in context.items()]
         lines.append("")
 
     lines += ["## Headline metrics", "", "| metric | value |", "|---|---:|"]
@@ -469,8 +544,7 @@ def report_markdown(
         "| class | precision | recall | F1 | support |",
         "|---|---:|---:|---:|---:|",
     ]
-    for name in classes:
-        m = report["per_class"][name]
+    for name, m in report["per_class"].items():
         lines.append(
             f"| {_md(name)} | {format_value(m['precision'])} | {format_value(m['recall'])} | {format_value(m['f1'])} "
             f"| {m['support']} |"
@@ -482,9 +556,16 @@ def report_markdown(
     lines.append("|---|" + "---:|" * len(classes))
     for name, row in zip(classes, report["confusion_matrix"]):
         lines.append(f"| {_md(name)} | " + " | ".join(str(int(v)) for v in row) + " |")
+    unknown = report.get("unknown")
+    if unknown:
+        label = "unknown (" + ", ".join(unknown["classes"]) + ")"
+        lines.append(f"| {_md(label)} | " + " | ".join(str(unknown["predicted"].get(c, 0)) for c in classes) + " |")
+        lines += ["", (f"> {unknown['n_images']} image(s) of classes the model does not know are counted in the "
+                       "unknown row only (always wrong); the metrics above cover the model's classes.")]
     lines.append("")
     if image:
         lines += [f"![confusion matrix]({image})", ""]
+    lines += _misclassified_lines(report)
 
     lines += [
         "## Notes",
@@ -519,7 +600,8 @@ def write_report(
 ) -> dict[str, Path]:
     """Write ``report.json``, ``report.md`` and ``confusion_matrix.png`` into ``out_dir``, atomically.
 
-    ``report.json`` is the report dict as is (UTF-8, indented); ``context`` appears only in the Markdown.
+    ``report.json`` is the report dict (UTF-8, indented) with ``context`` added under the key
+    ``"context"`` (the model and data identity that ``report.md`` shows).
 
     Args:
         report: the dict returned by :func:`classification_report`.
@@ -539,7 +621,7 @@ def write_report(
         raise VptError(f"{out} exists and is not a folder: choose another --out")
     try:
         paths = {
-            REPORT_JSON: fsutil.atomic_write_json(out / REPORT_JSON, dict(report)),
+            REPORT_JSON: fsutil.atomic_write_json(out / REPORT_JSON, {**report, "context": dict(context or {})}),
             CONFUSION_PNG: confusion_matrix_png(
                 report["confusion_matrix"], list(report["classes"]), out / CONFUSION_PNG
             ),

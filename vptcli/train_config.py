@@ -25,6 +25,9 @@ CPU_PROMPTED_BLOCKS = 1
 CACHE_MODES = ("auto", "on", "off")
 CACHE_DTYPES = ("float32", "float16", "bfloat16")
 CONFIG_JSON = "config.json"
+TRAIN_IMAGES = "train_images.json"
+"""A run's training and validation images (pixel sha256, path, class, split): what `vpt eval` checks
+for leakage."""
 
 
 def default_workers() -> int:

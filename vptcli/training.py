@@ -43,16 +43,18 @@ from vptcli.evaluation import chunks, predict_probs
 from vptcli.feature_cache import FeatureCache, estimate_bytes
 from vptcli.fsutil import atomic_save_safetensors, atomic_write_json, atomic_write_text
 from vptcli.losses import DAVPTLossConfig, class_to_proxy, da_vpt_metric_loss
+from vptcli.metrics import training_curves_png
 from vptcli.prompting import PromptConfig, PromptedViT
-from vptcli.train_config import CONFIG_JSON, TrainConfig, load_run_config
+from vptcli.train_config import CONFIG_JSON, TRAIN_IMAGES, TrainConfig, load_run_config
 from vptcli.train_report import TrainReporter
 
 LAST_CKPT = "last.ckpt.safetensors"
 LEGACY_LAST_STATE = "last.state.json"  # runs written before the one-file checkpoint
 METRICS_CSV = "metrics.csv"
+CURVES_PNG = "training_curves.png"
 CKPT_FORMAT = "vptcli-last"
 
-__all__ = ["CONFIG_JSON", "LAST_CKPT", "METRICS_CSV", "TrainConfig", "TrainReporter", "TrainResult", "load_run_config", "train"]
+__all__ = ["CONFIG_JSON", "CURVES_PNG", "LAST_CKPT", "METRICS_CSV", "TRAIN_IMAGES", "TrainConfig", "TrainReporter", "TrainResult", "load_run_config", "train"]
 
 
 @dataclass
@@ -67,6 +69,8 @@ class TrainResult:
     backbone_parameters: int
     history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
+    files: list[Path] = field(default_factory=list)
+    """Every file in the run folder after training (config, image list, metrics, curves, prompt file, checkpoint)."""
 
 
 @dataclass
@@ -270,8 +274,18 @@ def resolved_settings(s: Setup, backbone, manifest) -> dict:
         "backbone": backbone.identity.to_dict(),
         "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in backbone.data_config.items()},
         "manifest_root": str(manifest.root), "manifest_fingerprint": manifest.fingerprint(),
+        "train_val_fingerprint": manifest.train_val_fingerprint(),
         "n_train": len(s.train_ds), "n_val": len(s.val_ds), "tool_version": __version__,
     }}
+
+
+def train_images(manifest) -> dict:
+    """``train_images.json``: the pixel sha256, path, class and split of every training and validation
+    image (the images the run learns from or is selected on)."""
+    rows = [{"sha256": r.sha256, "path": r.path, "label": r.label, "split": r.split}
+            for r in manifest.usable() if r.split in ("train", "val")]
+    return {"format": "vptcli-train-images", "manifest_root": str(manifest.root),
+            "manifest_fingerprint": manifest.fingerprint(), "images": rows}
 
 
 def build_caches(s: Setup, backbone, reporter: TrainReporter, builder=None) -> tuple[FeatureCache, FeatureCache]:
@@ -436,6 +450,7 @@ def record_epoch(s: Setup, opt: Optimisation, state: LoopState, row: dict, run_d
         state.bad_epochs += 1
     state.next_epoch = row["epoch"] if next_epoch is None else next_epoch
     atomic_write_text(run_dir / METRICS_CSV, _metrics_csv(state.history))
+    training_curves_png(state.history, run_dir / CURVES_PNG)
     save_checkpoint(run_dir, s.model, opt, state)
     return improved
 
@@ -504,6 +519,42 @@ def load_checkpoint(run_dir: Path, model: PromptedViT, opt: Optimisation) -> Loo
     return LoopState(meta["epoch"] + 1, meta["history"], meta["best"], meta["best_epoch"], meta["bad_epochs"])
 
 
+def check_resume_data(run_dir: Path, manifest) -> None:
+    """A resume continues on the data the run started with: the fingerprint of the manifest's train and
+    val images (pixel hashes, classes, splits; file names and the test split do not count), or for runs
+    made before it was recorded the manifest's own fingerprint.
+
+    Raises:
+        VptError: other data, naming both fingerprints.
+    """
+    try:
+        resolved = json.loads((run_dir / CONFIG_JSON).read_text(encoding="utf-8"))["resolved"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise VptError(f"{run_dir / CONFIG_JSON}: cannot read the run's settings ({exc})") from None
+    if "train_val_fingerprint" in resolved:
+        saved, now, what = resolved["train_val_fingerprint"], manifest.train_val_fingerprint(), "train/val images"
+    else:
+        saved, now, what = resolved.get("manifest_fingerprint"), manifest.fingerprint(), "manifest"
+    if saved != now:
+        raise VptError(
+            f"--resume: the data differs from the run's ({what} fingerprint {now[:12]} here, {str(saved)[:12]} in "
+            f"{run_dir / CONFIG_JSON}, data {_shown_path(resolved.get('manifest_root'))}); resume with the data the run started "
+            "with, or start a new run with another --out"
+        )
+
+
+def last_saved_epoch(run_dir: Path) -> int | None:
+    """The epoch (``metrics.csv`` numbering, 0: the fitted head) the last checkpoint holds, or None
+    when there is none (or it is unreadable)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(Path(run_dir) / LAST_CKPT), framework="pt") as fh:
+            return int((fh.metadata() or {})["epoch"]) + 1
+    except (SafetensorError, OSError, KeyError, ValueError):
+        return None
+
+
 def has_checkpoint(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds a last checkpoint to resume from."""
     return (run_dir / LAST_CKPT).is_file()
@@ -523,9 +574,9 @@ def start_config(run_dir: Path, cfg: TrainConfig, resume: bool) -> TrainConfig:
         if run_dir.exists() and any(run_dir.iterdir()):
             raise VptError(f"{run_dir}: folder exists and is not empty; choose another --out or pass --resume")
         return cfg
-    if not has_checkpoint(run_dir):
+    if not has_checkpoint(run_dir) and not (run_dir / CONFIG_JSON).is_file():
         raise VptError(f"{run_dir}: nothing to resume (no {LAST_CKPT}); start without --resume")
-    return load_run_config(run_dir)
+    return load_run_config(run_dir)  # without a checkpoint (stopped before the first epoch ended): from the start
 
 
 def train(manifest, backbone, cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False,
@@ -550,21 +601,27 @@ def train(manifest, backbone, cfg: TrainConfig, run_dir: str | Path, *, resume: 
     reporter = reporter or TrainReporter()
     run_dir = Path(run_dir)
     cfg = start_config(run_dir, cfg, resume)
+    if resume:
+        check_resume_data(run_dir, manifest)
     s = setup(manifest, backbone, cfg, reporter)
     opt = make_optimisation(cfg, s.model, len(s.train_ds), s.dtype)
     reporter.run_started(run_info(s, backbone))
     s.proxy_of_class = da_vpt_proxies(s)
     state = LoopState()
-    if resume:
+    if resume and has_checkpoint(run_dir):
         state = load_checkpoint(run_dir, s.model, opt)
         reporter.resumed(run_dir, state.next_epoch, cfg.epochs)
-    else:
+    else:  # a new run, or one stopped before its first checkpoint (it starts again, same settings)
+        if resume:
+            reporter.resumed(run_dir, 0, cfg.epochs)
         run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / TRAIN_IMAGES, train_images(manifest))
         atomic_write_json(run_dir / CONFIG_JSON, resolved_settings(s, backbone, manifest))
     stopped_early = _fit(s, opt, state, run_dir, backbone, manifest, reporter, cache_builder)
     best_row = next((r for r in state.history if r["epoch"] == state.best_epoch), {})
+    files = sorted(p for p in run_dir.iterdir() if p.is_file() and not p.name.startswith("."))
     return TrainResult(run_dir, run_dir / PROMPT_FILE, state.best_epoch, best_row, s.model.num_tuned(),
-                       s.model.num_backbone(), state.history, stopped_early)
+                       s.model.num_backbone(), state.history, stopped_early, files)
 
 
 def _fit(s: Setup, opt: Optimisation, state: LoopState, run_dir: Path, backbone, manifest,
@@ -616,6 +673,17 @@ def _warmup_cosine(total_steps: int, warmup_steps: int):
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return f
+
+
+def _shown_path(path) -> str:
+    """``path`` relative to the working folder when it lies under it, else as given."""
+    import os
+
+    try:
+        rel = os.path.relpath(str(path))
+    except (TypeError, ValueError):
+        return str(path)
+    return str(path) if rel.startswith("..") else rel
 
 
 def _dtype_name(dtype: torch.dtype | None) -> str | None:

@@ -16,6 +16,7 @@ def export(
     shared_backbone: Annotated[bool, typer.Option("--shared-backbone", help="Prompts and head become graph inputs: one graph serves every prompt file of this backbone.")] = False,
     weights: Annotated[str | None, typer.Option(help="Backbone weights to use instead of the file's own source (path or 'random').")] = None,
     force: Annotated[bool, typer.Option("--force", help="Accept other weights of the same architecture (warns).")] = False,
+    exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Write into an --out folder that holds other files (they are left as they are; by default only an empty folder or a previous export is accepted).")] = False,
 ) -> None:
     """Export to ONNX (input images float32 [N,3,H,W] RGB in [0,1]; outputs logits and probabilities) and check parity with PyTorch."""
     from vptcli.console import console, warn
@@ -23,7 +24,8 @@ def export(
     from vptcli.export import export_onnx
 
     with console.status("exporting to ONNX and checking parity with PyTorch..."):
-        r = export_onnx(model, out, opset=opset, fp16=fp16, shared_backbone=shared_backbone, weights=weights, force=force)
+        r = export_onnx(model, out, opset=opset, fp16=fp16, shared_backbone=shared_backbone, weights=weights, force=force,
+                        exist_ok=exist_ok)
     for w in r.warnings:
         warn(w)
     for c in r.parity:

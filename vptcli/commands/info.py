@@ -12,12 +12,11 @@ def info(
     path: Annotated[Path, typer.Argument(help="A prompt file (.safetensors), a run folder or an export folder.")],
 ) -> None:
     """Print a prompt file's metadata, tensor shapes and size on disk (reads it without loading any backbone)."""
-    import json
-
     from rich.table import Table
 
     from vptcli.artifacts import read_prompt_file, resolve_prompt_path
     from vptcli.console import out
+    from vptcli.metrics import plain_value
 
     p = resolve_prompt_path(path)
     tensors, meta = read_prompt_file(p)
@@ -27,12 +26,12 @@ def info(
     t.add_column()
     kind = "full model (not a prompt file)" if meta.kind == "full-model" else "prompt file"
     rows = [
-        ("kind", kind), ("method", meta.method), ("prompt settings", json.dumps(meta.prompt)),
+        ("kind", kind), ("method", meta.method), ("prompt settings", plain_value(meta.prompt)),
         ("backbone", f"{meta.backbone.get('name')} — {meta.backbone.get('source')}"),
         ("backbone sha256", str(meta.backbone.get("sha256"))),
         ("architecture", f"embed dim {meta.embed_dim}, depth {meta.depth}, prefix tokens {meta.num_prefix_tokens}"),
         ("preprocessing", f"{meta.img_size}px, {meta.interpolation}, crop {meta.crop_mode} {meta.crop_pct}, mean {meta.mean}, std {meta.std}"),
-        ("classes", ", ".join(meta.classes)), ("validation metrics", json.dumps(meta.metrics)),
+        ("classes", ", ".join(meta.classes)), ("validation metrics", plain_value(meta.metrics)),
         ("training data (manifest sha256)", meta.data_fingerprint), ("created", meta.created),
         ("tool version", meta.tool_version), ("format version", str(meta.format_version)),
     ]

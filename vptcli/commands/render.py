@@ -82,6 +82,9 @@ class ConsoleTrainReporter(ConsoleReporter, TrainReporter):
         if next_epoch >= epochs:
             console.print(f"{run_dir} already finished its {epochs} epochs; nothing to resume "
                           "(start a new run to train longer: the learning-rate schedule depends on --epochs)")
+        elif next_epoch == 0:
+            console.print(f"starting {run_dir} again from the beginning (it stopped before its first epoch ended), "
+                          "with the run's saved settings")
         else:
             console.print(f"resuming {run_dir} after epoch {next_epoch} of {epochs}, with the run's saved settings")
 
@@ -105,6 +108,27 @@ class ConsoleTrainReporter(ConsoleReporter, TrainReporter):
         console.print(f"early stop: val macro-F1 did not improve for {patience} epochs (best epoch {best_epoch})")
 
 
+def print_interrupted(run_dir: Path, data: Path, epochs: int) -> None:
+    """The one line after Ctrl-C in ``vpt train``: what the run folder holds and the command that continues it."""
+    import shlex
+    import sys
+
+    from vptcli.training import CONFIG_JSON, LAST_CKPT, last_saved_epoch
+
+    run_dir = Path(run_dir)
+    resume = f"vpt train {shlex.quote(str(data))} --out {shlex.quote(str(run_dir))} --resume"
+    saved = last_saved_epoch(run_dir)
+    if saved is not None:
+        line = (f"interrupted: {run_dir / LAST_CKPT} holds epoch {saved} of {epochs} (best so far in "
+                f"{run_dir / 'prompts.safetensors'}); continue with: {resume}")
+    elif (run_dir / CONFIG_JSON).is_file():
+        line = (f"interrupted before the first epoch ended: only the settings are saved ({run_dir / CONFIG_JSON}); "
+                f"start it again with: {resume}")
+    else:
+        line = f"interrupted before anything was saved; start again with: {shlex.join(['vpt', *sys.argv[1:]])}"
+    console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
 def print_train_result(result: TrainResult, full_model: bool) -> None:
     """``vpt train``'s stdout: best epoch, validation figures, tuned share, and the artefact's path."""
     m = result.best_metrics
@@ -117,6 +141,7 @@ def print_train_result(result: TrainResult, full_model: bool) -> None:
         stdout.print(f"full model (every backbone weight was tuned; not a prompt file): {result.prompt_file}")
     else:
         stdout.print(f"prompt file: {result.prompt_file}")
+    print_written(result.files)
 
 
 def print_predictions(predictor, counts: dict[str, int], shown: list, out: Path | None) -> None:
@@ -229,6 +254,14 @@ def print_ingest_summary(result, console: Console) -> None:
         console.print("label conflicts: none", markup=False)
 
 
+def print_written(paths) -> None:
+    """Every file a command wrote, one per line on stdout (``wrote PATH``)."""
+    from vptcli.console import out
+
+    for p in paths:
+        out.print(f"wrote {p}", markup=False, soft_wrap=True)
+
+
 def print_eval_report(report: Mapping[str, Any], console: Console) -> None:
     """Print the report as rich tables: headline metrics, per-class P/R/F1/support, confusion matrix.
 
@@ -259,8 +292,7 @@ def print_eval_report(report: Mapping[str, Any], console: Console) -> None:
     per.add_column("class")
     for col in ("precision", "recall", "F1", "support"):
         per.add_column(col, justify="right")
-    for name in classes:
-        m = report["per_class"][name]
+    for name, m in report["per_class"].items():
         per.add_row(Text(name), format_value(m["precision"]), format_value(m["recall"]), format_value(m["f1"]), str(m["support"]))
     console.print(per)
 

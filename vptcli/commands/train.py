@@ -29,6 +29,7 @@ Opt = typer.Option
 
 
 def train(
+    ctx: typer.Context,
     data: Annotated[Path, typer.Argument(help="An ingest output folder (`vpt ingest ... --out DIR`) or a raw class-per-folder tree.")],
     out: Annotated[Path, Opt("--out", "-o", help="Run folder to create (config.json, metrics.csv, prompts.safetensors, last checkpoint).")],
     method: Annotated[Method, Opt(help=methods_help())] = Method(D["method"]),
@@ -65,7 +66,7 @@ def train(
 ) -> None:
     """Train prompt tokens and a linear head on a frozen ViT (or a linear probe / full fine-tuning baseline)."""
     from vptcli.backbones import load_backbone
-    from vptcli.commands.render import ConsoleTrainReporter, print_train_result
+    from vptcli.commands.render import ConsoleTrainReporter, print_interrupted, print_train_result
     from vptcli.cpus import apply_torch_threads
     from vptcli.datasets import with_resize
     from vptcli.ingest import check_out_dir, load_or_ingest
@@ -74,7 +75,8 @@ def train(
     from vptcli.training import train as run_training
 
     if resume:
-        cfg = load_run_config(out)  # a resumed run keeps its own settings
+        cfg = load_run_config(out)  # a resumed run keeps its own settings: options given must agree
+        _check_resume_options(ctx, cfg, out)
     else:
         cfg = TrainConfig(
             method=method.value, num_prompts=prompts, prompt_start_block=_int_or_auto(prompt_start_block, "--prompt-start-block"),
@@ -89,13 +91,57 @@ def train(
     apply_torch_threads(threads)
     if not is_manifest_dir(data):  # a raw image folder: never write the run inside it
         check_out_dir(data, out)
-    manifest = load_or_ingest(data)
-    bb = load_backbone(cfg.backbone, weights=cfg.weights, img_size=_img_size(cfg, manifest))
-    if resume:  # the policy the run started with (its config.json records the data config used)
-        resize = _saved_resize(out)
-    bb.data_config = with_resize(bb.data_config, resize)
-    result = run_training(manifest, bb, cfg, out, resume=resume, reporter=ConsoleTrainReporter())
+    try:
+        manifest = load_or_ingest(data)
+        bb = load_backbone(cfg.backbone, weights=cfg.weights, img_size=_img_size(cfg, manifest))
+        if resume:  # the policy the run started with (its config.json records the data config used)
+            resize = _saved_resize(out)
+        bb.data_config = with_resize(bb.data_config, resize)
+        result = run_training(manifest, bb, cfg, out, resume=resume, reporter=ConsoleTrainReporter())
+    except KeyboardInterrupt:  # Ctrl-C: one line, what was saved and how to continue
+        print_interrupted(out, data, cfg.epochs)
+        raise typer.Exit(130) from None
     print_train_result(result, full_model=cfg.spec.tunes_backbone)
+
+
+FIELD_OF_PARAM = {"prompts": "num_prompts"}
+"""Command parameters whose :class:`TrainConfig` field has another name."""
+
+NOT_COMPARED = {"data", "out", "resume", "threads"}
+"""Parameters a resume may change: where the data and run are (the data is checked by content), CPU threads."""
+
+
+def _given_value(name: str, value):
+    """A command-line value in the form :class:`TrainConfig` stores it."""
+    if name in ("prompt_start_block", "img_size"):
+        return _int_or_auto(value, "--" + name.replace("_", "-"))
+    if name == "method":
+        return value.value
+    if name == "cache_dir":
+        return str(value) if value is not None else None
+    return value
+
+
+def _check_resume_options(ctx: typer.Context, cfg: TrainConfig, out: Path) -> None:
+    """``--resume``: every option given on the command line must equal the run's saved setting.
+
+    Raises:
+        VptError: names the first option that differs and both values.
+    """
+    from vptcli.errors import VptError
+
+    flags = {p.name: p.opts[0] for p in ctx.command.params if p.opts}
+    saved = {f.name: getattr(cfg, f.name) for f in fields(TrainConfig)}
+    for name, value in ctx.params.items():
+        if name in NOT_COMPARED or getattr(ctx.get_parameter_source(name), "name", "") != "COMMANDLINE":
+            continue
+        given = _given_value(name, value)
+        before = _saved_resize(out) if name == "resize" else saved.get(FIELD_OF_PARAM.get(name, name))
+        if given != before:
+            shown = "auto" if given is None and name == "prompt_start_block" else given
+            was = "auto" if before is None and name == "prompt_start_block" else before
+            raise VptError(f"--resume: {flags.get(name, name)} {shown} differs from the run's {was} (config.json in {out}); "
+                           "drop the option to continue the run as it was started, or start a new run with another --out")
 
 
 def _img_size(cfg: TrainConfig, manifest) -> int | None:

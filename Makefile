@@ -29,7 +29,7 @@ QS = runs/quickstart
 quickstart: install
 	rm -rf $(QS)
 	$(BIN)/vpt ingest sample_data --out $(QS)/data
-	$(BIN)/vpt train $(QS)/data --out $(QS)/run --method vpt-deep --prompt-start-block 9 --epochs 10 --batch-size 8
+	$(BIN)/vpt train $(QS)/data --out $(QS)/run --method vpt-deep --prompt-start-block 9 --epochs 10 --batch-size 8 --cache-views 4
 	$(BIN)/vpt eval $(QS)/run $(QS)/data --split test --out $(QS)/eval
 	$(BIN)/vpt export $(QS)/run --out $(QS)/export
 	$(BIN)/vpt predict $(QS)/export sample_data --out $(QS)/predictions.csv

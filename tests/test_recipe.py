@@ -219,3 +219,12 @@ def test_prompt_file_format_stays_1_for_the_class_token_head(tmp_path):
     for head_input, version in (("cls", 1), ("cls+mean", 2)):
         m = PromptedViT(bb.model, 2, PromptConfig("vpt-deep", 4, 5, head_input=head_input))
         assert make_meta(m, bb, ["a", "b"]).format_version == version <= FORMAT_VERSION
+
+
+def test_auto_cache_views_cpu_and_cuda():
+    from vptcli.train_config import CPU_CACHE_VIEWS
+
+    assert cfg(augment=True).resolved_views("cpu") == CPU_CACHE_VIEWS
+    assert cfg(augment=True).resolved_views("cuda") == 4
+    assert cfg(augment=True, cache_views=3).resolved_views("cpu") == 3
+    assert cfg(augment=False, cache_views=3).resolved_views("cuda") == 1

@@ -20,6 +20,9 @@ DEFAULT_BACKBONE = "vit_small_patch14_dinov2"
 
 CLASS_BALANCE = ("auto", "weighted", "sampler", "off")
 HEAD_INITS = ("probe", "random")
+CPU_CACHE_VIEWS = 1
+"""``--cache-views`` auto on a CPU: the plain image only (building each augmented view runs the frozen
+blocks once more per image, the largest cost of a CPU run); on CUDA: 4."""
 CPU_PROMPTED_BLOCKS = 1
 """``--prompt-start-block auto`` on a CPU: prompts in this many final blocks (on CUDA: every block)."""
 CACHE_MODES = ("auto", "on", "off")
@@ -48,6 +51,7 @@ class TrainConfig:
     ``img_size=None`` the backbone's default size, ``"auto"`` one that fits the training images
     (:func:`vptcli.datasets.auto_img_size`); ``prompt_start_block=None`` (auto) every block on CUDA
     and the last :data:`CPU_PROMPTED_BLOCKS` on a CPU (:meth:`resolved_start_block`);
+    ``cache_views=None`` (auto) 4 on CUDA, :data:`CPU_CACHE_VIEWS` on a CPU (:meth:`resolved_views`);
     ``head_init="probe"`` starts the head from a converged linear probe on the run's initial
     features (:mod:`vptcli.probe`), ``"random"`` from VPT's small random head.
 
@@ -73,7 +77,7 @@ class TrainConfig:
     class_balance: str = "auto"
     augment: bool = True
     cache: str = "auto"
-    cache_views: int = 4
+    cache_views: int | None = None
     cache_dtype: str = "float32"
     cache_max_gb: float = 8.0
     cache_dir: str | None = None
@@ -102,10 +106,14 @@ class TrainConfig:
         """Prompt tokens the model gets: ``num_prompts`` for a prompt method, else 0."""
         return self.num_prompts if self.spec.has_prompts else 0
 
-    @property
-    def views(self) -> int:
-        """Cached views per training image (1 without augmentation)."""
-        return self.cache_views if self.augment else 1
+    def resolved_views(self, device_type: str) -> int:
+        """Cached views per training image: 1 without augmentation; ``cache_views``; or for auto 4 on
+        CUDA and :data:`CPU_CACHE_VIEWS` on a CPU."""
+        if not self.augment:
+            return 1
+        if self.cache_views is not None:
+            return self.cache_views
+        return 4 if device_type == "cuda" else CPU_CACHE_VIEWS
 
     def resolved_start_block(self, n_blocks: int, device_type: str) -> int:
         """``prompt_start_block``, or for auto: 0 on CUDA, ``n_blocks - CPU_PROMPTED_BLOCKS`` on a CPU
@@ -134,7 +142,8 @@ class TrainConfig:
             (self.lr is None or self.lr > 0, f"--lr must be > 0 (got {self.lr})"),
             (self.weight_decay >= 0 and 0 <= self.prompt_dropout < 1 and self.label_smoothing >= 0,
              "--weight-decay must be >= 0 and --prompt-dropout in [0, 1)"),
-            (self.cache_views >= 1 and self.cache_max_gb > 0, "--cache-views must be >= 1 and --cache-max-gb > 0"),
+            ((self.cache_views is None or self.cache_views >= 1) and self.cache_max_gb > 0,
+             "--cache-views must be >= 1 and --cache-max-gb > 0"),
             (self.workers >= 0, "--workers must be >= 0"),
             (self.prompt_start_block is None or self.prompt_start_block >= 0, "--prompt-start-block must be >= 0 or auto"),
             (self.img_size is None or self.img_size == "auto" or (isinstance(self.img_size, int) and self.img_size > 0),
@@ -169,6 +178,8 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
             train["prompt_start_block"] = resolved["prompt_start_block"]
         if train.get("img_size") == "auto" and resolved.get("img_size"):
             train["img_size"] = resolved["img_size"]
+        if train.get("cache_views") is None and resolved.get("cache_views"):
+            train["cache_views"] = resolved["cache_views"]
         return TrainConfig.from_dict(train)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise VptError(f"{path}: cannot read the run's settings ({exc})") from None

@@ -183,7 +183,7 @@ def plan_cache(cfg: TrainConfig, model: PromptedViT, input_size, k: int, n_train
             reporter.warn(f"--cache on ignored: {cfg.method} changes every block")
         return False
     seq_len = model.embed(torch.zeros(1, *input_size, device=device), k).shape[1]
-    need = (estimate_bytes(n_train, cfg.views, seq_len, model.embed_dim, cfg.cache_dtype)
+    need = (estimate_bytes(n_train, cfg.resolved_views(device.type), seq_len, model.embed_dim, cfg.cache_dtype)
             + estimate_bytes(n_val, 1, seq_len, model.embed_dim, cfg.cache_dtype))
     fits = need <= cfg.cache_max_gb * 1024**3
     if cfg.cache == "on" and not fits:
@@ -258,7 +258,8 @@ def run_info(s: Setup, backbone) -> dict:
             "backbone_parameters": s.model.num_backbone(), "balance": s.balance, "imbalance": s.imbalance,
             "cpu_hint_block": hint, "auto_start_block": auto_block, "n_blocks": n_blocks,
             "img_size": int(backbone.data_config["input_size"][-1]), "head_input": pcfg.head_input,
-            "head_init": s.cfg.head_init, "fits_head_only": pcfg.spec.head_fit}
+            "head_init": s.cfg.head_init, "fits_head_only": pcfg.spec.head_fit,
+            "views": s.cfg.resolved_views(s.device.type) if s.use_cache else 0, "auto_views": s.cfg.cache_views is None}
 
 
 def resolved_settings(s: Setup, backbone, manifest) -> dict:
@@ -269,7 +270,7 @@ def resolved_settings(s: Setup, backbone, manifest) -> dict:
         "lr": cfg.resolved_lr(), "device": str(s.device), "prompt_start_block": s.model.config.prompt_start_block,
         "img_size": int(backbone.data_config["input_size"][-1]), "first_trained_block": s.start_block, "amp_dtype": _dtype_name(s.dtype),
         "class_balance": s.balance, "class_counts": dict(zip(s.classes, s.counts)), "cache": s.use_cache,
-        "cache_views": cfg.views if s.use_cache else 0, "guided_block": s.guided_block,
+        "cache_views": cfg.resolved_views(s.device.type) if s.use_cache else 0, "guided_block": s.guided_block,
         "tuned_parameters": tuned, "backbone_parameters": nb, "tuned_percent": 100 * tuned / nb,
         "backbone": backbone.identity.to_dict(),
         "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in backbone.data_config.items()},
@@ -296,7 +297,7 @@ def build_caches(s: Setup, backbone, reporter: TrainReporter, builder=None) -> t
             benchmarks pass one that shares hidden states across runs.
     """
     builder = builder or FeatureCache.build
-    cfg, k, views = s.cfg, s.start_block, s.cfg.views
+    cfg, k, views = s.cfg, s.start_block, s.cfg.resolved_views(s.device.type)
     n_train = len(s.train_ds)
     common = {"backbone_identity": backbone.identity.to_dict(), "img_size": int(backbone.data_config["input_size"][-1]),
               "start_block": k, "augment_seed": cfg.seed, "dtype": cfg.cache_dtype}

@@ -71,6 +71,11 @@ class ConsoleTrainReporter(ConsoleReporter, TrainReporter):
                    f"the last {n - k} block{'s' if n - k > 1 else ''} on a CPU, where each prompted block costs a "
                    "forward and backward pass per image and epoch; --prompt-start-block 0 for classic VPT-deep")
             console.print(f"prompt start block {k} (auto: {why})")
+        if info["views"] and info["auto_views"]:
+            console.print(f"cached views per training image {info['views']} (auto: "
+                          + ("4 on CUDA)" if info["device"].startswith("cuda") else
+                             "the plain image only on a CPU, where each augmented view runs the frozen blocks once more; "
+                             "--cache-views 4 adds augmentation)"))
         console.print(f"image size {info['img_size']} px; head input {info['head_input']}"
                       + ("; head fitted to convergence (L-BFGS), no epochs" if info["fits_head_only"] and info["head_init"] == "probe"
                          else "; head warm-started from a linear probe" if info["head_init"] == "probe" else ""))

@@ -111,3 +111,34 @@ def test_training_curves_and_the_list_of_files_written(ingested, tmp_path, vpt, 
     assert "training_curves.png" in written and "train_images.json" in written
     for name in written:
         assert f"wrote {run / name}" in flat
+
+
+def test_resume_accepts_the_auto_options_it_was_started_with(ingested, tmp_path, vpt):
+    run = tmp_path / "run"
+    args = ("train", ingested, "--out", run, "--backbone", "test_vit", "--weights", "random", "--epochs", "1",
+            "--batch-size", "4", "--img-size", "auto", "--prompt-start-block", "auto")
+    code, out, err = vpt(*args)
+    assert code == 0, err
+    code, out, err = vpt(*args, "--resume")  # the original command plus --resume
+    assert code == 0, err
+    assert "nothing to resume" in err and "wrote" not in out  # a finished run: nothing written, none listed
+    code, out, err = vpt(*args[:-2], "--prompt-start-block", "2", "--resume")
+    assert code == 2 and "--prompt-start-block 2 differs from the run's 5" in err
+    code, out, err = vpt("train", ingested, "--out", tmp_path / "nothing", "--resume", *TINY)
+    assert code == 2 and "no run here to resume" in " ".join(err.split()) and "Errno" not in err
+
+
+def test_eval_refuses_an_out_folder_of_other_files(ingested, tmp_path, vpt, make_tree):
+    run = tmp_path / "run"
+    code, out, err = vpt("train", ingested, "--out", run, *TINY, "--epochs", "1", "--batch-size", "4")
+    assert code == 0, err
+    images = make_tree(tmp_path / "images", n_per_class=2)
+    before = sorted(p.name for p in images.iterdir())
+    code, out, err = vpt("eval", run, ingested, "--out", images)
+    assert code == 2 and "holds other files" in " ".join(err.split()) and "--exist-ok" in err
+    assert sorted(p.name for p in images.iterdir()) == before
+    code, out, err = vpt("eval", run, ingested, "--out", images, "--exist-ok")
+    assert code == 0, err
+    assert (images / "report.json").is_file()
+    code, out, err = vpt("eval", run, ingested, "--out", images)  # now also a previous report folder, but not only that
+    assert code == 2

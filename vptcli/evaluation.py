@@ -280,3 +280,26 @@ def evaluate(model_path: str | Path, data: str | Path, *, split: str | None = No
         "images scored": len(ds),
     }
     return report, context
+
+
+EVAL_FOLDER_FILES = frozenset({"report.json", "report.md", "confusion_matrix.png"})
+"""What ``vpt eval`` writes into its ``--out`` folder (see :func:`vptcli.metrics.write_report`)."""
+
+
+def check_eval_out(out: Path | None, exist_ok: bool = False) -> None:
+    """Refuse an ``--out`` folder that holds other files than a previous report (an image folder, a
+    run), unless ``exist_ok``: the report is then written beside them and they are left as they are.
+
+    Raises:
+        VptError: ``out`` is a file, or a folder of other files without ``exist_ok``.
+    """
+    if out is None or not Path(out).exists():
+        return
+    out = Path(out)
+    if not out.is_dir():
+        raise VptError(f"{out}: exists and is not a folder; pass a folder for --out")
+    other = sorted(p.name for p in out.iterdir() if p.name not in EVAL_FOLDER_FILES and not p.name.startswith("."))
+    if other and not exist_ok:
+        raise VptError(f"--out {out} holds other files ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}); "
+                       "write the report into an empty folder or a previous report folder, or pass --exist-ok to write "
+                       "beside them (they are left as they are)")

@@ -169,6 +169,8 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
         VptError: the file is missing, unreadable or holds settings that fail the checks.
     """
     path = Path(run_dir) / CONFIG_JSON
+    if not path.is_file():
+        raise VptError(f"{run_dir}: no run here to resume (no {CONFIG_JSON}); start without --resume")
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
         train, resolved = dict(saved["train"]), saved.get("resolved", {})

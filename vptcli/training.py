@@ -259,7 +259,8 @@ def run_info(s: Setup, backbone) -> dict:
             "cpu_hint_block": hint, "auto_start_block": auto_block, "n_blocks": n_blocks,
             "img_size": int(backbone.data_config["input_size"][-1]), "head_input": pcfg.head_input,
             "head_init": s.cfg.head_init, "fits_head_only": pcfg.spec.head_fit,
-            "views": s.cfg.resolved_views(s.device.type) if s.use_cache else 0, "auto_views": s.cfg.cache_views is None}
+            "views": s.cfg.resolved_views(s.device.type) if s.use_cache else 0, "auto_views": s.cfg.cache_views is None,
+            "auto_img_size": s.cfg.img_size == "auto"}
 
 
 def resolved_settings(s: Setup, backbone, manifest) -> dict:
@@ -618,9 +619,10 @@ def train(manifest, backbone, cfg: TrainConfig, run_dir: str | Path, *, resume: 
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_dir / TRAIN_IMAGES, train_images(manifest))
         atomic_write_json(run_dir / CONFIG_JSON, resolved_settings(s, backbone, manifest))
+    nothing_left = state.next_epoch >= cfg.epochs  # a resume of a finished run writes nothing
     stopped_early = _fit(s, opt, state, run_dir, backbone, manifest, reporter, cache_builder)
     best_row = next((r for r in state.history if r["epoch"] == state.best_epoch), {})
-    files = sorted(p for p in run_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+    files = [] if nothing_left else sorted(p for p in run_dir.iterdir() if p.is_file() and not p.name.startswith("."))
     return TrainResult(run_dir, run_dir / PROMPT_FILE, state.best_epoch, best_row, s.model.num_tuned(),
                        s.model.num_backbone(), state.history, stopped_early, files)
 

@@ -19,6 +19,7 @@ def eval_command(
     force: Annotated[bool, typer.Option("--force", help="Accept other weights of the same architecture (warns).")] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
+    exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Write into an --out folder that holds other files (they are left as they are; by default only an empty folder or a previous report folder is accepted).")] = False,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="PyTorch CPU threads (default: the CPUs this process may use, container limits and affinity included).")] = None,
 ) -> None:
     """Evaluate: top-1, balanced accuracy, macro-F1, per-class P/R/F1, confusion matrix, ROC/PR-AUC (binary), ECE; refuses images the model was trained on."""
@@ -26,10 +27,11 @@ def eval_command(
     from vptcli.console import console
     from vptcli.console import out as stdout
     from vptcli.cpus import apply_torch_threads
-    from vptcli.evaluation import default_eval_dir, evaluate
+    from vptcli.evaluation import check_eval_out, default_eval_dir, evaluate
     from vptcli.metrics import write_report
 
     apply_torch_threads(threads)
+    check_eval_out(out, exist_ok)  # before any model is loaded
 
     report, context = evaluate(model, data, split=split, weights=weights, force=force, device=device, batch_size=batch_size,
                                reporter=ConsoleReporter(), exclude_trained=exclude_trained, unknown_classes=unknown_classes)

@@ -76,7 +76,8 @@ class ConsoleTrainReporter(ConsoleReporter, TrainReporter):
                           + ("4 on CUDA)" if info["device"].startswith("cuda") else
                              "the plain image only on a CPU, where each augmented view runs the frozen blocks once more; "
                              "--cache-views 4 adds augmentation)"))
-        console.print(f"image size {info['img_size']} px; head input {info['head_input']}"
+        console.print(f"image size {info['img_size']} px" + (" (auto: the training images' median side, rounded up to a patch multiple)"
+                                                             if info.get("auto_img_size") else "") + f"; head input {info['head_input']}"
                       + ("; head fitted to convergence (L-BFGS), no epochs" if info["fits_head_only"] and info["head_init"] == "probe"
                          else "; head warm-started from a linear probe" if info["head_init"] == "probe" else ""))
         if info["cpu_hint_block"] is not None:

@@ -129,16 +129,20 @@ def _check_resume_options(ctx: typer.Context, cfg: TrainConfig, out: Path) -> No
     Raises:
         VptError: names the first option that differs and both values.
     """
+    import json
+
     from vptcli.errors import VptError
 
     flags = {p.name: p.opts[0] for p in ctx.command.params if p.opts}
-    saved = {f.name: getattr(cfg, f.name) for f in fields(TrainConfig)}
+    saved = {f.name: getattr(cfg, f.name) for f in fields(TrainConfig)}  # ``auto`` values as the run resolved them
+    as_started = json.loads((Path(out) / "config.json").read_text(encoding="utf-8")).get("train", {})  # ``auto`` as given
     for name, value in ctx.params.items():
         if name in NOT_COMPARED or getattr(ctx.get_parameter_source(name), "name", "") != "COMMANDLINE":
             continue
         given = _given_value(name, value)
-        before = _saved_resize(out) if name == "resize" else saved.get(FIELD_OF_PARAM.get(name, name))
-        if given != before:
+        field = FIELD_OF_PARAM.get(name, name)
+        before = _saved_resize(out) if name == "resize" else saved.get(field)
+        if given != before and (name == "resize" or field not in as_started or given != as_started[field]):
             shown = "auto" if given is None and name == "prompt_start_block" else given
             was = "auto" if before is None and name == "prompt_start_block" else before
             raise VptError(f"--resume: {flags.get(name, name)} {shown} differs from the run's {was} (config.json in {out}); "

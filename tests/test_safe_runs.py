@@ -137,7 +137,7 @@ def test_eval_refuses_an_out_folder_of_other_files(ingested, tmp_path, vpt, make
     code, out, err = vpt("eval", run, ingested, "--out", images)
     assert code == 2 and "holds other files" in " ".join(err.split()) and "--exist-ok" in err
     assert sorted(p.name for p in images.iterdir()) == before
-    code, out, err = vpt("eval", run, ingested, "--out", images, "--exist-ok")
+    code, _, err = vpt("eval", run, ingested, "--out", images, "--exist-ok")
     assert code == 0, err
     assert (images / "report.json").is_file()
     code, _, err = vpt("eval", run, ingested, "--out", images)  # now also a previous report folder, but not only that

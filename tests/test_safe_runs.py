@@ -130,11 +130,11 @@ def test_resume_accepts_the_auto_options_it_was_started_with(ingested, tmp_path,
 
 def test_eval_refuses_an_out_folder_of_other_files(ingested, tmp_path, vpt, make_tree):
     run = tmp_path / "run"
-    code, out, err = vpt("train", ingested, "--out", run, *TINY, "--epochs", "1", "--batch-size", "4")
+    code, _, err = vpt("train", ingested, "--out", run, *TINY, "--epochs", "1", "--batch-size", "4")
     assert code == 0, err
     images = make_tree(tmp_path / "images", n_per_class=2)
     before = sorted(p.name for p in images.iterdir())
-    code, out, err = vpt("eval", run, ingested, "--out", images)
+    code, _, err = vpt("eval", run, ingested, "--out", images)
     assert code == 2 and "holds other files" in " ".join(err.split()) and "--exist-ok" in err
     assert sorted(p.name for p in images.iterdir()) == before
     code, _, err = vpt("eval", run, ingested, "--out", images, "--exist-ok")

@@ -320,14 +320,14 @@ def build_caches(s: Setup, backbone, reporter: TrainReporter, builder=None) -> t
 
 
 @torch.no_grad()
-def head_features(s: Setup, ds: ManifestDataset, cache: FeatureCache | None, views: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The head's input with the model's current prompts: ``([views * N, F], labels [views * N])``,
-    view-major (from the cache when there is one, else from decoded images: view 0 only)."""
+def head_features(s: Setup, ds: ManifestDataset, cache: FeatureCache | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The head's input with the model's current prompts: ``([V * N, F], labels [V * N])``, view-major,
+    for every view of the cache (V = its views), else from decoded plain images (V = 1)."""
     model, k, bs = s.model, s.start_block, s.cfg.batch_size
     model.eval()
     feats, labels = [], []
     y_all = torch.as_tensor(ds.labels, dtype=torch.long)
-    for v in range(views if cache is not None else 1):
+    for v in range(cache.hidden.shape[0] if cache is not None else 1):
         for ix in chunks(range(len(ds)), bs):
             ix_t = torch.as_tensor(ix)
             with torch.autocast(s.device.type, dtype=s.dtype, enabled=s.dtype is not None):
@@ -347,9 +347,8 @@ def fit_head(s: Setup, train_cache: FeatureCache | None, val_cache: FeatureCache
     from vptcli.probe import fit_linear_probe
 
     t0 = time.perf_counter()
-    views = train_cache.hidden.shape[0] if train_cache is not None else 1
-    x, y = head_features(s, s.train_ds, train_cache, views)
-    xv, yv = head_features(s, s.val_ds, val_cache, 1)
+    x, y = head_features(s, s.train_ds, train_cache)
+    xv, yv = head_features(s, s.val_ds, val_cache)  # the val cache holds one view
     class_weight = balanced_class_weights(s.counts) if s.balance != "off" else None  # as the loss (or sampler) balances
     fit = fit_linear_probe(x, y, xv, yv, len(s.classes), sample_weight=None if class_weight is None else class_weight[y].numpy())
     with torch.no_grad():

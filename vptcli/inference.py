@@ -619,9 +619,10 @@ class RowWriter:
         VptError: an unsupported extension.
     """
 
-    def __init__(self, path: str | os.PathLike | None, top_k: int, stream=None) -> None:
+    def __init__(self, path: str | os.PathLike | None, top_k: int, stream=None, extra: dict | None = None) -> None:
         self.path = Path(path) if path is not None else None
         self.top_k = top_k
+        self.extra = dict(extra or {})  # constant columns after the row's own (e.g. registry task, version, digest)
         self.format = "csv"
         self.rows = 0
         self._tmp = None
@@ -636,7 +637,7 @@ class RowWriter:
         else:
             self._fh = stream
         if self.format == "csv":
-            self._put(self._csv_line(csv_header(top_k)))
+            self._put(self._csv_line(csv_header(top_k) + list(self.extra)))
 
     @staticmethod
     def _csv_line(cells: list[str]) -> str:
@@ -682,9 +683,9 @@ class RowWriter:
 
     def write(self, row: PredictionRow) -> None:
         if self.format == "csv":
-            self._put(self._csv_line(csv_row(row, self.top_k)))
+            self._put(self._csv_line(csv_row(row, self.top_k) + [str(v) for v in self.extra.values()]))
         else:
-            self._put(json.dumps(row.to_json(), ensure_ascii=False) + "\n")
+            self._put(json.dumps({**row.to_json(), **self.extra}, ensure_ascii=False) + "\n")
         self.rows += 1
 
     def close(self) -> None:

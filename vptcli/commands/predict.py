@@ -28,6 +28,8 @@ def predict(
     max_pixels: Annotated[int | None, typer.Option(help="Refuse images with more pixels than this (default: Pillow's limit, 89,478,485).")] = None,
     workers: Annotated[int | None, typer.Option(help="Decoding threads (default: the CPUs this process may use, at most 8).")] = None,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="ONNX Runtime intra-op threads and PyTorch threads (default: the CPUs this process may use, container limits and affinity included).")] = None,
+    registry: Annotated[Path | None, typer.Option("--registry", help="A prompt registry (`vpt registry`): use --task's production version; omit MODEL (every argument is a PATH); rows record task, version and prompt sha256.")] = None,
+    task: Annotated[str | None, typer.Option("--task", help="With --registry: the task whose production version predicts.")] = None,
 ) -> None:
     """Predict classes of image files; one row per file (path, label, confidence, top-k, status, reason). Exit code 1 when any file failed."""
     from vptcli.commands.render import print_predictions
@@ -35,6 +37,10 @@ def predict(
     from vptcli.inference import check_predict_options, open_predictor
 
     check_predict_options(batch_size=batch_size, top_k=top_k, reject_below=reject_below, out=out)
+    provenance = None
+    if registry is not None or task is not None:  # MODEL is then the first PATH
+        prompt_file, provenance, backend = _registry_model(registry, task, onnx, prompt_file, backend)
+        paths, model = [model, *(paths or [])], str(prompt_file)
     model_arg, files, problems = _inputs(model, paths, onnx, prompt_file)
     predictor = open_predictor(model_arg, backend=backend, device=device, onnx=onnx, prompts=prompt_file, weights=weights,
                                force=force, threads=threads)
@@ -44,7 +50,7 @@ def predict(
                   soft_wrap=True)
     settings = {"batch_size": batch_size, "top_k": top_k, "reject_below": reject_below, "bit_depth": bit_depth,
                 "max_pixels": max_pixels, "workers": workers, "problems": problems}
-    counts, shown = _predict_rows(predictor, files, out, settings)
+    counts, shown = _predict_rows(predictor, files, out, settings, provenance)
     print_predictions(predictor, counts, shown, out)
     if counts["error"]:
         raise typer.Exit(code=1)
@@ -81,8 +87,29 @@ def _inputs(model: str, paths: list[str] | None, onnx: Path | None, prompt_file:
     return model_arg, files, problems
 
 
-def _predict_rows(predictor, files, out: Path | None, settings: dict):
-    """Predict every file, streaming rows to ``out`` (or to stdout when it is not a terminal).
+def _registry_model(registry: Path | None, task: str | None, onnx: Path | None, prompt_file: Path | None, backend: str):
+    """``--registry DIR --task NAME``: ``(the production prompt file, row provenance, backend)``.
+
+    Raises:
+        VptError: one option without the other, with --onnx/--prompt-file or --backend onnx; see
+            :meth:`vptcli.registry.Registry.version`.
+    """
+    from vptcli.errors import VptError
+    from vptcli.registry import open_registry
+
+    if registry is None or task is None:
+        raise VptError("--registry and --task go together: the task's production version predicts")
+    if onnx is not None or prompt_file is not None or backend == "onnx":
+        raise VptError("--registry predicts with the task's stored prompt file (PyTorch backend); drop --onnx, "
+                       "--prompt-file and --backend onnx")
+    reg = open_registry(registry)
+    v = reg.version(task)
+    return v.prompt_path(reg.root), {"task": task, "version": v.version, "prompt_sha256": v.digest}, "torch"
+
+
+def _predict_rows(predictor, files, out: Path | None, settings: dict, provenance: dict | None = None):
+    """Predict every file, streaming rows to ``out`` (or to stdout when it is not a terminal);
+    ``provenance``: constant columns added to every row (registry task, version, prompt sha256).
 
     Returns:
         ``(counts by status, the first TABLE_ROWS rows when stdout is a terminal)``.
@@ -106,7 +133,8 @@ def _predict_rows(predictor, files, out: Path | None, settings: dict):
     to_stdout = out is None and not stdout.is_terminal
     writer = None
     if out is not None or to_stdout:
-        writer = RowWriter(out, min(top_k, len(predictor.classes)) if top_k > 0 else top_k, stream=sys.stdout if to_stdout else None)
+        writer = RowWriter(out, min(top_k, len(predictor.classes)) if top_k > 0 else top_k, stream=sys.stdout if to_stdout else None,
+                           extra=provenance)
     counts = {"ok": 0, "review": 0, "error": 0}
     shown = []
     try:

@@ -195,6 +195,72 @@ def predictions_table(rows, predictor, width: int):
     return t
 
 
+def print_registry_version(v, title: str) -> None:
+    """One registry version (:class:`vptcli.registry.Version`) as key/value lines on stdout."""
+    m = v.metrics
+    score = f"val macro-F1 {m['val_macro_f1']:.3f}, val top-1 {100 * m['val_top1']:.2f}%" if "val_macro_f1" in m else "-"
+    stdout.print(title, soft_wrap=True)
+    for key, value in (("prompt sha256", v.digest), ("method", v.method), ("classes", ", ".join(v.classes)),
+                       ("metrics", score), ("data fingerprint", v.data_fingerprint[:12]),
+                       ("backbone", f"{v.backbone.get('name')} ({v.backbone.get('source')}, sha256 {str(v.backbone.get('sha256'))[:12]})"),
+                       ("trained", v.trained), ("published", f"{v.published} by {v.user}"), ("note", v.note or "-"),
+                       ("files", ", ".join(v.files))):
+        stdout.print(f"  {key:<17} {value}", soft_wrap=True)
+
+
+def print_registry_tasks(tasks: list[dict]) -> None:
+    """``vpt registry list``: one row per task."""
+    from rich.table import Table
+
+    t = Table(title="tasks", title_justify="left")
+    for col in ("task", "versions", "production", "acceptance set", "created"):
+        t.add_column(col)
+    for r in tasks:
+        acc = r["acceptance"]
+        t.add_row(r["task"], str(r["versions"]), str(r["production"] or "-"),
+                  f"{acc['images']} images ({acc['split']})" if acc else "-", r["created"])
+    stdout.print(t if tasks else "no tasks yet")
+
+
+def print_registry_versions(versions: list, production: int | None) -> None:
+    """``vpt registry show TASK``: one row per version, the production one marked."""
+    from rich.table import Table
+
+    t = Table(title=f"{versions[0].task}" if versions else "versions", title_justify="left")
+    for col in ("version", "stage", "val macro-F1", "classes", "prompt sha256", "published", "user", "note"):
+        t.add_column(col)
+    for v in versions:
+        f1 = v.metrics.get("val_macro_f1")
+        t.add_row(str(v.version), "production" if v.version == production else "", "-" if f1 is None else f"{f1:.3f}",
+                  ", ".join(v.classes), v.digest[:12], v.published, v.user, v.note)
+    stdout.print(t)
+
+
+def print_registry_log(entries: list) -> None:
+    """``vpt registry log``: one line per audit entry, oldest first."""
+    for e in entries:
+        d = e.detail
+        parts = []
+        if e.action == "publish":
+            parts.append(f"sha256 {d.get('digest', '')[:12]}" + (f", note: {d['note']}" if d.get("note") else ""))
+        elif e.action in ("promote", "force-promote"):
+            g = d.get("gate") or {}
+            score = g.get("candidate_score")
+            prod = g.get("production_score")
+            parts.append(f"from {d.get('from') or '-'}")
+            if score is not None:
+                parts.append(f"macro-F1 {score:.4f}" + (f" vs {prod:.4f}" if prod is not None else ""))
+            if d.get("reason"):
+                parts.append(f"reason: {d['reason']}")
+        elif e.action == "rollback":
+            parts.append(f"from {d.get('from')}" + (f", reason: {d['reason']}" if d.get("reason") else ""))
+        elif e.action == "set-acceptance":
+            parts.append(f"{d.get('images')} images ({d.get('split')}), fingerprint {str(d.get('fingerprint'))[:12]}")
+        version = f" v{e.version}" if e.version is not None else ""
+        stdout.print(f"{e.id:>4}  {e.time}  {e.user}  {e.action:<14} {e.task or ''}{version}  {'; '.join(parts)}",
+                     soft_wrap=True, markup=False)
+
+
 def print_ingest_summary(result, console: Console) -> None:
     """Rich tables on ``console``: images per class × split, skipped files by reason, duplicates,
     label conflicts, ignored entries."""

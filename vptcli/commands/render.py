@@ -227,7 +227,9 @@ def print_registry_versions(versions: list, production: int | None) -> None:
     from rich.table import Table
 
     t = Table(title=f"{versions[0].task}" if versions else "versions", title_justify="left")
-    for col in ("version", "stage", "val macro-F1", "classes", "prompt sha256", "published", "user", "note"):
+    for col in ("version", "stage", "val macro-F1", "prompt sha256"):
+        t.add_column(col, no_wrap=True)
+    for col in ("classes", "published", "user", "note"):
         t.add_column(col)
     for v in versions:
         f1 = v.metrics.get("val_macro_f1")

@@ -53,7 +53,8 @@ class TrainConfig:
     and the last :data:`CPU_PROMPTED_BLOCKS` on a CPU (:meth:`resolved_start_block`);
     ``cache_views=None`` (auto) 4 on CUDA, :data:`CPU_CACHE_VIEWS` on a CPU (:meth:`resolved_views`);
     ``head_init="probe"`` starts the head from a converged linear probe on the run's initial
-    features (:mod:`vptcli.probe`), ``"random"`` from VPT's small random head.
+    features (:mod:`vptcli.probe`), ``"random"`` from VPT's small random head. ``init_from``: a prompt
+    file whose prompts and head the run starts from instead (:mod:`vptcli.warm_start`).
 
     Raises:
         VptError: a setting that cannot work (the message names the flag).
@@ -89,6 +90,7 @@ class TrainConfig:
     img_size: int | str | None = None
     head_input: str = "cls"
     head_init: str = "probe"
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         self.method = str(getattr(self.method, "value", self.method))  # a Method or its name -> the name
@@ -150,6 +152,8 @@ class TrainConfig:
              f"--img-size must be a positive number of pixels or auto, got {self.img_size!r}"),
             (self.head_input in HEAD_INPUTS, f"--head-input must be one of {', '.join(HEAD_INPUTS)}"),
             (self.head_init in HEAD_INITS, f"--head-init must be one of {', '.join(HEAD_INITS)}"),
+            (self.init_from is None or (self.spec.has_prompts and not self.spec.tunes_backbone),
+             f"--init-from needs a prompt method (VPT, DA-VPT), not {self.method}"),
         )
         for ok, message in checks:
             if not ok:

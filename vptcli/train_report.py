@@ -44,6 +44,10 @@ class TrainReporter(Reporter):
         """The head was fitted on the run's initial features (:mod:`vptcli.probe`): ``info`` holds
         ``features`` (rows fitted), ``dim``, ``c`` (chosen inverse L2 strength), ``seconds``."""
 
+    def warm_started(self, info: dict) -> None:
+        """``--init-from``: prompts and head came from ``info["source"]``; ``copied`` / ``new`` / ``dropped``
+        list the classes whose head rows were copied, imprinted, or left out."""
+
     def epochs_started(self) -> None:
         """Before the first epoch row of this call."""
 

@@ -360,6 +360,36 @@ def fit_head(s: Setup, train_cache: FeatureCache | None, val_cache: FeatureCache
     return {"loss": train_loss, "metric_loss": 0.0, "seen": len(y), "seconds": seconds}
 
 
+def warm_start(s: Setup, backbone, train_cache: FeatureCache | None, reporter: TrainReporter) -> dict:
+    """``--init-from``: load the source file's prompts, then its head rows by class name, new classes
+    imprinted from their mean training feature (:mod:`vptcli.warm_start`). Returns the ``fit`` entry
+    of the epoch-0 row (the warm-started head's training loss).
+
+    Raises:
+        ArtifactError / VptError: see :func:`vptcli.warm_start.load_init`.
+    """
+    from vptcli.warm_start import load_init, merge_head
+
+    t0 = time.perf_counter()
+    init = load_init(s.cfg.init_from, backbone, s.model.config)
+    with torch.no_grad():
+        if s.model.prompts is not None:
+            s.model.prompts.copy_(init.tensors["prompts"].to(s.device))
+    x, y = head_features(s, s.train_ds, train_cache)  # with the copied prompts
+    new = [c for c in s.classes if c not in init.meta.classes]
+    means = {c: x[y == s.classes.index(c)].mean(0) for c in new}
+    weight, bias = merge_head(init.tensors["head.weight"], init.tensors["head.bias"], init.meta.classes, s.classes, means)
+    class_weight = balanced_class_weights(s.counts) if s.balance != "off" else None
+    with torch.no_grad():
+        s.model.head.weight.copy_(weight.to(s.device))
+        s.model.head.bias.copy_(bias.to(s.device))
+        loss = float(F.cross_entropy(x @ weight.T + bias, y, weight=class_weight, label_smoothing=s.cfg.label_smoothing))
+    seconds = time.perf_counter() - t0
+    reporter.warm_started({"source": str(init.path), "copied": [c for c in s.classes if c not in new], "new": new,
+                           "dropped": [c for c in init.meta.classes if c not in s.classes], "seconds": seconds})
+    return {"loss": loss, "metric_loss": 0.0, "seen": len(y), "seconds": seconds}
+
+
 # ------------------------------------------------------------------------------------------ epochs
 
 
@@ -605,6 +635,10 @@ def train(manifest, backbone, cfg: TrainConfig, run_dir: str | Path, *, resume: 
     if resume:
         check_resume_data(run_dir, manifest)
     s = setup(manifest, backbone, cfg, reporter)
+    if cfg.init_from and not resume:  # a source that does not fit fails before anything is written
+        from vptcli.warm_start import load_init
+
+        load_init(cfg.init_from, backbone, s.model.config)
     opt = make_optimisation(cfg, s.model, len(s.train_ds), s.dtype)
     reporter.run_started(run_info(s, backbone))
     s.proxy_of_class = da_vpt_proxies(s)
@@ -636,7 +670,11 @@ def _fit(s: Setup, opt: Optimisation, state: LoopState, run_dir: Path, backbone,
     if s.use_cache:
         train_cache, val_cache = build_caches(s, backbone, reporter, cache_builder)
     # A warm start of the head (or, for the linear probe, its whole training): row "epoch 0".
-    fit = fit_head(s, train_cache, val_cache, reporter) if cfg.head_init == "probe" and not state.history else None
+    fit = None
+    if not state.history and cfg.head_init == "probe" and not cfg.init_from:
+        fit = fit_head(s, train_cache, val_cache, reporter)
+    if cfg.init_from and not state.history:  # --init-from: prompts and head from that file instead
+        fit = warm_start(s, backbone, train_cache, reporter)
     reporter.epochs_started()
     if fit is not None:
         row = epoch_row(s, opt, -1, fit, validate(s, val_cache))

@@ -102,6 +102,12 @@ class ConsoleTrainReporter(ConsoleReporter, TrainReporter):
         console.print(f"head: linear probe fitted on {info['features']:,} feature rows of {info['dim']} values "
                       f"(L-BFGS, C={info['c']:g} chosen on validation) in {info['seconds']:.1f}s")
 
+    def warm_started(self, info: dict) -> None:
+        new = f"; new class(es) imprinted: {', '.join(info['new'])}" if info["new"] else ""
+        dropped = f"; left out: {', '.join(info['dropped'])}" if info["dropped"] else ""
+        console.print(f"warm start from {info['source']}: prompts and {len(info['copied'])} head row(s) copied{new}{dropped}",
+                      soft_wrap=True, markup=False)
+
     def epochs_started(self) -> None:
         console.print(epoch_cells(EPOCH_COLUMNS), style="bold", markup=False)
 

@@ -63,6 +63,8 @@ def train(
     guided_block: Annotated[int | None, Opt(help="DA-VPT: block whose prompts are class proxies (default: the last).")] = D["guided_block"],
     resume: Annotated[bool, Opt("--resume", help="Continue the run in --out from its last checkpoint (its saved settings are used).")] = False,
     threads: Annotated[int | None, Opt("--threads", min=1, help="PyTorch CPU threads (default: the CPUs this process may use, container limits and affinity included).")] = None,
+    init_from: Annotated[str | None, Opt("--init-from", help="Start from this prompt file's prompts and head (a run folder, export folder or .safetensors; with --registry: TASK for its production version or TASK@VERSION). Same backbone; classes matched by name, a new class gets a new head row. Method, prompt settings, backbone, weights, image size and resize default to the file's.")] = None,
+    registry: Annotated[Path | None, Opt("--registry", envvar="VPT_REGISTRY", help="A prompt registry (`vpt registry`) that --init-from names a task of.")] = None,
     resize: Annotated[str, Opt("--resize", help="How images become the square model input: squash (whole image, aspect not kept) | letterbox (whole image, padded) | crop (short side resized, centre crop: cuts the ends of elongated images). Stored in the prompt file; eval, export and predict use it.")] = "squash",
 ) -> None:
     """Train prompt tokens and a linear head on a frozen ViT (or a linear probe / full fine-tuning baseline)."""
@@ -76,6 +78,10 @@ def train(
     from vptcli.training import train as run_training
 
     if resume:
+        if init_from is not None:
+            from vptcli.errors import VptError
+
+            raise VptError("--init-from starts a new run; --resume continues from the run's own checkpoint")
         cfg = load_run_config(out)  # a resumed run keeps its own settings: options given must agree
         _check_resume_options(ctx, cfg, out)
     else:
@@ -88,6 +94,8 @@ def train(
             cache_dir=str(cache_dir) if cache_dir else None, beta=beta, lam=lam, guided_block=guided_block,
             backbone=backbone, weights=weights, img_size=_int_or_auto(img_size, "--img-size"),
         )
+        if init_from is not None:
+            cfg, resize = _init_settings(ctx, cfg, init_from, registry, resize)
     with_resize({}, resize)  # an unknown --resize fails before anything is loaded
     apply_torch_threads(threads)
     if not is_manifest_dir(data):  # a raw image folder: never write the run inside it
@@ -105,10 +113,28 @@ def train(
     print_train_result(result, full_model=cfg.spec.tunes_backbone)
 
 
+def _init_settings(ctx: typer.Context, cfg: TrainConfig, init_from: str, registry: Path | None,
+                   resize: str) -> tuple[TrainConfig, str]:
+    """``--init-from``: ``(cfg with the source prompt file as init_from and every setting the file fixes
+    (:func:`vptcli.warm_start.settings_from`) that the command line does not give, the resize policy)``."""
+    from dataclasses import replace
+
+    from vptcli.artifacts import read_prompt_file
+    from vptcli.warm_start import resolve_init_from, settings_from
+
+    path = resolve_init_from(init_from, registry)
+    theirs = settings_from(read_prompt_file(path)[1])
+    given = {name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", "") in ("COMMANDLINE", "ENVIRONMENT")}
+    param_of = {v: k for k, v in FIELD_OF_PARAM.items()}
+    taken = {name: value for name, value in theirs.items() if name != "resize" and param_of.get(name, name) not in given}
+    return (replace(cfg, **taken, init_from=str(path.resolve())),
+            resize if "resize" in given else theirs["resize"])
+
+
 FIELD_OF_PARAM = {"prompts": "num_prompts"}
 """Command parameters whose :class:`TrainConfig` field has another name."""
 
-NOT_COMPARED = {"data", "out", "resume", "threads"}
+NOT_COMPARED = {"data", "out", "resume", "threads", "registry"}
 """Parameters a resume may change: where the data and run are (the data is checked by content), CPU threads."""
 
 

@@ -74,6 +74,7 @@ def train(
     from vptcli.datasets import with_resize
     from vptcli.ingest import check_out_dir, load_or_ingest
     from vptcli.manifest import is_manifest_dir
+    from vptcli.tracking import tracked
     from vptcli.training import load_run_config
     from vptcli.training import train as run_training
 
@@ -106,7 +107,8 @@ def train(
         if resume:  # the policy the run started with (its config.json records the data config used)
             resize = _saved_resize(out)
         bb.data_config = with_resize(bb.data_config, resize)
-        result = run_training(manifest, bb, cfg, out, resume=resume, reporter=ConsoleTrainReporter())
+        with tracked(ConsoleTrainReporter(), cfg, out, data) as reporter:  # MLflow when MLFLOW_TRACKING_URI is set
+            result = run_training(manifest, bb, cfg, out, resume=resume, reporter=reporter)
     except KeyboardInterrupt:  # Ctrl-C: one line, what was saved and how to continue
         print_interrupted(out, data, cfg.epochs)
         raise typer.Exit(130) from None

@@ -99,7 +99,7 @@ def test_publish_list_show_promote_rollback_log_verify(runs, tmp_path, vpt):
     assert code == 2 and "nothing to roll back" in flat(err)
     code, out, _ = vpt("registry", "log", "--registry", reg)
     actions = [line.split()[3] for line in out.strip().splitlines()]
-    assert actions == ["publish", "publish", "set-acceptance", "promote", "promote", "rollback"]
+    assert actions == ["publish", "publish", "promote-refused", "set-acceptance", "promote", "promote", "rollback"]
     assert "operator report" in out
     code, out, err = vpt("registry", "verify", "--registry", reg)
     assert code == 0 and "registry ok: 2 version(s)" in out, err
@@ -120,7 +120,9 @@ def test_gate_refuses_a_worse_candidate_and_logs_a_forced_promotion(runs, tmp_pa
     code, out, err = vpt("registry", "promote", "t", "2", "--registry", reg, "--force", "--reason", "line stop test",
                          "--device", "cpu")
     assert code == 0 and "production version 2" in out
-    last = _log(reg)[-1]
+    log = _log(reg)
+    assert [r["action"] for r in log[-3:]] == ["promote", "promote-refused", "force-promote"]
+    last = log[-1]
     assert last["action"] == "force-promote" and last["version"] == 2
     detail = json.loads(last["detail"])
     assert detail["reason"] == "line stop test"

@@ -12,7 +12,7 @@ Layout of a registry folder (every path stored is relative to it, so a copied fo
   validation metrics, training-data fingerprint, backbone identity, when, who and a note.
 - **promotions** is the production stack of a task: ``promote`` pushes a version, ``rollback`` retires
   the top one; the production version is the newest active row.
-- **audit** is append-only (triggers raise on UPDATE and DELETE) and hash-chained: each entry stores
+- **audit** (publish, set-acceptance, promote, promote-refused, force-promote, rollback) is append-only (triggers raise on UPDATE and DELETE) and hash-chained: each entry stores
   the sha256 of the previous entry's hash and its own content, so :func:`verify` also detects an entry
   changed by other means than SQL (an edited file with the triggers dropped).
 
@@ -296,15 +296,18 @@ class Registry:
             raise RegistryError(f"version {version} is already the production version of {task!r}")
         result = self.gate(task, cand, prod, max_drop=max_drop, device=device, reporter=reporter, allow_missing=force)
         result["forced"] = bool(force and not result["passed"])
+        gate_log = {k: v for k, v in result.items() if k != "message"}
         if not result["passed"] and not force:
+            with self.connect(write=True) as con:  # a refusal is logged too
+                self._audit(con, "promote-refused", task, version, {"from": prod.version if prod else None, "gate": gate_log,
+                                                                    "message": result["message"]})
             raise RegistryError(result["message"] + "; pass --force --reason TEXT to promote anyway (logged)")
         with self.connect(write=True) as con:
             now_prod = _production_row(con, task)
             if (now_prod["version"] if now_prod else None) != (prod.version if prod else None):
                 raise RegistryError(f"task {task!r}: the production version changed while the gate ran; run promote again")
             con.execute("INSERT INTO promotions(task, version, time) VALUES (?, ?, ?)", (task, version, now()))
-            detail = {"from": prod.version if prod else None, "gate": {k: v for k, v in result.items() if k != "message"},
-                      "reason": reason}
+            detail = {"from": prod.version if prod else None, "gate": gate_log, "reason": reason}
             self._audit(con, "force-promote" if result["forced"] else "promote", task, version, detail)
         return result
 

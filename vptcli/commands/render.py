@@ -79,6 +79,7 @@ class ConsoleTrainReporter(ConsoleReporter, TrainReporter):
         console.print(f"image size {info['img_size']} px" + (" (auto: the training images' median side, rounded up to a patch multiple)"
                                                              if info.get("auto_img_size") else "") + f"; head input {info['head_input']}"
                       + ("; head fitted to convergence (L-BFGS), no epochs" if info["fits_head_only"] and info["head_init"] == "probe"
+                         else "; prompts and head from --init-from" if info.get("init_from")
                          else "; head warm-started from a linear probe" if info["head_init"] == "probe" else ""))
         if info["cpu_hint_block"] is not None:
             console.print(f"hint: on a CPU, late prompts (--prompt-start-block {info['cpu_hint_block']}) train about 5x faster, "
@@ -105,7 +106,7 @@ class ConsoleTrainReporter(ConsoleReporter, TrainReporter):
     def warm_started(self, info: dict) -> None:
         new = f"; new class(es) imprinted: {', '.join(info['new'])}" if info["new"] else ""
         dropped = f"; left out: {', '.join(info['dropped'])}" if info["dropped"] else ""
-        console.print(f"warm start from {info['source']}: prompts and {len(info['copied'])} head row(s) copied{new}{dropped}",
+        console.print(f"warm start from {_shown(info['source'])}: prompts and {len(info['copied'])} head row(s) copied{new}{dropped}",
                       soft_wrap=True, markup=False)
 
     def epochs_started(self) -> None:
@@ -118,6 +119,14 @@ class ConsoleTrainReporter(ConsoleReporter, TrainReporter):
 
     def early_stop(self, patience: int, best_epoch: int) -> None:
         console.print(f"early stop: val macro-F1 did not improve for {patience} epochs (best epoch {best_epoch})")
+
+
+def _shown(path: str) -> str:
+    """``path`` relative to the working folder when it lies under it, else as given."""
+    import os
+
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
 
 
 def print_interrupted(run_dir: Path, data: Path, epochs: int) -> None:
@@ -229,18 +238,18 @@ def print_registry_tasks(tasks: list[dict]) -> None:
 
 
 def print_registry_versions(versions: list, production: int | None) -> None:
-    """``vpt registry show TASK``: one row per version, the production one marked."""
+    """``vpt registry show TASK``: one row per version, the production one marked (``show TASK N``
+    gives a version in full)."""
     from rich.table import Table
 
     t = Table(title=f"{versions[0].task}" if versions else "versions", title_justify="left")
-    for col in ("version", "stage", "val macro-F1", "prompt sha256"):
+    for col in ("version", "stage", "val macro-F1", "prompt sha256", "published"):
         t.add_column(col, no_wrap=True)
-    for col in ("classes", "published", "user", "note"):
-        t.add_column(col)
+    t.add_column("note", overflow="fold")
     for v in versions:
         f1 = v.metrics.get("val_macro_f1")
         t.add_row(str(v.version), "production" if v.version == production else "", "-" if f1 is None else f"{f1:.3f}",
-                  ", ".join(v.classes), v.digest[:12], v.published, v.user, v.note)
+                  v.digest[:12], v.published[:10], v.note)
     stdout.print(t)
 
 
@@ -251,7 +260,7 @@ def print_registry_log(entries: list) -> None:
         parts = []
         if e.action == "publish":
             parts.append(f"sha256 {d.get('digest', '')[:12]}" + (f", note: {d['note']}" if d.get("note") else ""))
-        elif e.action in ("promote", "force-promote"):
+        elif e.action in ("promote", "force-promote", "promote-refused"):
             g = d.get("gate") or {}
             score = g.get("candidate_score")
             prod = g.get("production_score")
@@ -265,7 +274,7 @@ def print_registry_log(entries: list) -> None:
         elif e.action == "set-acceptance":
             parts.append(f"{d.get('images')} images ({d.get('split')}), fingerprint {str(d.get('fingerprint'))[:12]}")
         version = f" v{e.version}" if e.version is not None else ""
-        stdout.print(f"{e.id:>4}  {e.time}  {e.user}  {e.action:<14} {e.task or ''}{version}  {'; '.join(parts)}",
+        stdout.print(f"{e.id:>4}  {e.time}  {e.user}  {e.action:<15} {e.task or ''}{version}  {'; '.join(parts)}",
                      soft_wrap=True, markup=False)
 
 

@@ -111,7 +111,11 @@ def test_gate_refuses_a_worse_candidate_and_logs_a_forced_promotion(runs, tmp_pa
     reg = tmp_path / "reg"
     for run in ("good", "bad"):
         assert vpt("registry", "publish", runs[run], "--registry", reg, "--task", "t")[0] == 0
-    assert vpt("registry", "set-acceptance", "t", runs["accept"], "--registry", reg)[0] == 0
+    # an acceptance set of images version 1 was trained on is refused before any scoring
+    assert vpt("registry", "set-acceptance", "t", runs["root"] / "src", "--registry", reg)[0] == 0
+    code, _, err = vpt("registry", "promote", "t", "1", "--registry", reg, "--device", "cpu")
+    assert code == 2 and "were used to train or select version 1" in flat(err)
+    assert vpt("registry", "set-acceptance", "t", runs["accept"], "--registry", reg, "--reason", "held out")[0] == 0
     assert vpt("registry", "promote", "t", "1", "--registry", reg, "--device", "cpu")[0] == 0
     code, _, err = vpt("registry", "promote", "t", "2", "--registry", reg, "--device", "cpu")
     assert code == 2 and "gate refused version 2" in flat(err)

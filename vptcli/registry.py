@@ -434,8 +434,8 @@ class Registry:
             no acceptance set is pinned (then the scores are None).
 
         Raises:
-            RegistryError: the acceptance data changed since it was pinned or is missing (unless
-                ``allow_missing``, i.e. a forced promotion).
+            RegistryError: the acceptance data changed since it was pinned, is missing, or holds images a
+                version was trained on (unless ``allow_missing``, i.e. a forced promotion).
         """
         acc = self.acceptance(task)
         base = {"metric": GATE_METRIC, "candidate": None, "production": production.version if production else None,
@@ -446,10 +446,10 @@ class Registry:
                     "message": f"task {task!r} has no acceptance set; pin one with `vpt registry set-acceptance {task} DATA`"}
         try:
             cand_score, prod_score = acceptance_scores(self.root, acc, candidate, production, device=device, reporter=reporter)
-        except RegistryError:
+        except RegistryError as exc:
             if not allow_missing:
                 raise
-            return {**base, "passed": False, "message": "acceptance set unavailable"}
+            return {**base, "passed": False, "message": f"no scores: {exc}"}
         drop = None if prod_score is None else round(prod_score - cand_score, 6)
         passed = drop is None or drop <= max_drop + 1e-12
         shown = (f"macro-F1 {cand_score:.4f} (version {candidate.version})" +
@@ -552,6 +552,7 @@ def acceptance_scores(root: Path, acc: dict, candidate: Version, production: Ver
         if v is None:
             scores.append(None)
             continue
+        _check_held_out(root, v, ev.records, data)
         try:
             report, _ = evaluate(v.prompt_path(root), data, split=None if ev.raw else ev.split, device=device,
                                  reporter=reporter, unknown_classes=True)
@@ -563,6 +564,29 @@ def acceptance_scores(root: Path, acc: dict, candidate: Version, production: Ver
         p = [im["predicted"] for im in report["images"]]
         scores.append(round(float(f1_score(y, p, labels=classes, average="macro", zero_division=0)), 6))
     return scores[0], scores[1]
+
+
+def _check_held_out(root: Path, v: Version, records, data: Path) -> None:
+    """Refuse an acceptance set that shares images (pixel sha256) with the images version ``v`` was
+    trained or selected on (its stored ``train_images.json``; without one, evaluation checks what it can).
+
+    Raises:
+        RegistryError: naming the number of shared images.
+    """
+    from vptcli.train_config import TRAIN_IMAGES
+
+    listed = v.prompt_path(root).parent / TRAIN_IMAGES
+    if not listed.is_file():
+        return
+    try:
+        trained = {r["sha256"] for r in json.loads(listed.read_text(encoding="utf-8"))["images"]}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RegistryError(f"{listed}: unreadable ({exc}); run `vpt registry verify`") from None
+    shared = sum(r.sha256 in trained for r in records)
+    if shared:
+        raise RegistryError(f"acceptance set {data}: {shared} of {len(records)} images were used to train or select "
+                            f"version {v.version} of {v.task!r} (same pixels); its score would be optimistic: pin a "
+                            "held-out acceptance set with `vpt registry set-acceptance`")
 
 
 def _is_raw(data: Path) -> bool:

@@ -164,7 +164,7 @@ def current_user() -> str:
 
 
 class Registry:
-    """A registry folder. Open with :meth:`open` (``create=True`` makes a new one).
+    """A registry folder (:func:`open_registry`; ``create=True`` makes a new one).
 
     Raises:
         RegistryError: no registry at ``root`` (without ``create``), or a newer schema.

@@ -42,6 +42,7 @@ def train(
     epochs: Annotated[int, Opt(help="Training epochs.")] = D["epochs"],
     batch_size: Annotated[int, Opt(help="Images per step.")] = D["batch_size"],
     lr: Annotated[float | None, Opt(help="AdamW learning rate (default per method: 3e-3 prompts/head, 3e-5 full fine-tuning).")] = D["lr"],
+    head_lr_scale: Annotated[float | None, Opt(help="The head's learning rate as a multiple of --lr (default per method: 1, full fine-tuning 30).")] = D["head_lr_scale"],
     weight_decay: Annotated[float, Opt(help="AdamW weight decay.")] = D["weight_decay"],
     img_size: Annotated[str | None, Opt(help="Input size in pixels, or auto: a multiple of the patch size near the training images' median side (default: the backbone's, 224 for DINOv2-S).")] = D["img_size"],
     head_input: Annotated[str, Opt(help="What the linear head reads: " + "; ".join(f"{h.name}: {h.summary}" for h in HEAD_INPUTS.values()) + ".")] = D["head_input"],
@@ -82,7 +83,7 @@ def train(
         cfg = TrainConfig(
             method=method.value, num_prompts=prompts, prompt_start_block=_int_or_auto(prompt_start_block, "--prompt-start-block"),
             prompt_dropout=prompt_dropout, head_input=head_input, head_init=head_init,
-            epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, device=device, amp=amp, seed=seed,
+            epochs=epochs, batch_size=batch_size, lr=lr, head_lr_scale=head_lr_scale, weight_decay=weight_decay, device=device, amp=amp, seed=seed,
             workers=workers, patience=patience, class_balance=class_balance, augment=augment, cache=cache,
             cache_views=cache_views, cache_dtype=cache_dtype, cache_max_gb=cache_max_gb,
             cache_dir=str(cache_dir) if cache_dir else None, beta=beta, lam=lam, guided_block=guided_block,

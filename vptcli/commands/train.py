@@ -64,11 +64,18 @@ def train(
     guided_block: Annotated[int | None, Opt(help="DA-VPT: block whose prompts are class proxies (default: the last).")] = D["guided_block"],
     resume: Annotated[bool, Opt("--resume", help="Continue the run in --out from its last checkpoint (its saved settings are used).")] = False,
     threads: Annotated[int | None, Opt("--threads", min=1, help="PyTorch CPU threads (default: the CPUs this process may use, container limits and affinity included).")] = None,
+    tune: Annotated[bool, Opt("--tune", help="Try a few settings (learning rate, head learning-rate scale) on the validation split and keep the best in --out; candidates in --out/trials, the table in --out/tune.json.")] = False,
+    tune_try: Annotated[list[str] | None, Opt("--tune-try", help="A --tune candidate, e.g. 'lr=1e-3,head-lr-scale=0.1,prompts=50' (repeat the option; implies --tune).")] = None,
     resize: Annotated[str, Opt("--resize", help="How images become the square model input: squash (whole image, aspect not kept) | letterbox (whole image, padded) | crop (short side resized, centre crop: cuts the ends of elongated images). Stored in the prompt file; eval, export and predict use it.")] = "squash",
 ) -> None:
     """Train prompt tokens and a linear head on a frozen ViT (or a linear probe / full fine-tuning baseline)."""
     from vptcli.backbones import load_backbone
-    from vptcli.commands.render import ConsoleTrainReporter, print_interrupted, print_train_result
+    from vptcli.commands.render import (
+        ConsoleTrainReporter,
+        print_interrupted,
+        print_train_result,
+        print_tune_table,
+    )
     from vptcli.cpus import apply_torch_threads
     from vptcli.datasets import with_resize
     from vptcli.ingest import check_out_dir, load_or_ingest
@@ -76,6 +83,7 @@ def train(
     from vptcli.training import load_run_config
     from vptcli.training import train as run_training
 
+    candidates = _tune_candidates(tune, tune_try, resume)
     if resume:
         cfg = load_run_config(out)  # a resumed run keeps its own settings: options given must agree
         _check_resume_options(ctx, cfg, out)
@@ -99,17 +107,39 @@ def train(
         if resume:  # the policy the run started with (its config.json records the data config used)
             resize = _saved_resize(out)
         bb.data_config = with_resize(bb.data_config, resize)
-        result = run_training(manifest, bb, cfg, out, resume=resume, reporter=ConsoleTrainReporter())
+        if candidates:
+            from vptcli.tuning import tune as run_tuning
+
+            result, rows = run_tuning(manifest, bb, cfg, out, candidates, reporter=ConsoleTrainReporter())
+            print_tune_table(rows)
+        else:
+            result = run_training(manifest, bb, cfg, out, resume=resume, reporter=ConsoleTrainReporter())
     except KeyboardInterrupt:  # Ctrl-C: one line, what was saved and how to continue
         print_interrupted(out, data, cfg.epochs)
         raise typer.Exit(130) from None
     print_train_result(result, full_model=cfg.spec.tunes_backbone)
 
 
+def _tune_candidates(tune: bool, tune_try: list[str] | None, resume: bool) -> list:
+    """The ``--tune`` candidates (``--tune-try`` ones, else the defaults); none without either.
+
+    Raises:
+        VptError: ``--tune`` with ``--resume``, or a malformed ``--tune-try``.
+    """
+    from vptcli.errors import VptError
+    from vptcli.tuning import DEFAULT_CANDIDATES, parse_candidate
+
+    if not (tune or tune_try):
+        return []
+    if resume:
+        raise VptError("--tune starts new runs; it cannot be combined with --resume (resume the chosen run without --tune)")
+    return [parse_candidate(t) for t in (tune_try or DEFAULT_CANDIDATES)]
+
+
 FIELD_OF_PARAM = {"prompts": "num_prompts"}
 """Command parameters whose :class:`TrainConfig` field has another name."""
 
-NOT_COMPARED = {"data", "out", "resume", "threads"}
+NOT_COMPARED = {"data", "out", "resume", "threads", "tune", "tune_try"}
 """Parameters a resume may change: where the data and run are (the data is checked by content), CPU threads."""
 
 

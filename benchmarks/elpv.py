@@ -54,7 +54,8 @@ def parse_args(argv=None):
     p.add_argument("--img-size", type=int, default=None, help="input size in pixels (default: the backbone's, 224; ELPV's own size: 308)")
     p.add_argument("--epochs-fewshot", type=int, default=10)
     p.add_argument("--epochs-full", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0, help="training seed of every row (order, augmented views, init); row ids get /seedS when S > 0")
+    p.add_argument("--seed", type=int, nargs="+", default=[0],
+                   help="training seed(s) of every row (order, augmented views, init); rows per seed; row ids get /seedS when S > 0")
     p.add_argument("--head-input", default="cls", help="what the head reads (vpt train --head-input)")
     p.add_argument("--head-init", default="probe", choices=["probe", "random"], help="vpt train --head-init (default probe)")
     p.add_argument("--batch-fewshot", type=int, default=8, help="batch size in the few-shot regimes (default 8)")
@@ -130,26 +131,30 @@ def main(argv=None) -> int:
     # -------------------------------------------------------------- plan
     jobs = []  # (id, regime, method, settings, group)
     fewshot = [r for r in args.regimes if r != "full"]
-    base = {"prompts": args.prompts, "lr": None, "seed": args.seed, "k": None, "hls": None}
-    if "full" in args.regimes:
-        for m in args.methods_full:
-            if not spec(m).tunes_backbone:
-                jobs.append((f"full/{m}", "full", m, dict(base, epochs=args.epochs_full), "main"))
-    for reg in fewshot:
-        for m in args.methods:
-            if not spec(m).tunes_backbone:
-                jobs.append((f"{reg}-shot/{m}", reg, m, dict(base, epochs=args.epochs_fewshot), "main"))
-    if args.seed:
-        jobs = [(f"{j[0]}/seed{args.seed}", *j[1:]) for j in jobs]
+    def sid(seed):
+        return f"/seed{seed}" if seed else ""
+
+    base = {"prompts": args.prompts, "lr": None, "seed": args.seed[0], "k": None, "hls": None}
+    tries = []
+    for seed in args.seed:
+        b = dict(base, seed=seed)
+        if "full" in args.regimes:
+            for m in args.methods_full:
+                if not spec(m).tunes_backbone:
+                    jobs.append((f"full/{m}{sid(seed)}", "full", m, dict(b, epochs=args.epochs_full), "main"))
+        for reg in fewshot:
+            for m in args.methods:
+                if not spec(m).tunes_backbone:
+                    jobs.append((f"{reg}-shot/{m}{sid(seed)}", reg, m, dict(b, epochs=args.epochs_fewshot), "main"))
+        if args.tries and args.tries_regime in args.regimes:
+            tr = args.tries_regime
+            for t in args.tries_grid:
+                st = parse_try(t, dict(b, epochs=args.epochs_full if tr == "full" else args.epochs_fewshot, lr=3e-3))
+                tries.append((f"{tr + '-shot' if tr != 'full' else tr}/{VPT_DEEP}/try:{t}{sid(seed)}", tr, VPT_DEEP, st, "tries"))
     ft_regs = [reg for reg in fewshot if FT in args.methods]
     if ft_regs:  # the cheapest few-shot full fine-tuning before the tries, the others after
         jobs.append((f"{ft_regs[0]}-shot/{FT}", ft_regs[0], FT, dict(base, epochs=args.epochs_fewshot), "main"))
-    if args.tries and args.tries_regime in args.regimes:
-        tr = args.tries_regime
-        for t in args.tries_grid:
-            s = parse_try(t, dict(base, epochs=args.epochs_full if tr == "full" else args.epochs_fewshot, lr=3e-3))
-            jobs.append((f"{tr + '-shot' if tr != 'full' else tr}/{VPT_DEEP}/try:{t}{f'/seed{args.seed}' if args.seed else ''}",
-                         tr, VPT_DEEP, s, "tries"))
+    jobs += tries
     for reg in ft_regs[1:]:
         jobs.append((f"{reg}-shot/{FT}", reg, FT, dict(base, epochs=args.epochs_fewshot), "main"))
     if "full" in args.regimes and FT in args.methods_full:

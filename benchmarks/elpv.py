@@ -54,7 +54,8 @@ def parse_args(argv=None):
     p.add_argument("--img-size", type=int, default=None, help="input size in pixels (default: the backbone's, 224; ELPV's own size: 308)")
     p.add_argument("--epochs-fewshot", type=int, default=10)
     p.add_argument("--epochs-full", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0, help="training seed of every row (order, augmented views, init); row ids get /seedS when S > 0")
+    p.add_argument("--seed", type=int, nargs="+", default=[0],
+                   help="training seed(s) of every row (order, augmented views, init); rows per seed; row ids get /seedS when S > 0")
     p.add_argument("--head-input", default="cls", help="what the head reads (vpt train --head-input)")
     p.add_argument("--head-init", default="probe", choices=["probe", "random"], help="vpt train --head-init (default probe)")
     p.add_argument("--batch-fewshot", type=int, default=8, help="batch size in the few-shot regimes (default 8)")
@@ -63,9 +64,12 @@ def parse_args(argv=None):
     p.add_argument("--k-full", type=int, default=11, help="prompt start block of prompt methods, full data (default 11, vpt train's CPU default)")
     p.add_argument("--prompts", type=int, default=10)
     p.add_argument("--cache-views", type=int, default=4, help="cached augmented views per image (default 4, as vpt train)")
-    p.add_argument("--tries", action="store_true", help="VPT-deep settings table on the 64-shot regime")
+    p.add_argument("--class-balance", default="auto", help="vpt train --class-balance (default auto)")
+    p.add_argument("--tries", action="store_true", help="VPT-deep settings table on the --tries-regime regime")
+    p.add_argument("--tries-regime", default="64", help="regime of the tries: a few-shot size or 'full' (default 64)")
     p.add_argument("--tries-grid", nargs="*", default=["lr=1e-2", "lr=1e-3", "p=50"],
-                   help="tries besides the main row, each 'lr=X', 'p=N', 'e=E' or combined with ',' (default lr=1e-2 lr=1e-3 p=50)")
+                   help="tries besides the main row, each 'lr=X', 'p=N', 'e=E', 'k=K' (prompt start block), 'hls=X' "
+                        "(head lr scale) or combined with ',' (default lr=1e-2 lr=1e-3 p=50)")
     p.add_argument("--only", nargs="*", default=None, help="run only these row ids (see the JSON); for reruns")
     p.add_argument("--out", type=Path, default=None, help="results JSON (default benchmarks/results/elpv-<date>.json)")
     p.add_argument("--append", action="store_true", help="keep rows already in --out and skip their ids")
@@ -78,7 +82,7 @@ def parse_try(text: str, base: dict) -> dict:
     d = dict(base)
     for part in text.split(","):
         k, v = part.split("=")
-        d[{"lr": "lr", "p": "prompts", "e": "epochs"}[k]] = float(v) if k == "lr" else int(v)
+        d[{"lr": "lr", "p": "prompts", "e": "epochs", "k": "k", "hls": "hls"}[k]] = float(v) if k in ("lr", "hls") else int(v)
     return d
 
 
@@ -99,7 +103,8 @@ def main(argv=None) -> int:
         args.k_fewshot = min(args.k_fewshot, 2)
         args.k_full = min(args.k_full, 3)
         args.epochs_fewshot = args.epochs_full = 1
-    memo = C.HiddenMemo(backbone, base_k=min(args.k_fewshot, args.k_full))
+    try_ks = [parse_try(t, {"k": None})["k"] for t in (args.tries_grid if args.tries else [])]
+    memo = C.HiddenMemo(backbone, base_k=min([args.k_fewshot, args.k_full, *(k for k in try_ks if k is not None)]))
 
     manifest, records, split = C.elpv_manifest(args.task)
     if args.smoke:
@@ -126,24 +131,30 @@ def main(argv=None) -> int:
     # -------------------------------------------------------------- plan
     jobs = []  # (id, regime, method, settings, group)
     fewshot = [r for r in args.regimes if r != "full"]
-    base = {"prompts": args.prompts, "lr": None, "seed": args.seed}
-    if "full" in args.regimes:
-        for m in args.methods_full:
-            if not spec(m).tunes_backbone:
-                jobs.append((f"full/{m}", "full", m, dict(base, epochs=args.epochs_full), "main"))
-    for reg in fewshot:
-        for m in args.methods:
-            if not spec(m).tunes_backbone:
-                jobs.append((f"{reg}-shot/{m}", reg, m, dict(base, epochs=args.epochs_fewshot), "main"))
-    if args.seed:
-        jobs = [(f"{j[0]}/seed{args.seed}", *j[1:]) for j in jobs]
+    def sid(seed):
+        return f"/seed{seed}" if seed else ""
+
+    base = {"prompts": args.prompts, "lr": None, "seed": args.seed[0], "k": None, "hls": None}
+    tries = []
+    for seed in args.seed:
+        b = dict(base, seed=seed)
+        if "full" in args.regimes:
+            for m in args.methods_full:
+                if not spec(m).tunes_backbone:
+                    jobs.append((f"full/{m}{sid(seed)}", "full", m, dict(b, epochs=args.epochs_full), "main"))
+        for reg in fewshot:
+            for m in args.methods:
+                if not spec(m).tunes_backbone:
+                    jobs.append((f"{reg}-shot/{m}{sid(seed)}", reg, m, dict(b, epochs=args.epochs_fewshot), "main"))
+        if args.tries and args.tries_regime in args.regimes:
+            tr = args.tries_regime
+            for t in args.tries_grid:
+                st = parse_try(t, dict(b, epochs=args.epochs_full if tr == "full" else args.epochs_fewshot, lr=3e-3))
+                tries.append((f"{tr + '-shot' if tr != 'full' else tr}/{VPT_DEEP}/try:{t}{sid(seed)}", tr, VPT_DEEP, st, "tries"))
     ft_regs = [reg for reg in fewshot if FT in args.methods]
     if ft_regs:  # the cheapest few-shot full fine-tuning before the tries, the others after
         jobs.append((f"{ft_regs[0]}-shot/{FT}", ft_regs[0], FT, dict(base, epochs=args.epochs_fewshot), "main"))
-    if args.tries and "64" in fewshot:
-        for t in args.tries_grid:
-            s = parse_try(t, dict(base, epochs=args.epochs_fewshot, lr=3e-3))
-            jobs.append((f"64-shot/{VPT_DEEP}/try:{t}", "64", VPT_DEEP, s, "tries"))
+    jobs += tries
     for reg in ft_regs[1:]:
         jobs.append((f"{reg}-shot/{FT}", reg, FT, dict(base, epochs=args.epochs_fewshot), "main"))
     if "full" in args.regimes and FT in args.methods_full:
@@ -172,14 +183,15 @@ def main(argv=None) -> int:
             continue
         m = regime_manifest(reg)
         full = reg == "full"
-        k = (args.k_full if full else args.k_fewshot) if spec(method).has_prompts else 0
+        k = (s["k"] if s["k"] is not None else args.k_full if full else args.k_fewshot) if spec(method).has_prompts else 0
         augment = True
         cfg = TrainConfig(method=method, num_prompts=s["prompts"], prompt_start_block=k, epochs=s["epochs"],
                           batch_size=args.batch_full if full else args.batch_fewshot, lr=s["lr"],
                           augment=augment, cache="auto" if spec(method).uses_cache else "off",
                           cache_views=args.cache_views, seed=s["seed"], workers=0, device="cpu",
                           backbone=backbone.identity.name, cache_max_gb=16.0, head_input=args.head_input,
-                          head_init=args.head_init, img_size=backbone.img_size)
+                          head_init=args.head_init, img_size=backbone.img_size, head_lr_scale=s["hls"],
+                          class_balance=args.class_balance)
         bb = backbone
         run_dir = runs_root / jid.replace("/", "_").replace(":", "_").replace("=", "")
         con.rule(f"{jid}  (k={k}, epochs {cfg.epochs}, batch {cfg.batch_size}, lr {cfg.resolved_lr():g}, prompts {s['prompts']})")
@@ -211,7 +223,8 @@ def main(argv=None) -> int:
             "img_size": backbone.img_size, "head_input": args.head_input, "head_init": args.head_init,
             "prompt_start_block": k if spec(method).has_prompts else None,
             "num_prompts": s["prompts"] if spec(method).has_prompts else 0,
-            "lr": cfg.resolved_lr(), "epochs": cfg.epochs, "batch_size": cfg.batch_size, "augment": augment,
+            "lr": cfg.resolved_lr(), "head_lr_scale": cfg.resolved_head_lr_scale(), "class_balance": args.class_balance,
+            "epochs": cfg.epochs, "batch_size": cfg.batch_size, "augment": augment,
             "cache_views": (cfg.cache_views if augment else 1) if spec(method).uses_cache else 0,
             "n_train": len(m.usable("train")), "n_val": len(m.usable("val")), "n_test": len(test_ds),
             "test_top1": rep["accuracy"], "test_balanced_accuracy": rep["balanced_accuracy"], "test_macro_f1": rep["macro_f1"],
@@ -249,13 +262,13 @@ def main(argv=None) -> int:
                   "-" if auc is None else f"{auc:.3f}", f"{r['test_ece']:.3f}", f"{r['tuned_percent']:.3f}", f"{r['prompt_file_bytes'] / 1024:.0f}",
                   f"{r['train_seconds_per_epoch']:.1f}", f"{r['peak_rss_mb']:.0f}", f"{r['inference_img_per_s_torch']:.1f}")
     con.print(t)
-    tries = [r for r in rows if r["regime"] == "64-shot" and r["method"] == VPT_DEEP]
+    tries = [r for r in rows if r["method"] == VPT_DEEP and (r["group"] == "tries" or r["regime"] == "64-shot")]
     if tries:
-        t2 = Table(title="VPT-deep tries, 64-shot (choose by val macro-F1; test shown for information only)")
-        for c in ("lr", "prompts", "epochs", "k", "val macro-F1", "val top-1", "test top-1"):
+        t2 = Table(title="VPT-deep tries (choose by val macro-F1; test shown for information only)")
+        for c in ("regime", "lr", "head lr x", "prompts", "epochs", "k", "val macro-F1", "val top-1", "test top-1"):
             t2.add_column(c, justify="right")
         for r in tries:
-            t2.add_row(f"{r['lr']:g}", str(r["num_prompts"]), str(r["epochs"]), str(r["prompt_start_block"]), f"{r['best_val_macro_f1']:.3f}",
+            t2.add_row(r["regime"], f"{r['lr']:g}", f"{r.get('head_lr_scale', 1.0):g}", str(r["num_prompts"]), str(r["epochs"]), str(r["prompt_start_block"]), f"{r['best_val_macro_f1']:.3f}",
                        f"{100 * r['best_val_top1']:.1f}", f"{100 * r['test_top1']:.2f}")
         con.print(t2)
     save()

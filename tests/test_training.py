@@ -163,3 +163,25 @@ def test_disk_cache_is_reused_and_keyed(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setattr(PromptedViT, "embed", real_embed)
     train(tiny_data, backbone(), cfg(**{**kw, "prompt_start_block": 3}), tmp_path / "c")
     assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 4  # another k, other files
+
+
+def test_head_lr_scale_zero_keeps_the_fitted_head(tiny_data, tmp_path):
+    """--head-lr-scale 0: the head stays the epoch-0 probe fit while the prompts train; the
+    optimiser puts the head in its own group at scale x lr."""
+    from safetensors.torch import load_file
+
+    from vptcli.training import build_model, make_optimisation
+
+    bb = backbone()
+    c = cfg(head_lr_scale=0.25)
+    opt = make_optimisation(c, build_model(c, bb, 2, torch.device("cpu"))[0], 8, None).optimizer
+    assert [g["initial_lr"] for g in opt.param_groups] == [1e-2, 2.5e-3]  # "lr": after warm-up scaling
+    ckpts = {}
+    for epochs in (1, 3):
+        train(tiny_data, backbone(), cfg(head_lr_scale=0.0, epochs=epochs), tmp_path / f"e{epochs}")
+        ckpts[epochs] = load_file(tmp_path / f"e{epochs}" / "last.ckpt.safetensors")
+    heads = [n for n in ckpts[1] if "head" in n and "optim" not in n]
+    prompts = [n for n in ckpts[1] if n.endswith("prompts")]
+    assert heads and prompts
+    assert all(torch.equal(ckpts[1][n], ckpts[3][n]) for n in heads)
+    assert not all(torch.equal(ckpts[1][n], ckpts[3][n]) for n in prompts)

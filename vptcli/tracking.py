@@ -38,10 +38,17 @@ def mlflow_installed() -> bool:
 
 class MlflowReporter(TrainReporter):
     """Forwards every call to ``inner`` and logs to the active MLflow run: run info as ``info.*``
-    parameters, each epoch row's numbers as metrics at step ``epoch``."""
+    parameters, each epoch row's numbers as metrics at step ``epoch``. Under ``vpt train --tune`` each
+    candidate's parameters and metrics get the prefix ``candidate<i>.`` (MLflow parameters are write-once)."""
 
     def __init__(self, inner: TrainReporter, mlflow) -> None:
         self.inner, self.mlflow = inner, mlflow
+        self.prefix = ""
+
+    def candidate_started(self, name: str, index: int, total: int) -> None:
+        self.inner.candidate_started(name, index, total)
+        self.prefix = f"candidate{index}."
+        self.mlflow.set_tag(f"vptcli.{self.prefix}settings", name)
 
     def warn(self, message: str) -> None:
         self.inner.warn(message)
@@ -53,7 +60,7 @@ class MlflowReporter(TrainReporter):
 
     def run_started(self, info: dict) -> None:
         self.inner.run_started(info)
-        self.mlflow.log_params({f"info.{k}": v for k, v in info.items()})
+        self.mlflow.log_params({f"{self.prefix}info.{k}": v for k, v in info.items()})
 
     def resumed(self, run_dir: Path, next_epoch: int, epochs: int) -> None:
         self.inner.resumed(run_dir, next_epoch, epochs)
@@ -79,7 +86,7 @@ class MlflowReporter(TrainReporter):
             if key == "epoch":
                 continue
             with contextlib.suppress(TypeError, ValueError):
-                metrics[key] = float(value)  # "" (no value this epoch) is left out
+                metrics[self.prefix + key] = float(value)  # "" (no value this epoch) is left out
         self.mlflow.log_metrics(metrics, step=int(row["epoch"]))
 
     def early_stop(self, patience: int, best_epoch: int) -> None:

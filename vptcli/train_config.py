@@ -67,6 +67,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 32
     lr: float | None = None
+    head_lr_scale: float | None = None
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.0
@@ -130,6 +131,11 @@ class TrainConfig:
         """``lr``, else the method's default learning rate."""
         return float(self.lr if self.lr is not None else self.spec.default_lr)
 
+    def resolved_head_lr_scale(self) -> float:
+        """The head's learning rate as a multiple of ``lr``: ``head_lr_scale``, else the method's
+        (:attr:`MethodSpec.head_lr_scale`)."""
+        return float(self.head_lr_scale if self.head_lr_scale is not None else self.spec.head_lr_scale)
+
     def validate(self) -> None:
         """Raise VptError on settings that cannot work."""
         if self.method not in METHODS:
@@ -142,6 +148,8 @@ class TrainConfig:
             (self.cache in CACHE_MODES, "--cache must be auto, on or off"),
             (self.cache_dtype in CACHE_DTYPES, f"--cache-dtype must be one of {', '.join(CACHE_DTYPES)}"),
             (self.lr is None or self.lr > 0, f"--lr must be > 0 (got {self.lr})"),
+            (self.head_lr_scale is None or self.head_lr_scale >= 0,
+             f"--head-lr-scale must be >= 0 (got {self.head_lr_scale})"),
             (self.weight_decay >= 0 and 0 <= self.prompt_dropout < 1 and self.label_smoothing >= 0,
              "--weight-decay must be >= 0 and --prompt-dropout in [0, 1)"),
             ((self.cache_views is None or self.cache_views >= 1) and self.cache_max_gb > 0,

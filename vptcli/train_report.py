@@ -30,6 +30,9 @@ class TrainReporter(Reporter):
     what they show; every method has a no-op default.
     """
 
+    def candidate_started(self, name: str, index: int, total: int) -> None:
+        """``vpt train --tune``: candidate ``index`` (0-based) of ``total``, named by its settings, starts."""
+
     def run_started(self, info: dict) -> None:
         """After setup: ``info`` holds method, backbone name/source, device, amp dtype, tuned and
         backbone parameter counts, class balance and imbalance, and ``cpu_hint_block`` (or None)."""

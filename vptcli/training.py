@@ -218,16 +218,15 @@ def setup(manifest, backbone, cfg: TrainConfig, reporter: TrainReporter) -> Setu
 
 
 def make_optimisation(cfg: TrainConfig, model: PromptedViT, n_train: int, dtype: torch.dtype | None) -> Optimisation:
-    """AdamW over the tuned parameters (a backbone-tuning method: backbone at lr, head at
-    ``head_lr_scale`` x lr), warm-up + cosine per step, and a grad scaler for fp16 AMP."""
+    """AdamW over the tuned parameters in two groups: the head at ``head_lr_scale`` x lr, the rest
+    (prompts, or the backbone for a backbone-tuning method) at lr; warm-up + cosine per step, and a
+    grad scaler for fp16 AMP."""
     base_lr = cfg.resolved_lr()
-    if cfg.spec.tunes_backbone:
-        groups = [
-            {"params": list(model.backbone.parameters()), "lr": base_lr},
-            {"params": list(model.head.parameters()), "lr": base_lr * cfg.spec.head_lr_scale},
-        ]
-    else:
-        groups = [{"params": model.tuned_parameters(), "lr": base_lr}]
+    head_ids = {id(p) for p in model.head.parameters()}
+    groups = [
+        {"params": [p for p in model.tuned_parameters() if id(p) not in head_ids], "lr": base_lr},
+        {"params": list(model.head.parameters()), "lr": base_lr * cfg.resolved_head_lr_scale()},
+    ]
     optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(n_train / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs

@@ -55,6 +55,9 @@ class ConsoleReporter(Reporter):
 class ConsoleTrainReporter(ConsoleReporter, TrainReporter):
     """``vpt train``'s terminal output on stderr: a summary, progress bars, one row per epoch."""
 
+    def candidate_started(self, name: str, index: int, total: int) -> None:
+        console.rule(f"--tune: candidate {index + 1}/{total}: {name}")
+
     def run_started(self, info: dict) -> None:
         tuned, nb = info["tuned"], info["backbone_parameters"]
         console.print(
@@ -148,6 +151,19 @@ def print_interrupted(run_dir: Path, data: Path, epochs: int) -> None:
     else:
         line = f"interrupted before anything was saved; start again with: {shlex.join(['vpt', *sys.argv[1:]])}"
     console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def print_tune_table(rows: list[dict]) -> None:
+    """``vpt train --tune``: one row per candidate with its validation figures; the chosen one marked."""
+    from rich.table import Table
+
+    table = Table(title="--tune: candidates (chosen on validation macro-F1)")
+    for col in ("candidate", "best epoch", "val macro-F1", "val top-1", "val loss", ""):
+        table.add_column(col, justify="left" if col == "candidate" else "right")
+    for r in rows:
+        table.add_row(r["name"], str(r["best_epoch"]), f"{r['val_macro_f1']:.3f}", f"{100 * r['val_top1']:.2f}%",
+                      f"{r['val_loss']:.4f}", "chosen" if r["chosen"] else "")
+    console.print(table)
 
 
 def print_train_result(result: TrainResult, full_model: bool) -> None:

@@ -42,6 +42,7 @@ def train(
     epochs: Annotated[int, Opt(help="Training epochs.")] = D["epochs"],
     batch_size: Annotated[int, Opt(help="Images per step.")] = D["batch_size"],
     lr: Annotated[float | None, Opt(help="AdamW learning rate (default per method: 3e-3 prompts/head, 3e-5 full fine-tuning).")] = D["lr"],
+    head_lr_scale: Annotated[float | None, Opt(help="The head's learning rate as a multiple of --lr (default per method: 1, full fine-tuning 30).")] = D["head_lr_scale"],
     weight_decay: Annotated[float, Opt(help="AdamW weight decay.")] = D["weight_decay"],
     img_size: Annotated[str | None, Opt(help="Input size in pixels, or auto: a multiple of the patch size near the training images' median side (default: the backbone's, 224 for DINOv2-S).")] = D["img_size"],
     head_input: Annotated[str, Opt(help="What the linear head reads: " + "; ".join(f"{h.name}: {h.summary}" for h in HEAD_INPUTS.values()) + ".")] = D["head_input"],
@@ -65,11 +66,18 @@ def train(
     threads: Annotated[int | None, Opt("--threads", min=1, help="PyTorch CPU threads (default: the CPUs this process may use, container limits and affinity included).")] = None,
     init_from: Annotated[str | None, Opt("--init-from", help="Start from this prompt file's prompts and head (a run folder, export folder or .safetensors; with --registry: TASK for its production version or TASK@VERSION). Same backbone; classes matched by name, a new class gets a new head row. Method, prompt settings, backbone, weights, image size and resize default to the file's.")] = None,
     registry: Annotated[Path | None, Opt("--registry", envvar="VPT_REGISTRY", help="A prompt registry (`vpt registry`) that --init-from names a task of.")] = None,
+    tune: Annotated[bool, Opt("--tune", help="Try a few settings (learning rate, head learning-rate scale) on the validation split and keep the best in --out; candidates in --out/trials, the table in --out/tune.json.")] = False,
+    tune_try: Annotated[list[str] | None, Opt("--tune-try", help="A --tune candidate, e.g. 'lr=1e-3,head-lr-scale=0.1,prompts=50' (repeat the option; implies --tune).")] = None,
     resize: Annotated[str, Opt("--resize", help="How images become the square model input: squash (whole image, aspect not kept) | letterbox (whole image, padded) | crop (short side resized, centre crop: cuts the ends of elongated images). Stored in the prompt file; eval, export and predict use it.")] = "squash",
 ) -> None:
     """Train prompt tokens and a linear head on a frozen ViT (or a linear probe / full fine-tuning baseline)."""
     from vptcli.backbones import load_backbone
-    from vptcli.commands.render import ConsoleTrainReporter, print_interrupted, print_train_result
+    from vptcli.commands.render import (
+        ConsoleTrainReporter,
+        print_interrupted,
+        print_train_result,
+        print_tune_table,
+    )
     from vptcli.cpus import apply_torch_threads
     from vptcli.datasets import with_resize
     from vptcli.ingest import check_out_dir, load_or_ingest
@@ -78,6 +86,7 @@ def train(
     from vptcli.training import load_run_config
     from vptcli.training import train as run_training
 
+    candidates = _tune_candidates(tune, tune_try, resume)
     if resume:
         if init_from is not None:
             from vptcli.errors import VptError
@@ -89,7 +98,7 @@ def train(
         cfg = TrainConfig(
             method=method.value, num_prompts=prompts, prompt_start_block=_int_or_auto(prompt_start_block, "--prompt-start-block"),
             prompt_dropout=prompt_dropout, head_input=head_input, head_init=head_init,
-            epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, device=device, amp=amp, seed=seed,
+            epochs=epochs, batch_size=batch_size, lr=lr, head_lr_scale=head_lr_scale, weight_decay=weight_decay, device=device, amp=amp, seed=seed,
             workers=workers, patience=patience, class_balance=class_balance, augment=augment, cache=cache,
             cache_views=cache_views, cache_dtype=cache_dtype, cache_max_gb=cache_max_gb,
             cache_dir=str(cache_dir) if cache_dir else None, beta=beta, lam=lam, guided_block=guided_block,
@@ -108,7 +117,13 @@ def train(
             resize = _saved_resize(out)
         bb.data_config = with_resize(bb.data_config, resize)
         with tracked(ConsoleTrainReporter(), cfg, out, data) as reporter:  # MLflow when MLFLOW_TRACKING_URI is set
-            result = run_training(manifest, bb, cfg, out, resume=resume, reporter=reporter)
+            if candidates:
+                from vptcli.tuning import tune as run_tuning
+
+                result, rows = run_tuning(manifest, bb, cfg, out, candidates, reporter=reporter)
+                print_tune_table(rows)
+            else:
+                result = run_training(manifest, bb, cfg, out, resume=resume, reporter=reporter)
     except KeyboardInterrupt:  # Ctrl-C: one line, what was saved and how to continue
         print_interrupted(out, data, cfg.epochs)
         raise typer.Exit(130) from None
@@ -133,10 +148,26 @@ def _init_settings(ctx: typer.Context, cfg: TrainConfig, init_from: str, registr
             resize if "resize" in given else theirs["resize"])
 
 
+def _tune_candidates(tune: bool, tune_try: list[str] | None, resume: bool) -> list:
+    """The ``--tune`` candidates (``--tune-try`` ones, else the defaults); none without either.
+
+    Raises:
+        VptError: ``--tune`` with ``--resume``, or a malformed ``--tune-try``.
+    """
+    from vptcli.errors import VptError
+    from vptcli.tuning import DEFAULT_CANDIDATES, parse_candidate
+
+    if not (tune or tune_try):
+        return []
+    if resume:
+        raise VptError("--tune starts new runs; it cannot be combined with --resume (resume the chosen run without --tune)")
+    return [parse_candidate(t) for t in (tune_try or DEFAULT_CANDIDATES)]
+
+
 FIELD_OF_PARAM = {"prompts": "num_prompts"}
 """Command parameters whose :class:`TrainConfig` field has another name."""
 
-NOT_COMPARED = {"data", "out", "resume", "threads", "registry"}
+NOT_COMPARED = {"data", "out", "resume", "threads", "registry", "tune", "tune_try"}
 """Parameters a resume may change: where the data and run are (the data is checked by content), CPU threads."""
 
 

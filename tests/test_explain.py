@@ -187,3 +187,83 @@ def test_vpt_explain_target_and_refusals(defect_run, vpt, tmp_path):
     assert code == 2 and "choose one of" in err
     code, _, err = vpt("explain", root / "run", root / "missing.png", "--out", tmp_path / "w")
     assert code != 0
+
+
+# -------------------------------------------------------------------------------- export, predict, eval
+
+
+@pytest.mark.parametrize("method", ["rollout", "prompt-attention"])
+def test_export_heatmap_output_matches_pytorch_and_predict_onnx_explains(defect_run, vpt, tmp_path, method):
+    import onnxruntime as ort
+
+    from vptcli.artifacts import load_model
+    from vptcli.datasets import eval_transform
+
+    root, masks = defect_run
+    code, out, err = vpt("export", root / "run", "--out", tmp_path / "exp", "--heatmap", method)
+    assert code == 0, err
+    assert "max |heatmap|" in out
+    session = ort.InferenceSession(str(tmp_path / "exp" / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["logits", "probabilities", "heatmap"]
+    assert session.get_modelmeta().custom_metadata_map["vptcli.heatmap"] == method
+    model, meta, _bb, _w = load_model(root / "run")
+    x, _cells = load_inputs(root / "test", dict(list(masks.items())[:5]), eval_transform(meta.data_config), patch_grid(model))
+    probs, maps = session.run(["probabilities", "heatmap"], {"images": x})
+    ref = explain_batch(model, torch.from_numpy(x), method)
+    assert maps.shape == (5, 8, 8)
+    np.testing.assert_allclose(maps, ref.maps, atol=1e-3)
+    np.testing.assert_allclose(probs, ref.probabilities, atol=1e-4)
+    # vpt predict --backend onnx --explain uses the graph's heatmap
+    images = sorted((root / "test" / "defect").glob("*.png"))[:4]
+    code, _, err = vpt("predict", tmp_path / "exp", *images, "--out", tmp_path / "p.csv", "--explain", tmp_path / "ex")
+    assert code == 0, err
+    entries = json.loads((tmp_path / "ex" / "explanations.json").read_text())["images"]
+    assert len(entries) == 4 and {e["method"] for e in entries} == {method}
+
+
+def test_export_heatmap_refusals(defect_run, vpt, tmp_path):
+    root, _ = defect_run
+    code, _, err = vpt("export", root / "run", "--out", tmp_path / "a", "--heatmap", "gradcam")
+    assert code == 2 and "no gradients" in err
+    code, _, err = vpt("export", root / "run", "--out", tmp_path / "b", "--heatmap", "rollout", "--shared-backbone")
+    assert code == 2 and "single graph" in err
+    assert not (tmp_path / "a" / "model.onnx").exists() and not (tmp_path / "b").exists()
+
+
+def test_predict_explain_writes_review_rows_and_chosen_classes(defect_run, vpt, tmp_path):
+    root, _ = defect_run
+    images = sorted((root / "test" / "defect").glob("*.png"))[:4] + sorted((root / "test" / "good").glob("*.png"))[:4]
+    code, _, err = vpt("predict", root / "run", *images, "--out", tmp_path / "p.csv", "--reject-below", "0.9",
+                       "--explain", tmp_path / "ex", "--explain-class", "defect", "--explain-method", "rollout")
+    assert code == 0, err
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    expected = {r["path"] for r in rows if r["status"] == "review" or r["label"] == "defect"}
+    entries = json.loads((tmp_path / "ex" / "explanations.json").read_text())["images"]
+    assert {e["source"] for e in entries} == expected
+    assert all(e["method"] == "rollout" for e in entries)
+    code, _, err = vpt("predict", root / "run", *images, "--explain", tmp_path / "ex2", "--explain-class", "scratch")
+    assert code == 2 and "not a class of this model" in err
+    code, _, err = vpt("predict", root / "run", *images, "--explain-class", "defect")
+    assert code == 2 and "need --explain" in err
+
+
+def test_eval_explain_shows_mistakes_and_correct_images_per_class(defect_run, vpt, tmp_path):
+    root, _ = defect_run
+    code, _, err = vpt("eval", root / "run", root / "test", "--out", tmp_path / "ev", "--explain", "2", "--device", "cpu")
+    assert code == 0, err
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    entries = json.loads((tmp_path / "ev" / "explain" / "explanations.json").read_text())["images"]
+    groups = {}
+    for e in entries:
+        groups.setdefault(e["group"], []).append(e)
+    n_wrong = sum(not r["correct"] for r in report["images"])
+    assert len(groups.get("mistakes (most confident first)", [])) == min(2, n_wrong)
+    for cls in ("defect", "good"):
+        correct = [r for r in report["images"] if r["correct"] and r["true"] == cls]
+        assert len(groups.get(f"correct: {cls}", [])) == min(2, len(correct))
+    mistakes = sorted((r for r in report["images"] if not r["correct"]), key=lambda r: -r["confidence"])[:2]
+    assert [e["source"] for e in groups.get("mistakes (most confident first)", [])] == [r["path"] for r in mistakes]
+    # a second run into the same folder is accepted (explain/ is part of a report folder)
+    assert vpt("eval", root / "run", root / "test", "--out", tmp_path / "ev", "--device", "cpu")[0] == 0

@@ -3,19 +3,24 @@
 Three methods (``--method``), each giving ``[N, h, w]`` float maps normalised to ``[0, 1]`` per image
 (min-max; a constant map becomes all zeros), where ``h x w`` is the backbone's patch grid:
 
-- ``gradcam``: Grad-CAM (Selvaraju et al., ICCV 2017) on the token grid, the recipe that
-  pytorch-grad-cam documents for ViTs: the target layer is ``norm1`` of the last block, the tokens are
+- ``gradcam``: Grad-CAM (Selvaraju et al., ICCV 2017) on the token grid, following the recipe that
+  pytorch-grad-cam documents for ViTs: the target layer is a block's ``norm1`` output, the tokens are
   reshaped to the patch grid after dropping every prefix token (class and register tokens) and every
   prompt token, channel weights are the gradients averaged over the grid, the map is
-  ``ReLU(sum_c weight_c * activation_c)``. ``norm1`` of the last block (not its output) because the head
-  reads the final class token: the last block's *output* patch tokens do not reach the logits, so their
-  gradient is zero (pytorch-grad-cam's ViT tutorial and issues); its *input* reaches them through the
-  last attention. The class explained is the predicted one unless a target is given.
-  We compute these few lines on a forward hook rather than with the ``grad-cam`` package: it resizes
+  ``ReLU(sum_c weight_c * activation_c)``; with several target layers the normalised maps are averaged
+  (as that package does). The class explained is the predicted one unless a target is given.
+  Target layers: ``norm1`` of the 4th, 3rd and 2nd last blocks (:data:`GRADCAM_BLOCKS`). pytorch-grad-cam
+  suggests the last block's ``norm1`` (the last block's *output* patch tokens get a zero gradient when
+  the head reads the class token, which is the zero-gradient problem its issues describe); on DINOv2
+  ViT-S/14 that layer points at the synthetic defects no better than chance, while the three before it
+  do (measured in ``benchmarks/explain_pointing.py``, see docs/explain.md; DINOv2 without registers
+  carries high-norm artefact tokens in its late blocks, Darcet et al., ICLR 2024).
+  We compute these few lines on forward hooks rather than with the ``grad-cam`` package: it resizes
   every map with OpenCV to the input size (we keep the patch grid, the unit the ``.npy`` files and the
-  ONNX ``heatmap`` output share), would add ``opencv-python-headless`` and ``ttach`` as dependencies, and
-  its hooks record nothing for a head-only model (frozen activations do not require grad) unless the
-  input is made to require grad; the hook here makes the target activations a grad leaf instead.
+  ONNX ``heatmap`` output share), it would add ``opencv-python-headless`` and ``ttach`` as
+  dependencies, and its hooks record nothing for a head-only model (frozen activations do not require
+  grad) unless the input is made to require grad; the hooks here make the first target activations a
+  grad leaf instead.
 - ``rollout``: attention rollout (Abnar & Zuidema, "Quantifying Attention Flow in Transformers",
   ACL 2020): per block the head-averaged attention plus the identity (residual), ``0.5 A + 0.5 I``,
   multiplied through the blocks; the map is the class token's row over the patch tokens. The prompt
@@ -49,6 +54,11 @@ EXPLAIN_METHODS = ("gradcam", "rollout", "prompt-attention")
 DEFAULT_EXPLAIN_METHOD = "gradcam"
 GRADIENT_FREE_METHODS = ("rollout", "prompt-attention")
 """Methods without a backward pass: the ones ``vpt export --heatmap`` can put in a graph."""
+GRADCAM_BLOCKS = (-4, -3, -2)
+"""Grad-CAM's target layers: ``norm1`` of these blocks (the maps averaged). Not the last block: on
+DINOv2 ViT-S/14 its input is dominated by the high-norm artefact tokens of ViTs without registers
+(Darcet et al., "Vision Transformers Need Registers", ICLR 2024) and Grad-CAM there points at chance
+level on synthetic defects (``benchmarks/explain_pointing.py``, docs/explain.md)."""
 ROLLOUT_RESIDUAL = 0.5
 """Weight of the identity in each rollout step (Abnar & Zuidema: 0.5 A + 0.5 I)."""
 
@@ -213,42 +223,55 @@ def attention_heatmaps(model, images: torch.Tensor, method: str) -> tuple[torch.
     return logits, normalise_maps(raw.reshape(-1, h, w))
 
 
-def gradcam_maps(model, images: torch.Tensor, targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Grad-CAM on the patch grid (see the module docstring).
+def gradcam_maps(model, images: torch.Tensor, targets: torch.Tensor | None = None,
+                 blocks: tuple[int, ...] = GRADCAM_BLOCKS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Grad-CAM on the patch grid (see the module docstring), one forward and one backward pass.
 
     Args:
         images: ``[B, 3, H, W]`` in ``[0, 1]``.
         targets: ``[B]`` class indices to explain; None: the predicted classes.
+        blocks: the blocks whose ``norm1`` outputs are the target layers (negative: from the end); the
+            per-layer maps are normalised and averaged, as pytorch-grad-cam does for several target
+            layers. Default :data:`GRADCAM_BLOCKS`.
 
     Returns:
         ``(logits [B, C], maps [B, h, w] in [0, 1], targets [B])``.
     """
-    blk = model.backbone.blocks[-1]
-    store: dict[str, torch.Tensor] = {}
+    n_blocks = len(model.backbone.blocks)
+    order = sorted({b % n_blocks for b in blocks})  # forward order
+    store: dict[int, torch.Tensor] = {}
 
-    def hook(_mod, _args, out):
-        if not out.requires_grad:  # frozen backbone without prompts: make the activations a grad leaf
-            out = out.detach().requires_grad_(True)
-        store["act"] = out
-        return out
+    def hook_for(index: int):
+        def hook(_mod, _args, out):
+            if not out.requires_grad:  # frozen and prompt-free so far: make the activations a grad leaf
+                out = out.detach().requires_grad_(True)
+            store[index] = out
+            return out
 
-    handle = blk.norm1.register_forward_hook(hook)
+        return hook
+
+    handles = [model.backbone.blocks[i].norm1.register_forward_hook(hook_for(i)) for i in order]
     try:
         with torch.enable_grad():
             logits = model(images)
             if targets is None:
                 targets = logits.argmax(dim=1)
             score = logits.gather(1, targets.view(-1, 1).to(logits.device)).sum()
-            (grad,) = torch.autograd.grad(score, store["act"])
+            grads = torch.autograd.grad(score, [store[i] for i in order], allow_unused=True)
     finally:
-        handle.remove()
-    act = store["act"].detach()
-    skip = model.num_prefix_tokens + prompts_per_block(model)[-1][0]
-    act, grad = act[:, skip:].float(), grad[:, skip:].float()
-    weights = grad.mean(dim=1, keepdim=True)  # [B, 1, D]: gradients averaged over the grid
-    cam = torch.relu((act * weights).sum(dim=-1))  # [B, N]
+        for h in handles:
+            h.remove()
     h, w = patch_grid(model)
-    return logits.detach(), normalise_maps(cam.reshape(-1, h, w)), targets
+    layout = prompts_per_block(model)
+    cams = []
+    for i, grad in zip(order, grads):
+        act = store[i].detach()
+        grad = torch.zeros_like(act) if grad is None else grad
+        skip = model.num_prefix_tokens + layout[i][0]
+        act, grad = act[:, skip:].float(), grad[:, skip:].float()
+        weights = grad.mean(dim=1, keepdim=True)  # [B, 1, D]: gradients averaged over the grid
+        cams.append(normalise_maps(torch.relu((act * weights).sum(dim=-1)).reshape(-1, h, w)))  # [B, h, w]
+    return logits.detach(), normalise_maps(torch.stack(cams).mean(dim=0)), targets
 
 
 def explain_batch(model, images: torch.Tensor, method: str = DEFAULT_EXPLAIN_METHOD, target: int | None = None) -> Explanation:

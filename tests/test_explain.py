@@ -267,3 +267,16 @@ def test_eval_explain_shows_mistakes_and_correct_images_per_class(defect_run, vp
     assert [e["source"] for e in groups.get("mistakes (most confident first)", [])] == [r["path"] for r in mistakes]
     # a second run into the same folder is accepted (explain/ is part of a report folder)
     assert vpt("eval", root / "run", root / "test", "--out", tmp_path / "ev", "--device", "cpu")[0] == 0
+
+
+def test_explain_refuses_a_folder_of_other_files(defect_run, vpt, tmp_path):
+    root, _ = defect_run
+    image = min((root / "test" / "good").glob("*.png"))
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    code, _, err = vpt("explain", root / "run", image, "--out", tmp_path / "mine")
+    assert code == 2 and "holds other files" in err
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
+    # a previous explanation folder is fine
+    assert vpt("explain", root / "run", image, "--out", tmp_path / "ex", "--device", "cpu")[0] == 0
+    assert vpt("explain", root / "run", image, "--out", tmp_path / "ex", "--device", "cpu")[0] == 0

@@ -70,8 +70,7 @@ class ExplainWriter:
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
-        if self.out_dir.exists() and not self.out_dir.is_dir():
-            raise VptError(f"{self.out_dir}: exists and is not a folder; pass a folder for the explanations")
+        check_explain_dir(self.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
 
     def add(self, source: str | os.PathLike, image: np.ndarray, heatmap: np.ndarray, *, label: str, confidence: float,
@@ -104,6 +103,26 @@ class ExplainWriter:
             "failed": [{"source": s, "reason": r} for s, r in self.failures],
         })
         return atomic_write_text(self.out_dir / GALLERY_FILE, gallery_html(self.entries, self.title, self.failures))
+
+
+_OWN_FILE = re.compile(r"^(\d{4}_.*\.(png|npy)|index\.html|explanations\.json)$")
+
+
+def check_explain_dir(out: Path) -> None:
+    """Refuse an output folder that is a file or holds files this module did not write (an image
+    folder, a run): overlays are written there by number, and the gallery would mix with them.
+
+    Raises:
+        VptError: naming the folder and a few of the other files.
+    """
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise VptError(f"{out}: exists and is not a folder; pass a folder for the explanations")
+    other = sorted(p.name for p in out.iterdir() if not p.name.startswith(".") and not _OWN_FILE.match(p.name))
+    if other:
+        raise VptError(f"{out} holds other files ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}); write the "
+                       "explanations into an empty folder or a previous explanation folder")
 
 
 def _safe_stem(stem: str) -> str:

@@ -36,8 +36,11 @@ def eval_command(
     check_eval_out(out, exist_ok)  # before any model is loaded
     if explain:
         from vptcli.explain import check_method
+        from vptcli.explain_report import check_explain_dir
 
         check_method(explain_method)
+        if out is not None:
+            check_explain_dir(out / "explain")
 
     report, context = evaluate(model, data, split=split, weights=weights, force=force, device=device, batch_size=batch_size,
                                reporter=ConsoleReporter(), exclude_trained=exclude_trained, unknown_classes=unknown_classes)
@@ -55,7 +58,7 @@ def eval_command(
 def _explain(model: Path, report: dict, out: Path, n: int, method: str, **load) -> None:
     """``--explain N``: overlays of the report's most confident mistakes and correct images per class
     (:func:`vptcli.explain_report.eval_selection`) in ``out/explain``, explaining the predicted class."""
-    from vptcli.commands.explain import write_explanations
+    from vptcli.commands.explain_output import write_explanations
     from vptcli.explain_report import eval_selection, resolve_method
     from vptcli.inference import TorchPredictor
 

@@ -27,11 +27,12 @@ def explain(
     from vptcli.console import console, warn
     from vptcli.cpus import apply_torch_threads
     from vptcli.errors import VptError
-    from vptcli.explain_report import ExplainWriter, explain_files, resolve_method
+    from vptcli.explain_report import ExplainWriter, check_explain_dir, explain_files, resolve_method
     from vptcli.inference import open_predictor
 
     if backend not in ("torch", "onnx"):
         raise VptError(f"--backend {backend!r}: choose torch or onnx")
+    check_explain_dir(out)
     apply_torch_threads(threads)
     model_arg, files, problems = _inputs(model, paths, None)
     predictor = open_predictor(model_arg, backend=backend, device=device, weights=weights, force=force, threads=threads)
@@ -53,24 +54,6 @@ def explain(
         for src, reason in writer.failures[:10]:
             warn(f"{src}: {reason}")
         raise typer.Exit(code=1)
-
-
-def write_explanations(predictor, selection: list, out: Path, *, method: str, title: str, batch_size: int = 8,
-                       bit_depth: int | None = None, max_pixels: int | None = None) -> None:
-    """The overlays and gallery of ``vpt predict --explain`` / ``vpt eval --explain`` (``selection``:
-    ``(path, group, note)`` rows, :mod:`vptcli.explain_report`); prints where the gallery is."""
-    from vptcli.console import console, warn
-    from vptcli.console import out as stdout
-    from vptcli.explain_report import ExplainWriter, explain_files
-
-    writer = ExplainWriter(out, title=title)
-    with console.status(f"explaining {len(selection)} image(s) ({method})..."):
-        n = explain_files(predictor, selection, writer, method=method, batch_size=batch_size, bit_depth=bit_depth,
-                          max_pixels=max_pixels)
-    gallery = writer.close()
-    for src, reason in writer.failures[:10]:
-        warn(f"not explained: {src}: {reason}")
-    stdout.print(f"explained {n} image(s) ({method}); gallery: {gallery}", soft_wrap=True, markup=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -53,7 +53,7 @@ def predict(
     counts, shown = _predict_rows(predictor, files, out, settings, keep)
     print_predictions(predictor, counts, shown, out)
     if explain is not None:
-        from vptcli.commands.explain import write_explanations
+        from vptcli.commands.explain_output import write_explanations
 
         write_explanations(predictor, selected, explain, method=method, title=f"vpt predict --explain — {predictor.source}",
                            bit_depth=bit_depth, max_pixels=max_pixels)
@@ -64,12 +64,13 @@ def predict(
 def _explain_method(predictor, explain, classes, method) -> str | None:
     """The heatmap method for ``--explain`` (None without it), checked before any image is read."""
     from vptcli.errors import VptError
-    from vptcli.explain_report import resolve_method
+    from vptcli.explain_report import check_explain_dir, resolve_method
 
     if explain is None:
         if classes or method:
             raise VptError("--explain-class / --explain-method need --explain DIR")
         return None
+    check_explain_dir(explain)
     unknown = [c for c in classes or [] if c not in predictor.classes]
     if unknown:
         raise VptError(f"--explain-class {unknown[0]!r}: not a class of this model ({', '.join(predictor.classes)})")

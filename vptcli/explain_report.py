@@ -203,7 +203,8 @@ def resolve_method(predictor, method: str | None, target: str | None) -> str:
     with ONNX).
 
     Raises:
-        VptError: an unknown method or target class; with ONNX, a graph without a ``heatmap`` output,
+        VptError: an unknown method or target class, a target for a class-agnostic method; with ONNX, a
+            graph without a ``heatmap`` output,
             another method than the graph's, or a ``--target`` (the graph explains the image, not a class).
     """
     from vptcli.explain import DEFAULT_EXPLAIN_METHOD, check_method
@@ -211,7 +212,10 @@ def resolve_method(predictor, method: str | None, target: str | None) -> str:
     if target is not None and target not in predictor.classes:
         raise VptError(f"--target {target!r}: not a class of this model ({', '.join(predictor.classes)})")
     if predictor.backend == "torch":
-        return check_method(method or DEFAULT_EXPLAIN_METHOD, predictor.model)
+        used = check_method(method or DEFAULT_EXPLAIN_METHOD, predictor.model)
+        if target is not None and used != "gradcam":
+            raise VptError(f"--target applies to gradcam; {used} maps do not depend on a class")
+        return used
     baked = graph_heatmap_method(predictor)
     if baked is None:
         raise VptError(f"{predictor.source}: this graph has no heatmap output; export it with `vpt export --heatmap rollout` "

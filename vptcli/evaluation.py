@@ -282,8 +282,9 @@ def evaluate(model_path: str | Path, data: str | Path, *, split: str | None = No
     return report, context
 
 
-EVAL_FOLDER_FILES = frozenset({"report.json", "report.md", "confusion_matrix.png"})
-"""What ``vpt eval`` writes into its ``--out`` folder (see :func:`vptcli.metrics.write_report`)."""
+EVAL_FOLDER_FILES = frozenset({"report.json", "report.md", "confusion_matrix.png", "explain"})
+"""What ``vpt eval`` writes into its ``--out`` folder (see :func:`vptcli.metrics.write_report`; ``explain``:
+the overlays of ``--explain N``)."""
 
 
 def check_eval_out(out: Path | None, exist_ok: bool = False) -> None:

@@ -108,13 +108,15 @@ class ParityCheck:
     """ONNX Runtime vs PyTorch on one batch of synthetic images.
 
     ``max_abs_logits`` / ``max_abs_probabilities``: largest absolute difference over the batch;
-    ``top1_agree``: number of images whose top-1 class agrees (out of ``batch``).
+    ``top1_agree``: number of images whose top-1 class agrees (out of ``batch``);
+    ``max_abs_heatmap``: the same for the ``heatmap`` output (``--heatmap`` graphs; else None).
     """
 
     batch: int
     max_abs_logits: float
     max_abs_probabilities: float
     top1_agree: int
+    max_abs_heatmap: float | None = None
 
 
 @dataclass
@@ -282,14 +284,15 @@ def synthetic_images(n: int, size: int, seed: int = 0):
 # ------------------------------------------------------------------------------------------ export
 
 
-def _torch_export(module, args, *, input_names, dynamic_shapes, dynamic_axes, opset, exporter, large_path):
+def _torch_export(module, args, *, input_names, dynamic_shapes, dynamic_axes, opset, exporter, large_path,
+                  output_names=("logits", "probabilities")):
     """Run one exporter. Returns the ``onnx.ModelProto``; with ``large_path`` (weights over 2 GB) the
     graph is saved there with its tensors in ``<large_path>.data`` and the proto returned references
     them (not loaded). Raises whatever the exporter raises."""
     import onnx
     import torch
 
-    out_names = ["logits", "probabilities"]
+    out_names = list(output_names)
     sink = io.StringIO()
     with warnings.catch_warnings(), contextlib.redirect_stdout(sink), _quiet_loggers():
         warnings.simplefilter("ignore")
@@ -382,6 +385,7 @@ def export_onnx(
     force: bool = False,
     exporter: str = "auto",
     exist_ok: bool = False,
+    heatmap: str | None = None,
 ) -> ExportResult:
     """Export a prompt file (or a run / export folder) to ONNX and check it against PyTorch.
 
@@ -402,6 +406,9 @@ def export_onnx(
         force: accept other weights of the same architecture (see :func:`vptcli.artifacts.check_compatible`).
         exporter: ``auto`` (dynamo; TorchScript when dynamo raises or cannot give the requested
             opset, e.g. below 18) | ``dynamo`` | ``torchscript``.
+        heatmap: a gradient-free method of :mod:`vptcli.explain` (``rollout`` | ``prompt-attention``):
+            the single graph gets a third output ``heatmap`` ``[N, h, w]`` in ``[0, 1]``, parity-checked
+            like the logits (tolerance :data:`HEATMAP_TOL`, fp16 :data:`FP16_HEATMAP_TOL`).
 
     Returns:
         :class:`ExportResult` with paths, sizes, timings and the parity figures.
@@ -422,9 +429,12 @@ def export_onnx(
             f"--opset {opset}: the lowest opset vpt can export is {MIN_OPSET} (ONNX Runtime "
             f"{ORT_FOR_OPSET[MIN_OPSET]} and later load it); pass --opset {MIN_OPSET} or higher"
         )
+    if heatmap is not None and shared_backbone:
+        raise ExportError("--heatmap applies to a single graph; leave out --shared-backbone")
     src, out = _check_request(model_path, out_dir, exporter, shared_backbone, exist_ok)
     model, meta, _backbone, warn_list = load_model(src, weights=weights, force=force)
     model = model.float().eval().cpu()
+
     graph = GRAPH_SHARED if shared_backbone else GRAPH_SINGLE
     precision = "fp16" if fp16 else "fp32"
     tol = FP16_LOGIT_TOL if fp16 else FP32_LOGIT_TOL
@@ -433,6 +443,7 @@ def export_onnx(
     parity_images = {b: synthetic_images(b, int(meta.img_size), seed=b) for b in PARITY_BATCHES}
     with torch.inference_mode():
         reference = {b: model(x).numpy().astype("float64") for b, x in parity_images.items()}
+    ref_maps = _heatmap_reference(model, heatmap, parity_images)
     tuned = {k: v.detach().float().cpu() for k, v in model.tuned_state().items() if not k.startswith("backbone.")}
 
     export_model = model
@@ -440,7 +451,7 @@ def export_onnx(
         import copy
 
         export_model = copy.deepcopy(model).half().eval()
-    spec = _graph_spec(graph, export_model, tuned, torch.float16 if fp16 else torch.float32, int(meta.img_size))
+    spec = _graph_spec(graph, export_model, tuned, torch.float16 if fp16 else torch.float32, int(meta.img_size), heatmap)
     onnx_name = SHARED_ONNX_FILE if graph == GRAPH_SHARED else ONNX_FILE
     weight_bytes = sum(p.numel() * p.element_size() for p in export_model.parameters())
     # The graph holds every weight: refuse a disk without room for it before the (slow) export.
@@ -456,9 +467,9 @@ def export_onnx(
         proto, used, failures = _export_with_fallback(spec, opset, exporter, large_path, src)
         export_seconds = time.perf_counter() - t_export
         warn_list = list(warn_list) + [f"{f}; used the {used} exporter instead" for f in failures]
-        data = _stamp_and_check(proto, meta, graph, precision, used, opset, large_path, src)
+        data = _stamp_and_check(proto, meta, graph, precision, used, opset, large_path, src, heatmap)
         parity = _parity(data if data is not None else large_path, parity_images, reference, tuned, spec["input_names"],
-                         graph, len(meta.classes), tol, precision, src)
+                         graph, len(meta.classes), tol, precision, src, ref_maps)
         prompt_out, onnx_path, onnx_bytes, prompt_bytes = _write_export(src, out, onnx_name, data, large_path, warn_list)
     except BaseException:
         if large_path is not None:
@@ -472,7 +483,7 @@ def export_onnx(
         total_seconds=time.perf_counter() - t_start, onnx_bytes=onnx_bytes, prompt_bytes=prompt_bytes,
         external_data=data is None, ir_version=int(proto.ir_version),
         min_onnxruntime=min_onnxruntime(opset, int(proto.ir_version)),
-        inputs=list(spec["input_names"]), outputs=["logits", "probabilities"],
+        inputs=list(spec["input_names"]), outputs=list(spec.get("output_names", ["logits", "probabilities"])),
         warnings=warn_list,
     )
 
@@ -510,13 +521,23 @@ def _check_request(model_path, out_dir, exporter: str, shared_backbone: bool, ex
     return src, out
 
 
-def _graph_spec(graph: str, export_model, tuned: dict, dtype, size: int) -> dict:
+def _graph_spec(graph: str, export_model, tuned: dict, dtype, size: int, heatmap: str | None = None) -> dict:
     """The module to export with its example args, input names, dynamic shapes (dynamo) and axes
-    (TorchScript)."""
+    (TorchScript); with ``heatmap`` (single graph) a third output ``heatmap`` ``[N, h, w]``
+    (:class:`vptcli.explain.HeatmapModel`)."""
     import torch
 
     SingleGraph, SharedGraph, SharedHeadGraph = _graph_modules()
     x1 = synthetic_images(1, size, seed=1)
+    if graph == GRAPH_SINGLE and heatmap is not None:
+        from vptcli.explain import HeatmapModel
+
+        x2 = synthetic_images(2, size, seed=1)  # traced at batch 2: at 1 torch.export specialises the rollout's batch axis
+        return {"module": HeatmapModel(export_model, heatmap, dtype).eval(), "args": (x2,), "input_names": ["images"],
+                "output_names": ["logits", "probabilities", "heatmap"],
+                "dynamic_shapes": {"images": {0: torch.export.Dim("batch")}},
+                "dynamic_axes": {"images": {0: "batch"}, "logits": {0: "batch"}, "probabilities": {0: "batch"},
+                                 "heatmap": {0: "batch"}}}
     if graph == GRAPH_SINGLE:
         return {"module": SingleGraph(export_model, dtype).eval(), "args": (x1,), "input_names": ["images"],
                 "dynamic_shapes": {"images": {0: torch.export.Dim("batch")}},
@@ -553,6 +574,7 @@ def _export_with_fallback(spec: dict, opset: int, exporter: str, large_path, src
             proto = _torch_export(
                 spec["module"], spec["args"], input_names=spec["input_names"], dynamic_shapes=spec["dynamic_shapes"],
                 dynamic_axes=spec["dynamic_axes"], opset=opset, exporter=name, large_path=large_path,
+                output_names=spec.get("output_names", ("logits", "probabilities")),
             )
         except Exception as exc:  # noqa: BLE001 - exporter internals raise many types; reported by name
             failures.append(f"{name} exporter failed: {_root_cause(exc)}")
@@ -565,7 +587,8 @@ def _export_with_fallback(spec: dict, opset: int, exporter: str, large_path, src
     raise ExportError(f"{src}: ONNX export failed at opset {opset}: " + " | ".join(failures))
 
 
-def _stamp_and_check(proto, meta: PromptFileMeta, graph: str, precision: str, used: str, opset: int, large_path, src: Path):
+def _stamp_and_check(proto, meta: PromptFileMeta, graph: str, precision: str, used: str, opset: int, large_path, src: Path,
+                     heatmap: str | None = None):
     """Stamp the IR version the opset needs (:func:`stamp_ir_version`), write the metadata (with the
     oldest ONNX Runtime that loads the graph) into ``proto`` and run ``onnx.checker`` on exactly what
     will be written.
@@ -583,6 +606,9 @@ def _stamp_and_check(proto, meta: PromptFileMeta, graph: str, precision: str, us
     del proto.metadata_props[:]
     props = graph_metadata(meta, graph=graph, precision=precision, exporter=used, opset=opset)
     props[META_PREFIX + "min_onnxruntime"] = oldest_ort or f"newer than 1.18 (opset {opset}, IR {ir_version})"
+    if heatmap is not None:
+        props[META_PREFIX + "heatmap"] = heatmap
+        props[META_PREFIX + "outputs"] += f"; heatmap [N, h, w] = {heatmap} on the patch grid, min-max normalised to [0, 1]"
     for k, v in props.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v
@@ -605,7 +631,7 @@ def _stamp_and_check(proto, meta: PromptFileMeta, graph: str, precision: str, us
 
 
 def _parity(graph_source, parity_images: dict, reference: dict, tuned: dict, input_names: list[str], graph: str,
-            n_classes: int, tol: float, precision: str, src: Path) -> list[ParityCheck]:
+            n_classes: int, tol: float, precision: str, src: Path, ref_maps: dict | None = None) -> list[ParityCheck]:
     """Run the graph in ONNX Runtime (CPU) on the parity batches and compare with the fp32 reference.
 
     Raises:
@@ -628,7 +654,8 @@ def _parity(graph_source, parity_images: dict, reference: dict, tuned: dict, inp
                 feed["prompts"] = tuned["prompts"].numpy()
             feed["head_weight"] = tuned["head.weight"].numpy()
             feed["head_bias"] = tuned["head.bias"].numpy()
-        logits, probs = session.run(["logits", "probabilities"], feed)
+        names = ["logits", "probabilities"] + (["heatmap"] if ref_maps is not None else [])
+        logits, probs, *maps = session.run(names, feed)
         ref = reference[b]
         if logits.shape != (b, n_classes) or probs.shape != (b, n_classes):
             raise ExportError(f"{src}: the graph returned shapes {logits.shape}/{probs.shape} for a batch of {b}, "
@@ -640,6 +667,8 @@ def _parity(graph_source, parity_images: dict, reference: dict, tuned: dict, inp
             top1_agree=int((logits.argmax(1) == ref.argmax(1)).sum()),
         ))
         _check_parity(parity[-1], ref, logits, tol, precision, src)
+        if ref_maps is not None:
+            _check_heatmap_parity(parity[-1], ref_maps[b], maps[0], precision, src)
     return parity
 
 
@@ -705,6 +734,43 @@ def _check_parity(check: ParityCheck, ref, logits, tol: float, precision: str, s
             f"{src}: parity check failed ({precision}, batch {check.batch}): top-1 differs on "
             f"{int(bad.sum())} of {check.batch} images; the graph was not written"
         )
+
+
+def _heatmap_reference(model, heatmap: str | None, parity_images: dict) -> dict | None:
+    """PyTorch's heatmaps ``{batch: [b, h, w] float64}`` for the parity check, or None without ``heatmap``.
+
+    Raises:
+        ExportError / ExplainError: a method that needs gradients or does not apply to the model.
+    """
+    if heatmap is None:
+        return None
+    import torch
+
+    from vptcli.explain import GRADIENT_FREE_METHODS, attention_heatmaps, check_method
+
+    check_method(heatmap, model)
+    if heatmap not in GRADIENT_FREE_METHODS:
+        raise ExportError(f"--heatmap {heatmap}: a graph has no gradients; choose {' or '.join(GRADIENT_FREE_METHODS)}")
+    with torch.inference_mode():
+        return {b: attention_heatmaps(model, x, heatmap)[1].numpy().astype("float64") for b, x in parity_images.items()}
+
+
+HEATMAP_TOL = 1e-3
+"""Largest |heatmap ONNX - PyTorch| accepted (maps in [0, 1]); fp16: :data:`FP16_HEATMAP_TOL`."""
+FP16_HEATMAP_TOL = 1e-1
+
+
+def _check_heatmap_parity(check: ParityCheck, ref, maps, precision: str, src: Path) -> None:
+    """Record and check the ``heatmap`` output's difference (ExportError beyond the tolerance)."""
+    import numpy as np
+
+    if maps.shape != ref.shape:
+        raise ExportError(f"{src}: the graph's heatmap has shape {maps.shape}, PyTorch's {ref.shape}")
+    check.max_abs_heatmap = float(np.abs(maps.astype(np.float64) - ref).max())
+    tol = FP16_HEATMAP_TOL if precision == "fp16" else HEATMAP_TOL
+    if not check.max_abs_heatmap <= tol:
+        raise ExportError(f"{src}: heatmap parity check failed ({precision}, batch {check.batch}): max |heatmap ONNX - "
+                          f"PyTorch| = {check.max_abs_heatmap:.3g} > {tol:g}; the graph was not written")
 
 
 def meta_from_graph(gm: dict[str, str], onnx_path: str | os.PathLike) -> PromptFileMeta:

@@ -21,6 +21,8 @@ def eval_command(
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
     exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Write into an --out folder that holds other files (they are left as they are; by default only an empty folder or a previous report folder is accepted).")] = False,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="PyTorch CPU threads (default: the CPUs this process may use, container limits and affinity included).")] = None,
+    explain: Annotated[int, typer.Option("--explain", metavar="N", min=0, help="Also write heatmap overlays into OUT/explain/ (index.html): the N most confident mistakes and the N most confident correct images of each class.")] = 0,
+    explain_method: Annotated[str, typer.Option("--explain-method", help="With --explain: gradcam | rollout | prompt-attention.")] = "gradcam",
 ) -> None:
     """Evaluate: top-1, balanced accuracy, macro-F1, per-class P/R/F1, confusion matrix, ROC/PR-AUC (binary), ECE; refuses images the model was trained on."""
     from vptcli.commands.render import ConsoleReporter, print_eval_report, print_written
@@ -32,6 +34,13 @@ def eval_command(
 
     apply_torch_threads(threads)
     check_eval_out(out, exist_ok)  # before any model is loaded
+    if explain:
+        from vptcli.explain import check_method
+        from vptcli.explain_report import check_explain_dir
+
+        check_method(explain_method)
+        if out is not None:
+            check_explain_dir(out / "explain")
 
     report, context = evaluate(model, data, split=split, weights=weights, force=force, device=device, batch_size=batch_size,
                                reporter=ConsoleReporter(), exclude_trained=exclude_trained, unknown_classes=unknown_classes)
@@ -42,6 +51,21 @@ def eval_command(
     stdout.print(f"top-1 accuracy {100 * report['accuracy']:.2f}%  balanced accuracy {100 * report['balanced_accuracy']:.2f}%  "
                  f"macro-F1 {report['macro_f1']:.3f}  ECE {report['ece']:.3f}  ({report['n_images']} images)")
     print_written(list(paths.values()))
+    if explain:
+        _explain(model, report, Path(out), explain, explain_method, weights=weights, force=force, device=device)
+
+
+def _explain(model: Path, report: dict, out: Path, n: int, method: str, **load) -> None:
+    """``--explain N``: overlays of the report's most confident mistakes and correct images per class
+    (:func:`vptcli.explain_report.eval_selection`) in ``out/explain``, explaining the predicted class."""
+    from vptcli.commands.explain_output import write_explanations
+    from vptcli.explain_report import eval_selection, resolve_method
+    from vptcli.inference import TorchPredictor
+
+    predictor = TorchPredictor(model, **load)
+    method = resolve_method(predictor, method, None)
+    write_explanations(predictor, eval_selection(report["images"], n), out / "explain", method=method,
+                       title=f"vpt eval --explain {n} — {predictor.source}")
 
 
 def register(app: typer.Typer) -> None:

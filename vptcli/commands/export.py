@@ -16,6 +16,7 @@ def export(
     shared_backbone: Annotated[bool, typer.Option("--shared-backbone", help="Prompts and head become graph inputs: one graph serves every prompt file of this backbone.")] = False,
     weights: Annotated[str | None, typer.Option(help="Backbone weights to use instead of the file's own source (path or 'random').")] = None,
     force: Annotated[bool, typer.Option("--force", help="Accept other weights of the same architecture (warns).")] = False,
+    heatmap: Annotated[str | None, typer.Option("--heatmap", metavar="METHOD", help="Add a third output `heatmap` [N,h,w] (rollout | prompt-attention, gradient-free; `vpt predict --backend onnx --explain` shows it), parity-checked like the logits. Single graph only.")] = None,
     exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Write into an --out folder that holds other files (they are left as they are; by default only an empty folder or a previous export is accepted).")] = False,
 ) -> None:
     """Export to ONNX (input images float32 [N,3,H,W] RGB in [0,1]; outputs logits and probabilities) and check parity with PyTorch."""
@@ -25,14 +26,15 @@ def export(
 
     with console.status("exporting to ONNX and checking parity with PyTorch..."):
         r = export_onnx(model, out, opset=opset, fp16=fp16, shared_backbone=shared_backbone, weights=weights, force=force,
-                        exist_ok=exist_ok)
+                        exist_ok=exist_ok, heatmap=heatmap)
     for w in r.warnings:
         warn(w)
     for c in r.parity:
         stdout.print(
             f"parity batch {c.batch}: max |logits ONNX - PyTorch| {c.max_abs_logits:.2e}, "
             f"max |probabilities| {c.max_abs_probabilities:.2e}, top-1 agrees {c.top1_agree}/{c.batch} "
-            f"({r.precision}, tolerance {r.tolerance:g})",
+            f"({r.precision}, tolerance {r.tolerance:g})"
+            + (f"; max |heatmap| {c.max_abs_heatmap:.2e}" if c.max_abs_heatmap is not None else ""),
             soft_wrap=True,
         )
     oldest = f"ONNX Runtime {r.min_onnxruntime} or later" if r.min_onnxruntime else "a recent ONNX Runtime"

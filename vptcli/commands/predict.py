@@ -30,6 +30,9 @@ def predict(
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="ONNX Runtime intra-op threads and PyTorch threads (default: the CPUs this process may use, container limits and affinity included).")] = None,
     registry: Annotated[Path | None, typer.Option("--registry", help="A prompt registry (`vpt registry`): use --task's production version; omit MODEL (every argument is a PATH); rows record task, version and prompt sha256.")] = None,
     task: Annotated[str | None, typer.Option("--task", help="With --registry: the task whose production version predicts.")] = None,
+    explain: Annotated[Path | None, typer.Option("--explain", metavar="DIR", help="Write heatmap overlays and index.html into DIR for every row flagged for review and every row predicted as an --explain-class (default: every predicted row).")] = None,
+    explain_class: Annotated[list[str] | None, typer.Option("--explain-class", metavar="CLASS", help="With --explain: the predicted classes to explain besides review rows (repeatable), e.g. the defect classes.")] = None,
+    explain_method: Annotated[str | None, typer.Option("--explain-method", help="With --explain: gradcam (torch default) | rollout | prompt-attention; ONNX: the graph's own (`vpt export --heatmap`).")] = None,
 ) -> None:
     """Predict classes of image files; one row per file (path, label, confidence, top-k, status, reason). Exit code 1 when any file failed."""
     from vptcli.commands.render import print_predictions
@@ -46,14 +49,46 @@ def predict(
                                force=force, threads=threads)
     for w in predictor.warnings:
         warn(w)
+    method = _explain_method(predictor, explain, explain_class, explain_method)
     console.print(f"{predictor.backend} backend on {predictor.device}: {predictor.source} ({len(predictor.classes)} classes)",
                   soft_wrap=True)
     settings = {"batch_size": batch_size, "top_k": top_k, "reject_below": reject_below, "bit_depth": bit_depth,
                 "max_pixels": max_pixels, "workers": workers, "problems": problems}
-    counts, shown = _predict_rows(predictor, files, out, settings, provenance)
+    selected: list = []
+    keep = None if explain is None else _explain_keeper(selected, explain_class)
+    counts, shown = _predict_rows(predictor, files, out, settings, provenance, keep)
     print_predictions(predictor, counts, shown, out)
+    if explain is not None:
+        from vptcli.commands.explain_output import write_explanations
+
+        write_explanations(predictor, selected, explain, method=method, title=f"vpt predict --explain — {predictor.source}",
+                           bit_depth=bit_depth, max_pixels=max_pixels)
     if counts["error"]:
         raise typer.Exit(code=1)
+
+
+def _explain_method(predictor, explain, classes, method) -> str | None:
+    """The heatmap method for ``--explain`` (None without it), checked before any image is read."""
+    from vptcli.errors import VptError
+    from vptcli.explain_report import check_explain_dir, resolve_method
+
+    if explain is None:
+        if classes or method:
+            raise VptError("--explain-class / --explain-method need --explain DIR")
+        return None
+    check_explain_dir(explain)
+    unknown = [c for c in classes or [] if c not in predictor.classes]
+    if unknown:
+        raise VptError(f"--explain-class {unknown[0]!r}: not a class of this model ({', '.join(predictor.classes)})")
+    return resolve_method(predictor, method, None)
+
+
+def _explain_keeper(selected: list, classes: list[str] | None):
+    """A callback that appends each row ``--explain`` shows to ``selected``
+    (:func:`vptcli.explain_report.predict_selection`)."""
+    from vptcli.explain_report import predict_selection
+
+    return lambda row: selected.extend(predict_selection([row], classes or None))
 
 
 def _inputs(model: str, paths: list[str] | None, onnx: Path | None, prompt_file: Path | None = None):
@@ -107,9 +142,10 @@ def _registry_model(registry: Path | None, task: str | None, onnx: Path | None, 
     return v.prompt_path(reg.root), {"task": task, "version": v.version, "prompt_sha256": v.digest}, "torch"
 
 
-def _predict_rows(predictor, files, out: Path | None, settings: dict, provenance: dict | None = None):
+def _predict_rows(predictor, files, out: Path | None, settings: dict, provenance: dict | None = None, keep=None):
     """Predict every file, streaming rows to ``out`` (or to stdout when it is not a terminal);
-    ``provenance``: constant columns added to every row (registry task, version, prompt sha256).
+    ``provenance``: constant columns added to every row (registry task, version, prompt sha256);
+    ``keep(row)``, when given, sees every row.
 
     Returns:
         ``(counts by status, the first TABLE_ROWS rows when stdout is a terminal)``.
@@ -151,6 +187,8 @@ def _predict_rows(predictor, files, out: Path | None, settings: dict, provenance
 
             for row in predict_files(predictor, files, on_batch=advance, **settings):
                 counts[row.status] += 1
+                if keep is not None:
+                    keep(row)
                 if writer is not None:
                     writer.write(row)
                 if stdout.is_terminal and len(shown) < TABLE_ROWS:

@@ -27,6 +27,7 @@ def predict(
     bit_depth: Annotated[int | None, typer.Option(help="Sensor bit depth of 16-bit files (as in `vpt ingest --bit-depth`).")] = None,
     max_pixels: Annotated[int | None, typer.Option(help="Refuse images with more pixels than this (default: Pillow's limit, 89,478,485).")] = None,
     workers: Annotated[int | None, typer.Option(help="Decoding threads (default: the CPUs this process may use, at most 8).")] = None,
+    int8: Annotated[bool, typer.Option("--int8", help="ONNX backend on an export folder: use its model.int8.onnx (`vpt export --int8`) instead of model.onnx.")] = False,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="ONNX Runtime intra-op threads and PyTorch threads (default: the CPUs this process may use, container limits and affinity included).")] = None,
 ) -> None:
     """Predict classes of image files; one row per file (path, label, confidence, top-k, status, reason). Exit code 1 when any file failed."""
@@ -37,7 +38,7 @@ def predict(
     check_predict_options(batch_size=batch_size, top_k=top_k, reject_below=reject_below, out=out)
     model_arg, files, problems = _inputs(model, paths, onnx, prompt_file)
     predictor = open_predictor(model_arg, backend=backend, device=device, onnx=onnx, prompts=prompt_file, weights=weights,
-                               force=force, threads=threads)
+                               force=force, threads=threads, int8=int8)
     for w in predictor.warnings:
         warn(w)
     console.print(f"{predictor.backend} backend on {predictor.device}: {predictor.source} ({len(predictor.classes)} classes)",

@@ -70,6 +70,7 @@ def train(
     from vptcli.commands.render import ConsoleTrainReporter, print_interrupted, print_train_result
     from vptcli.cpus import apply_torch_threads
     from vptcli.datasets import with_resize
+    from vptcli.distributed import env_context
     from vptcli.ingest import check_out_dir, load_or_ingest
     from vptcli.manifest import is_manifest_dir
     from vptcli.training import load_run_config
@@ -98,11 +99,13 @@ def train(
         if resume:  # the policy the run started with (its config.json records the data config used)
             resize = _saved_resize(out)
         bb.data_config = with_resize(bb.data_config, resize)
-        result = run_training(manifest, bb, cfg, out, resume=resume, reporter=ConsoleTrainReporter())
+        main_rank = env_context().is_main  # under torchrun, rank 0 alone prints
+        result = run_training(manifest, bb, cfg, out, resume=resume, reporter=ConsoleTrainReporter() if main_rank else None)
     except KeyboardInterrupt:  # Ctrl-C: one line, what was saved and how to continue
         print_interrupted(out, data, cfg.epochs)
         raise typer.Exit(130) from None
-    print_train_result(result, full_model=cfg.spec.tunes_backbone)
+    if main_rank:
+        print_train_result(result, full_model=cfg.spec.tunes_backbone)
 
 
 FIELD_OF_PARAM = {"prompts": "num_prompts"}

@@ -89,3 +89,37 @@ def test_env_context():
     assert ctx.enabled and not ctx.is_main and ctx.local_rank == 1
     with pytest.raises(VptError, match="RANK"):
         env_context({"RANK": "2", "WORLD_SIZE": "2"})
+
+
+def test_predict_shards_merged_equal_one_run(tmp_path, vpt):
+    """--shard 0/2 and 1/2 merged (CSV and JSONL) give the rows of one run, in its order; errors go once."""
+    import sys as _sys
+
+    _sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_export_predict import make_prompt_file, write_images
+
+    from vptcli.backbones import load_backbone
+
+    prompt = make_prompt_file(tmp_path / "p.safetensors", load_backbone("test_vit", weights="random", img_size=32),
+                              ["a", "b", "c"], seed=1)
+    write_images(tmp_path / "imgs" / "x", 4)
+    write_images(tmp_path / "imgs" / "y", 3, seed=1)
+    (tmp_path / "imgs" / "y" / "broken.png").write_bytes(b"not an image")
+    args = ["predict", prompt, tmp_path / "imgs", tmp_path / "missing.png", "--backend", "torch", "--batch-size", "2"]
+    for ext in ("csv", "jsonl"):
+        assert vpt(*args, "--out", tmp_path / f"one.{ext}")[0] == 1  # a broken file and a missing path: exit 1
+        parts = []
+        for i in range(2):
+            code, _, err = vpt(*args, "--shard", f"{i}/2", "--out", tmp_path / f"s{i}.{ext}")
+            assert code in (0, 1), err
+            assert f"shard {i}/2" in err
+            parts.append(tmp_path / f"s{i}.{ext}")
+        code, _, err = vpt("predict-merge", "--out", tmp_path / f"merged.{ext}", *parts)
+        assert code == 0, err
+        one, merged = (tmp_path / f"one.{ext}").read_text(), (tmp_path / f"merged.{ext}").read_text()
+        assert merged == one and len(one.splitlines()) == 9 + (ext == "csv")
+        assert "missing.png" in (tmp_path / f"s1.{ext}").read_text() and "missing.png" not in (tmp_path / f"s0.{ext}").read_text()
+    code, _, err = vpt(*args, "--shard", "2/2")
+    assert code == 2 and "--shard" in err
+    code, _, err = vpt("predict-merge", "--out", tmp_path / "m.csv", tmp_path / "s0.jsonl")
+    assert code == 2 and ".csv" in err

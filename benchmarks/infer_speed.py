@@ -73,7 +73,7 @@ def flops_per_image(model, x1) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
-    with torch.inference_mode(), counter:
+    with torch.no_grad(), counter:  # FlopCounterMode needs autograd bookkeeping (not inference_mode)
         model(torch.from_numpy(x1))
     return int(counter.get_total_flops())
 

@@ -73,7 +73,7 @@ def flops_per_image(model, x1) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:  # FlopCounterMode needs autograd bookkeeping (not inference_mode)
+    with torch.enable_grad(), counter:  # FlopCounterMode's module tracker needs grad mode
         model(torch.from_numpy(x1))
     return int(counter.get_total_flops())
 

@@ -47,7 +47,7 @@ at batch 1, some contradicting strict inference) are dropped and the graph must 
 re-run shape inference (ONNX Runtime's quantiser) accept it.
 
 ``--int8``: ``model.int8.onnx`` beside ``model.onnx``, ONNX Runtime dynamic int8 quantisation with
-per-channel weights of the weight ``MatMul`` nodes, checked on validation images against PyTorch (top-1
+per-channel weights of the weight ``MatMul`` nodes (the first block's kept fp32), checked on validation images against PyTorch (top-1
 agreement >= 99 %, accuracy within 0.5 point); see :mod:`vptcli.quantize` for the choice and the check.
 
 ``--fp16``: weights and computation in float16; the graph's inputs (``images`` and, for shared graphs,
@@ -567,7 +567,7 @@ def _int8_graph(int8_set, fp32_graph: bytes | None, model, meta: PromptFileMeta,
     for entry in proto.metadata_props:
         if entry.key == META_PREFIX + "precision":
             entry.value = "int8"
-    proto.doc_string = proto.doc_string.replace("fp32)", "int8: dynamic, per-channel weights)")
+    proto.doc_string = proto.doc_string.replace("fp32)", "int8: dynamic, per-channel weights, first block fp32)")
     graph = proto.SerializeToString()
     return graph, check_int8(graph, torch_probabilities(model, images), images, labels, source, what=f"{src}: the int8 graph")
 

@@ -72,6 +72,36 @@ def test_two_gloo_processes_train_what_one_process_trains(tmp_path, make_tree):
             assert abs(float(va[col]) - float(vb[col])) < 1e-4, (ra, rb)
     assert two.stdout.count("prompt file:") == 1  # rank 0 alone prints
 
+    # Resume: a one-process run stopped after epoch 1, resumed by 2 processes, ends where "one" ended.
+    _interrupted_after_epoch_1(tmp_path / "data", tmp_path / "one", tmp_path / "part")
+    resumed = _run(["-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port",
+                    str(_free_port()), "-m", "vptcli", "train", "data", "--out", "part", "--resume"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr + resumed.stdout
+    assert (resumed.stdout + resumed.stderr).count("resuming part after epoch 1 of 2") == 1  # from epoch 1, said once
+    c = load_file(str(tmp_path / "part" / "last.ckpt.safetensors"))
+    for k in ca:
+        assert torch.allclose(ca[k], c[k], atol=1e-5, rtol=1e-3), (k, (ca[k] - c[k]).abs().max())
+
+
+def _interrupted_after_epoch_1(data: Path, like: Path, out: Path) -> None:
+    """Train ``like``'s saved settings in this process and stop (as Ctrl-C does) after epoch 1."""
+    from vptcli.backbones import load_backbone
+    from vptcli.datasets import with_resize
+    from vptcli.manifest import Manifest
+    from vptcli.train_report import TrainReporter
+    from vptcli.training import load_run_config, train
+
+    class StopAfterEpoch1(TrainReporter):
+        def epoch_done(self, row, improved):
+            if row["epoch"] == 1:
+                raise KeyboardInterrupt
+
+    cfg = load_run_config(like)
+    bb = load_backbone(cfg.backbone, weights=cfg.weights, img_size=32)
+    bb.data_config = with_resize(bb.data_config, "squash")
+    with pytest.raises(KeyboardInterrupt):
+        train(Manifest.read(data), bb, cfg, out, reporter=StopAfterEpoch1())
+
 
 def test_shares_cover_every_item_once():
     for world in (1, 2, 3):

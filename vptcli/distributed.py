@@ -133,6 +133,14 @@ def device_for(ctx: DistContext, device: torch.device) -> torch.device:
     return device
 
 
+def _comm_device() -> torch.device:
+    """Where collective tensors must live: the process's GPU for NCCL (it reduces CUDA tensors only),
+    the CPU for gloo."""
+    if torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def all_reduce_grads(ctx: DistContext, params) -> None:
     """Sum the gradients of ``params`` over the ranks, in place (one coalesced all-reduce; a missing
     gradient counts as zero)."""
@@ -142,7 +150,7 @@ def all_reduce_grads(ctx: DistContext, params) -> None:
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    flat = torch.cat([p.grad.reshape(-1) for p in params]).to(_comm_device())
     torch.distributed.all_reduce(flat)
     offset = 0
     for p in params:
@@ -155,19 +163,20 @@ def all_reduce_sum(ctx: DistContext, values: list[float]) -> list[float]:
     """``values`` summed over the ranks (float64)."""
     if not ctx.enabled:
         return list(values)
-    t = torch.tensor(values, dtype=torch.float64)
+    t = torch.tensor(values, dtype=torch.float64, device=_comm_device())
     torch.distributed.all_reduce(t)
-    return t.tolist()
+    return t.cpu().tolist()
 
 
 def all_gather_rows(ctx: DistContext, local: torch.Tensor, dim: int = 0) -> torch.Tensor:
     """Concatenate every rank's ``local`` along ``dim`` in rank order (shares may differ in size along
-    ``dim``; they are padded for the collective and cut back)."""
+    ``dim``; they are padded for the collective and cut back). The result is on ``local``'s device."""
     if not ctx.enabled:
         return local
     import torch.distributed as dist
 
-    sizes = torch.zeros(ctx.world_size, dtype=torch.long)
+    home, local = local.device, local.to(_comm_device())
+    sizes = torch.zeros(ctx.world_size, dtype=torch.long, device=local.device)
     sizes[ctx.rank] = local.shape[dim]
     dist.all_reduce(sizes)
     most = int(sizes.max())
@@ -184,7 +193,7 @@ def all_gather_rows(ctx: DistContext, local: torch.Tensor, dim: int = 0) -> torc
     else:
         parts = [torch.empty_like(padded) for _ in range(ctx.world_size)]
         dist.all_gather(parts, padded.contiguous())
-    return torch.cat([p.narrow(dim, 0, int(s)) for p, s in zip(parts, sizes)], dim=dim)
+    return torch.cat([p.narrow(dim, 0, int(s)) for p, s in zip(parts, sizes.tolist())], dim=dim).to(home)
 
 
 class _Span:

@@ -41,6 +41,15 @@ tolerance (:data:`FP32_LOGIT_TOL` = 1e-4; :data:`FP16_LOGIT_TOL` = 5e-2 for ``--
 differs on any image (a difference is tolerated only for an image whose PyTorch top-1/top-2 logit
 margin is itself below the tolerance, i.e. a tie within the precision checked).
 
+Graph hygiene: the exporter's intermediate shape annotations (``graph.value_info``, hundreds, traced
+at batch 1, some contradicting strict inference) are dropped and the graph must pass
+``onnx.shape_inference.infer_shapes(strict_mode=True)`` (:func:`clean_value_info`), so tools that
+re-run shape inference (ONNX Runtime's quantiser) accept it.
+
+``--int8``: ``model.int8.onnx`` beside ``model.onnx``, ONNX Runtime dynamic int8 quantisation with
+per-channel weights of the weight ``MatMul`` nodes (the first block's kept fp32), checked on validation images against PyTorch (top-1
+agreement >= 99 %, accuracy within 0.5 point); see :mod:`vptcli.quantize` for the choice and the check.
+
 ``--fp16``: weights and computation in float16; the graph's inputs (``images`` and, for shared graphs,
 ``prompts``/``head_weight``/``head_bias``) and outputs stay float32, with ``Cast`` nodes inside, so a
 caller feeds the same arrays to either graph. Softmax is taken on the float32 logits. The reference for
@@ -93,6 +102,8 @@ EXTERNAL_DATA_BYTES = 1_900_000_000
 
 ONNX_FILE = "model.onnx"
 SHARED_ONNX_FILE = "shared.onnx"
+INT8_ONNX_FILE = "model.int8.onnx"
+"""``vpt export --int8``: the int8 graph beside ``model.onnx`` (:mod:`vptcli.quantize`)."""
 META_PREFIX = "vptcli."
 GRAPH_SINGLE = "single"
 GRAPH_SHARED = "shared-backbone"
@@ -152,6 +163,11 @@ class ExportResult:
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    int8_path: Path | None = None
+    """``model.int8.onnx`` (``--int8``), else None."""
+    int8_bytes: int = 0
+    int8_check: object = None
+    """:class:`vptcli.quantize.Int8Check` of the int8 graph (``--int8``), else None."""
 
     @property
     def max_abs_logits(self) -> float:
@@ -355,6 +371,29 @@ def stamp_ir_version(proto) -> int:
     return int(proto.ir_version)
 
 
+def clean_value_info(proto, src: Path | str = "graph") -> int:
+    """Drop the intermediate shape annotations (``graph.value_info``) the exporter leaves and check that
+    the graph passes ONNX's strict shape inference (``onnx.shape_inference.infer_shapes(strict_mode=True)``).
+
+    The annotations are optional hints; the dynamo exporter writes hundreds of them, traced at batch 1,
+    and some contradict what strict inference derives for a dynamic batch (e.g. ``384`` vs ``2`` in
+    dimension 0), which makes tools that re-run inference (ONNX Runtime's quantisation) fail. Inputs,
+    outputs and initializers keep their declared types. Returns the number of annotations removed.
+
+    Raises:
+        ExportError: strict shape inference fails on the cleaned graph (message names ``src``).
+    """
+    import onnx
+
+    removed = len(proto.graph.value_info)
+    del proto.graph.value_info[:]
+    try:
+        onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    except Exception as exc:  # noqa: BLE001 - onnx raises InferenceError and others
+        raise ExportError(f"{src}: the exported graph fails strict ONNX shape inference: {one_line(exc, 300)}") from None
+    return removed
+
+
 def min_onnxruntime(opset: int, ir_version: int) -> str:
     """The oldest ONNX Runtime release that can load a graph of ``opset`` (``ai.onnx``) and
     ``ir_version`` (:data:`ORT_FOR_OPSET`, :data:`ORT_FOR_IR`), e.g. ``"1.13"`` for opset 17 / IR 8;
@@ -386,6 +425,8 @@ def export_onnx(
     exporter: str = "auto",
     exist_ok: bool = False,
     heatmap: str | None = None,
+    int8: bool = False,
+    int8_data: str | os.PathLike | None = None,
 ) -> ExportResult:
     """Export a prompt file (or a run / export folder) to ONNX and check it against PyTorch.
 
@@ -409,6 +450,11 @@ def export_onnx(
         heatmap: a gradient-free method of :mod:`vptcli.explain` (``rollout`` | ``prompt-attention``):
             the single graph gets a third output ``heatmap`` ``[N, h, w]`` in ``[0, 1]``, parity-checked
             like the logits (tolerance :data:`HEATMAP_TOL`, fp16 :data:`FP16_HEATMAP_TOL`).
+        int8: also write ``model.int8.onnx`` (:mod:`vptcli.quantize`: dynamic int8, per-channel weights),
+            checked on validation images (the run's, or ``int8_data``'s) against PyTorch; single fp32
+            graphs only.
+        int8_data: the images of that check (an ingested data set: its val split; or a class-per-folder
+            tree); default: the run's validation images (``train_images.json`` beside the prompt file).
 
     Returns:
         :class:`ExportResult` with paths, sizes, timings and the parity figures.
@@ -417,6 +463,8 @@ def export_onnx(
         ArtifactError: unreadable / tampered prompt file, or a backbone that does not fit.
         ExportError: shared backbone asked for a full model, exporter failure, checker failure, or
             parity beyond tolerance.
+        QuantizeError: ``int8`` with ``fp16`` / a shared graph / no validation images, or the int8 graph
+            fails its check.
     """
     import torch
 
@@ -432,6 +480,7 @@ def export_onnx(
     if heatmap is not None and shared_backbone:
         raise ExportError("--heatmap applies to a single graph; leave out --shared-backbone")
     src, out = _check_request(model_path, out_dir, exporter, shared_backbone, exist_ok)
+    int8_set = _int8_request(src, int8, int8_data, fp16, shared_backbone)
     model, meta, _backbone, warn_list = load_model(src, weights=weights, force=force)
     model = model.float().eval().cpu()
 
@@ -470,7 +519,9 @@ def export_onnx(
         data = _stamp_and_check(proto, meta, graph, precision, used, opset, large_path, src, heatmap)
         parity = _parity(data if data is not None else large_path, parity_images, reference, tuned, spec["input_names"],
                          graph, len(meta.classes), tol, precision, src, ref_maps)
-        prompt_out, onnx_path, onnx_bytes, prompt_bytes = _write_export(src, out, onnx_name, data, large_path, warn_list)
+        int8_graph, int8_check = _int8_graph(int8_set, data, model, meta, src) if int8_set else (None, None)
+        prompt_out, onnx_path, onnx_bytes, prompt_bytes = _write_export(src, out, onnx_name, data, large_path, warn_list,
+                                                                        int8_graph)
     except BaseException:
         if large_path is not None:
             import shutil
@@ -484,11 +535,56 @@ def export_onnx(
         external_data=data is None, ir_version=int(proto.ir_version),
         min_onnxruntime=min_onnxruntime(opset, int(proto.ir_version)),
         inputs=list(spec["input_names"]), outputs=list(spec.get("output_names", ["logits", "probabilities"])),
-        warnings=warn_list,
+        warnings=warn_list, int8_path=out / INT8_ONNX_FILE if int8_graph else None,
+        int8_bytes=len(int8_graph or b""), int8_check=int8_check,
     )
 
 
-EXPORT_FOLDER_FILES = ("prompts.safetensors", ONNX_FILE, SHARED_ONNX_FILE, f"{ONNX_FILE}.data", f"{SHARED_ONNX_FILE}.data")
+def _int8_request(src: Path, int8: bool, int8_data, fp16: bool, shared_backbone: bool):
+    """``(check image paths, labels, source)`` for ``--int8`` (None without it), found before the model loads.
+
+    Raises:
+        QuantizeError: ``--int8`` with ``--fp16`` or ``--shared-backbone``, ``--int8-data`` without
+            ``--int8``, or no validation images (see :func:`vptcli.quantize.check_images`).
+    """
+    from vptcli.quantize import QuantizeError, check_images
+
+    if not int8:
+        if int8_data is not None:
+            raise QuantizeError("--int8-data is the data the int8 graph is checked on; pass --int8 with it")
+        return None
+    if fp16 or shared_backbone:
+        raise QuantizeError("--int8 quantises the single fp32 graph; drop --fp16 / --shared-backbone")
+    _, meta = read_prompt_file(src)
+    return check_images(src, int8_data, list(meta.classes))
+
+
+def _int8_graph(int8_set, fp32_graph: bytes | None, model, meta: PromptFileMeta, src: Path):
+    """``(int8 graph bytes, Int8Check)``: the fp32 graph quantised (:func:`vptcli.quantize.quantize_int8`),
+    stamped ``precision: int8`` and checked against PyTorch on the validation images.
+
+    Raises:
+        QuantizeError: a graph over 2 GB, the quantiser fails, or the check fails.
+    """
+    import onnx
+
+    from vptcli.quantize import QuantizeError, check_int8, load_images, quantize_int8, torch_probabilities
+
+    if fp32_graph is None:
+        raise QuantizeError(f"{src}: --int8 is not made for graphs over 2 GB (external data)")
+    paths, labels, source = int8_set
+    images = load_images(paths, meta.data_config)
+    proto = onnx.load_from_string(quantize_int8(fp32_graph))
+    for entry in proto.metadata_props:
+        if entry.key == META_PREFIX + "precision":
+            entry.value = "int8"
+    proto.doc_string = proto.doc_string.replace("fp32)", "int8: dynamic, per-channel weights, first block fp32)")
+    graph = proto.SerializeToString()
+    return graph, check_int8(graph, torch_probabilities(model, images), images, labels, source, what=f"{src}: the int8 graph")
+
+
+EXPORT_FOLDER_FILES = ("prompts.safetensors", ONNX_FILE, SHARED_ONNX_FILE, f"{ONNX_FILE}.data", f"{SHARED_ONNX_FILE}.data",
+                       INT8_ONNX_FILE)
 """What a previous export leaves in its folder: ``--out`` may hold these (they are replaced)."""
 
 
@@ -602,6 +698,7 @@ def _stamp_and_check(proto, meta: PromptFileMeta, graph: str, precision: str, us
     import onnx
 
     ir_version = stamp_ir_version(proto)
+    clean_value_info(proto, src)
     oldest_ort = min_onnxruntime(opset, ir_version)
     del proto.metadata_props[:]
     props = graph_metadata(meta, graph=graph, precision=precision, exporter=used, opset=opset)
@@ -672,8 +769,10 @@ def _parity(graph_source, parity_images: dict, reference: dict, tuned: dict, inp
     return parity
 
 
-def _write_export(src: Path, out: Path, onnx_name: str, data: bytes | None, large_path, warn_list: list[str]):
-    """Write the graph and the prompt-file copy all-or-nothing: both are written in full under
+def _write_export(src: Path, out: Path, onnx_name: str, data: bytes | None, large_path, warn_list: list[str],
+                  int8_graph: bytes | None = None):
+    """Write the graph (and ``model.int8.onnx`` when given; else a stale one is removed) and the
+    prompt-file copy all-or-nothing: all are written in full under
     temporary names before either is renamed into place (:func:`vptcli.fsutil.atomic_write_all`), so a
     full disk leaves the folder as it was. Returns ``(prompt path, graph path, graph bytes incl.
     external data, prompt bytes)``."""
@@ -682,10 +781,13 @@ def _write_export(src: Path, out: Path, onnx_name: str, data: bytes | None, larg
     prompt_out = out / "prompts.safetensors"
     onnx_path = out / onnx_name
     stale_data = out / f"{onnx_name}.data"
+    int8_path = out / INT8_ONNX_FILE
     if data is not None:
-        atomic_write_all({onnx_path: data, prompt_out: prompt_bytes})
+        atomic_write_all({onnx_path: data, prompt_out: prompt_bytes, **({int8_path: int8_graph} if int8_graph else {})})
         if stale_data.exists():
             stale_data.unlink()
+        if int8_graph is None and onnx_name == ONNX_FILE and int8_path.exists():
+            int8_path.unlink()  # made from another prompt file
         return prompt_out, onnx_path, len(data), len(prompt_bytes)
     atomic_write_bytes(prompt_out, prompt_bytes)
     os.replace(f"{large_path}.data", stale_data)
@@ -824,6 +926,7 @@ __all__ = [
     "FP32_LOGIT_TOL",
     "GRAPH_SHARED",
     "GRAPH_SINGLE",
+    "INT8_ONNX_FILE",
     "MIN_OPSET",
     "ONNX_FILE",
     "ORT_FOR_IR",
@@ -833,6 +936,7 @@ __all__ = [
     "ExportError",
     "ExportResult",
     "ParityCheck",
+    "clean_value_info",
     "export_onnx",
     "graph_metadata",
     "meta_from_graph",

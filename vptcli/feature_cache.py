@@ -58,6 +58,16 @@ class FeatureCache:
             h.update(s.encode())
         return h.hexdigest()
 
+    @staticmethod
+    def final_key(key: str, dataset) -> str:
+        """The key :meth:`build` stores under: ``key`` with the dataset's preprocessing (resize policy,
+        interpolation) mixed in, since the cached values depend on it too."""
+        dc = getattr(dataset, "data_config", None)
+        if dc:
+            pre = [dc.get("crop_mode"), dc.get("crop_pct"), dc.get("interpolation")]
+            key = hashlib.sha256(json.dumps([key, pre]).encode()).hexdigest()
+        return key
+
     @classmethod
     @torch.no_grad()
     def build(
@@ -91,10 +101,7 @@ class FeatureCache:
         """
         if views < 1:
             raise VptError("--cache-views must be >= 1")
-        dc = getattr(dataset, "data_config", None)
-        if dc:  # the cached values depend on the preprocessing (resize policy, interpolation) too
-            pre = [dc.get("crop_mode"), dc.get("crop_pct"), dc.get("interpolation")]
-            key = hashlib.sha256(json.dumps([key, pre]).encode()).hexdigest()
+        key = cls.final_key(key, dataset)
         k = start_block
         path = Path(cache_dir) / f"{key}.safetensors" if cache_dir is not None else None
         if path is not None and path.is_file():

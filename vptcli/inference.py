@@ -330,6 +330,9 @@ def create_session(onnx_path: str | os.PathLike, device: str = "auto", threads: 
 
     ``threads``: intra-op threads (:func:`vptcli.cpus.ort_intra_op_threads`: by default the CPUs this
     process may use when a container or affinity mask limits them, else the runtime's default).
+    Graph optimisation level ``ORT_ENABLE_ALL``, sequential execution. No I/O binding on CUDA: the
+    images are decoded on the CPU, so each batch is copied to the GPU once either way, and the outputs
+    (``[N, C]``) are small.
 
     Returns:
         ``(session, provider_used, warnings)``; ``provider_used`` is the first of
@@ -351,6 +354,11 @@ def create_session(onnx_path: str | os.PathLike, device: str = "auto", threads: 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.intra_op_num_threads = ort_intra_op_threads(threads)
+    # Chosen, not left to defaults: every graph optimisation (layout and fusions, which the int8 graph's
+    # DynamicQuantizeLinear + MatMulInteger pairs need to become MatMulIntegerToFloat), one graph
+    # executed in order (a ViT is a chain: parallel execution only adds inter-op threads).
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     want_cuda = device in ("auto", "cuda")
     if want_cuda and CUDA_EP not in available:
         if device == "cuda":
@@ -385,12 +393,21 @@ def create_session(onnx_path: str | os.PathLike, device: str = "auto", threads: 
 # ------------------------------------------------------------------------------------ construction
 
 
-def find_graph(path: str | os.PathLike) -> Path | None:
-    """The ONNX graph of an export folder (``model.onnx``, else ``shared.onnx``), a ``.onnx`` file
-    itself, or None."""
-    from vptcli.export import ONNX_FILE, SHARED_ONNX_FILE
+def find_graph(path: str | os.PathLike, int8: bool = False) -> Path | None:
+    """The ONNX graph of an export folder (``model.onnx``, else ``shared.onnx``; ``model.int8.onnx``
+    with ``int8``), a ``.onnx`` file itself, or None.
+
+    Raises:
+        PredictorError: ``int8`` and the folder has no ``model.int8.onnx``, or ``path`` is a file.
+    """
+    from vptcli.export import INT8_ONNX_FILE, ONNX_FILE, SHARED_ONNX_FILE
 
     p = Path(path)
+    if int8:
+        if p.is_dir() and (p / INT8_ONNX_FILE).is_file():
+            return p / INT8_ONNX_FILE
+        raise PredictorError(f"{p}: --int8 needs an export folder with {INT8_ONNX_FILE}; run `vpt export RUN --out DIR --int8`"
+                             " (or pass an .onnx file with --onnx, without --int8)")
     if p.is_file() and p.suffix.lower() == ".onnx":
         return p
     if p.is_dir():
@@ -410,11 +427,12 @@ def open_predictor(
     weights: str | None = None,
     force: bool = False,
     threads: int | None = None,
+    int8: bool = False,
 ) -> Predictor:
     """Open the predictor for ``vpt predict``'s MODEL / ``--onnx`` / ``--prompt-file``.
 
     ``threads``: ONNX Runtime intra-op threads and PyTorch threads (default: the CPUs this process
-    may use, see :mod:`vptcli.cpus`).
+    may use, see :mod:`vptcli.cpus`). ``int8``: the export folder's ``model.int8.onnx`` (ONNX backend).
 
     ``backend="auto"``: ONNX when ``onnx`` is given or MODEL is an export folder with a graph (or a
     ``.onnx`` file), else PyTorch. The prompt file is ``prompts`` when given, else MODEL's
@@ -433,7 +451,10 @@ def open_predictor(
     check_threads(threads)
     if model is None and onnx is None and prompts is None:
         raise VptError("give MODEL (a run folder, export folder or prompt file) or --onnx/--prompt-file")
-    graph = Path(onnx) if onnx is not None else (find_graph(model) if model is not None else None)
+    if int8 and (onnx is not None or backend == "torch"):
+        raise VptError("--int8 picks model.int8.onnx of an export folder for the ONNX backend; with --onnx pass that "
+                       "file itself, and --backend torch has no int8 model")
+    graph = Path(onnx) if onnx is not None else (find_graph(model, int8) if model is not None else None)
     if backend == "auto":
         _refuse_export_without_graph(model, graph)
         backend = "onnx" if graph is not None else "torch"

@@ -38,6 +38,7 @@ from vptcli import __version__
 from vptcli.artifacts import PROMPT_FILE, make_meta, save_prompt_file
 from vptcli.datasets import ManifestDataset, class_counts, sample_rng
 from vptcli.device import amp_dtype, resolve_device
+from vptcli.distributed import SINGLE, DistContext
 from vptcli.errors import VptError
 from vptcli.evaluation import chunks, predict_probs
 from vptcli.feature_cache import FeatureCache, estimate_bytes
@@ -104,6 +105,8 @@ class Setup:
     sample_weights: np.ndarray | None
     use_cache: bool
     proxy_of_class: torch.Tensor | None = None
+    dist: DistContext = SINGLE
+    """This process's rank in a ``torchrun`` job (:mod:`vptcli.distributed`); one process: ``SINGLE``."""
 
 
 @dataclass
@@ -194,14 +197,17 @@ def plan_cache(cfg: TrainConfig, model: PromptedViT, input_size, k: int, n_train
     return cfg.cache == "on" or (cfg.cache == "auto" and fits)
 
 
-def setup(manifest, backbone, cfg: TrainConfig, reporter: TrainReporter) -> Setup:
+def setup(manifest, backbone, cfg: TrainConfig, reporter: TrainReporter, dist: DistContext = SINGLE) -> Setup:
     """Device, data sets, model, class balance and cache plan of a run (seeds torch with ``cfg.seed``).
+    ``dist``: this process's rank in a ``torchrun`` job (a CUDA job puts rank r on ``cuda:LOCAL_RANK``).
 
     Raises:
         VptError: empty train or val split, a class without training images, bad block indices, or
             a cache that cannot fit.
     """
-    device = resolve_device(cfg.device)
+    from vptcli.distributed import device_for
+
+    device = device_for(dist, resolve_device(cfg.device))
     torch.manual_seed(cfg.seed)
     classes = list(manifest.classes)
     train_ds = ManifestDataset(manifest, "train", backbone.data_config, augment=cfg.augment, seed=cfg.seed)
@@ -214,7 +220,7 @@ def setup(manifest, backbone, cfg: TrainConfig, reporter: TrainReporter) -> Setu
     balance, imbalance, counts, class_weight, sample_weights = class_balance(cfg, train_ds.labels, classes, device)
     use_cache = plan_cache(cfg, model, backbone.data_config["input_size"], k, len(train_ds), len(val_ds), device, reporter)
     return Setup(cfg, device, amp_dtype(device, cfg.amp), classes, train_ds, val_ds, model, k, guided_block,
-                 balance, imbalance, counts, class_weight, sample_weights, use_cache)
+                 balance, imbalance, counts, class_weight, sample_weights, use_cache, dist=dist)
 
 
 def make_optimisation(cfg: TrainConfig, model: PromptedViT, n_train: int, dtype: torch.dtype | None) -> Optimisation:
@@ -297,6 +303,10 @@ def build_caches(s: Setup, backbone, reporter: TrainReporter, builder=None) -> t
             benchmarks pass one that shares hidden states across runs.
     """
     builder = builder or FeatureCache.build
+    if s.dist.enabled:  # each rank its share of the images, then all-gathered
+        from vptcli.distributed import sharded_cache_builder
+
+        builder = sharded_cache_builder(s.dist, builder)
     cfg, k, views = s.cfg, s.start_block, s.cfg.resolved_views(s.device.type)
     n_train = len(s.train_ds)
     common = {"backbone_identity": backbone.identity.to_dict(), "img_size": int(backbone.data_config["input_size"][-1]),
@@ -399,7 +409,7 @@ def train_one_epoch(s: Setup, opt: Optimisation, epoch: int, cache: FeatureCache
     Raises:
         VptError: a non-finite loss (names the epoch and step; nothing is saved for this epoch).
     """
-    cfg, model, device, dtype, k = s.cfg, s.model, s.device, s.dtype, s.start_block
+    cfg, model, device, dtype = s.cfg, s.model, s.device, s.dtype
     loss_cfg = DAVPTLossConfig(beta=cfg.beta, lam=cfg.lam)
     torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout draws of this epoch
     order = epoch_order(len(s.train_ds), cfg.seed, epoch, s.sample_weights)
@@ -407,28 +417,52 @@ def train_one_epoch(s: Setup, opt: Optimisation, epoch: int, cache: FeatureCache
     model.train()
     t0 = time.perf_counter()
     loss_sum, seen, ml_sum = 0.0, 0, 0.0
-    for step, (inputs, y) in enumerate(_train_batches(s.train_ds, order, cfg, cache, epoch, labels)):
-        y = y.to(device)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            hidden = inputs.to(device) if cache is not None else model.embed(inputs.to(device), k)
-            feats, guided = model.forward_from(hidden, k, s.guided_block)
-            loss = F.cross_entropy(model.head(feats).float(), y, weight=s.class_weight, label_smoothing=cfg.label_smoothing)
-            if guided is not None:
-                ml, _ = da_vpt_metric_loss(guided, y, s.proxy_of_class, loss_cfg)
-                loss = loss + ml
-                ml_sum += float(ml.detach()) * len(y)
+    for step, (inputs, y, denom) in enumerate(_train_batches(s, order, cache, epoch, labels)):
+        loss, ml = _step_loss(s, inputs, y.to(device), denom, loss_cfg, cached=cache is not None)
+        ml_sum += ml
         if not torch.isfinite(loss):
             raise VptError(f"non-finite loss ({float(loss.detach())}) at epoch {epoch + 1}, step {step + 1}; nothing was saved "
                            "for this epoch (try a lower --lr" + (" or --no-amp" if dtype else "") + ")")
         opt.optimizer.zero_grad(set_to_none=True)
-        opt.scaler.scale(loss).backward()
+        if len(y):  # a rank may have no share of a last, small global batch: it adds zero gradients
+            opt.scaler.scale(loss).backward()
+        if denom is not None:
+            from vptcli.distributed import all_reduce_grads
+
+            all_reduce_grads(s.dist, model.tuned_parameters())
         opt.scaler.step(opt.optimizer)
         opt.scaler.update()
         opt.scheduler.step()
-        loss_sum += float(loss.detach()) * len(y)
-        seen += len(y)
+        loss_sum += float(loss.detach()) * (len(y) if denom is None else denom[1])
+        seen += len(y) if denom is None else denom[1]
         update(seen, f"loss {loss_sum / seen:.4f}  {seen / (time.perf_counter() - t0):.1f} img/s")
+    if s.dist.enabled:  # each rank summed its shares' losses over the global batches
+        from vptcli.distributed import all_reduce_sum
+
+        loss_sum, ml_sum = all_reduce_sum(s.dist, [loss_sum, ml_sum])
     return {"loss": loss_sum / seen, "metric_loss": ml_sum / seen, "seen": seen, "seconds": time.perf_counter() - t0}
+
+
+def _step_loss(s: Setup, inputs: torch.Tensor, y: torch.Tensor, denom, loss_cfg, cached: bool) -> tuple[torch.Tensor, float]:
+    """``(loss, metric-loss sum for the epoch's figure)`` of one batch. ``denom`` None: one process, the
+    batch mean. In a ``torchrun`` job, ``(CE denominator, images)`` of the global batch this rank holds a
+    share of: the share's summed loss over it (an empty share: a zero loss without a graph)."""
+    cfg, model, dtype, k = s.cfg, s.model, s.dtype, s.start_block
+    if not len(y):
+        return torch.zeros((), device=s.device), 0.0
+    with torch.autocast(s.device.type, dtype=dtype, enabled=dtype is not None):
+        hidden = inputs.to(s.device) if cached else model.embed(inputs.to(s.device), k)
+        feats, guided = model.forward_from(hidden, k, s.guided_block)
+        logits = model.head(feats).float()
+        if denom is None:
+            loss = F.cross_entropy(logits, y, weight=s.class_weight, label_smoothing=cfg.label_smoothing)
+        else:
+            loss = F.cross_entropy(logits, y, weight=s.class_weight, label_smoothing=cfg.label_smoothing, reduction="sum") / denom[0]
+        if guided is None:
+            return loss, 0.0
+        ml, _ = da_vpt_metric_loss(guided, y, s.proxy_of_class, loss_cfg)
+        share = 1.0 if denom is None else len(y) / denom[1]  # DA-VPT's batch loss per share, weighted by its size
+        return loss + ml * share, float(ml.detach()) * len(y)
 
 
 def validate(s: Setup, cache: FeatureCache | None) -> dict:
@@ -436,13 +470,20 @@ def validate(s: Setup, cache: FeatureCache | None) -> dict:
     from sklearn.metrics import f1_score
 
     ds, bs, k = s.val_ds, s.cfg.batch_size, s.start_block
+    share = s.dist.span(len(ds))  # the whole split in one process; this rank's share in a torchrun job
     if cache is not None:
         batches = ((cache.batch(torch.zeros(len(ix), dtype=torch.long), torch.as_tensor(ix), s.device),
-                    torch.as_tensor([ds.labels[i] for i in ix]), k) for ix in chunks(range(len(ds)), bs))
+                    torch.as_tensor([ds.labels[i] for i in ix]), k) for ix in chunks(share, bs))
     else:
         batches = ((torch.stack([ds[i][0] for i in ix]), torch.as_tensor([ds.labels[i] for i in ix]), None)
-                   for ix in chunks(range(len(ds)), bs))
+                   for ix in chunks(share, bs))
     probs, y, loss = predict_probs(s.model, batches, s.device, s.dtype)
+    if s.dist.enabled:  # every rank gets every share: the same metrics (and early-stopping decision) everywhere
+        from vptcli.distributed import all_gather_rows, all_reduce_sum
+
+        loss = all_reduce_sum(s.dist, [loss * len(y) if len(y) else 0.0])[0] / len(ds)
+        probs = all_gather_rows(s.dist, torch.from_numpy(probs)).numpy()
+        y = all_gather_rows(s.dist, torch.from_numpy(y)).numpy()
     if len(y) == 0:
         raise VptError("validation split is empty")
     pred = probs.argmax(1)
@@ -475,13 +516,15 @@ def record_epoch(s: Setup, opt: Optimisation, state: LoopState, row: dict, run_d
         state.best, state.best_epoch, state.bad_epochs = score, row["epoch"], 0
         metrics = {"epoch": row["epoch"], "val_top1": row["val_top1"], "val_macro_f1": row["val_macro_f1"], "val_loss": row["val_loss"]}
         meta = make_meta(s.model, backbone, s.classes, data_fingerprint=manifest.fingerprint(), metrics=metrics)
-        save_prompt_file(run_dir / PROMPT_FILE, s.model, meta)
+        if s.dist.is_main:  # rank 0 alone writes (every rank holds the same tensors)
+            save_prompt_file(run_dir / PROMPT_FILE, s.model, meta)
     else:
         state.bad_epochs += 1
     state.next_epoch = row["epoch"] if next_epoch is None else next_epoch
-    atomic_write_text(run_dir / METRICS_CSV, _metrics_csv(state.history))
-    training_curves_png(state.history, run_dir / CURVES_PNG)
-    save_checkpoint(run_dir, s.model, opt, state)
+    if s.dist.is_main:
+        atomic_write_text(run_dir / METRICS_CSV, _metrics_csv(state.history))
+        training_curves_png(state.history, run_dir / CURVES_PNG)
+        save_checkpoint(run_dir, s.model, opt, state)
     return improved
 
 
@@ -628,12 +671,18 @@ def train(manifest, backbone, cfg: TrainConfig, run_dir: str | Path, *, resume: 
         VptError: bad settings, empty splits, non-finite loss (names epoch and step; nothing written
             for that epoch), an existing run without ``resume``, or nothing to resume.
     """
+    from vptcli.distributed import init_from_env
+
     reporter = reporter or TrainReporter()
     run_dir = Path(run_dir)
     cfg = start_config(run_dir, cfg, resume)
     if resume:
         check_resume_data(run_dir, manifest)
-    s = setup(manifest, backbone, cfg, reporter)
+    dist = init_from_env(resolve_device(cfg.device).type)  # a torchrun job: join it (one process: nothing)
+    if not dist.is_main:
+        reporter = TrainReporter()  # rank 0 alone prints
+    dist.barrier()  # every rank checked --out before rank 0 writes into it
+    s = setup(manifest, backbone, cfg, reporter, dist)
     if cfg.init_from and not resume:  # a source that does not fit fails before anything is written
         from vptcli.warm_start import load_init
 
@@ -648,11 +697,13 @@ def train(manifest, backbone, cfg: TrainConfig, run_dir: str | Path, *, resume: 
     else:  # a new run, or one stopped before its first checkpoint (it starts again, same settings)
         if resume:
             reporter.resumed(run_dir, 0, cfg.epochs)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / TRAIN_IMAGES, train_images(manifest))
-        atomic_write_json(run_dir / CONFIG_JSON, resolved_settings(s, backbone, manifest))
+        if dist.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(run_dir / TRAIN_IMAGES, train_images(manifest))
+            atomic_write_json(run_dir / CONFIG_JSON, resolved_settings(s, backbone, manifest))
     nothing_left = state.next_epoch >= cfg.epochs  # a resume of a finished run writes nothing
     stopped_early = _fit(s, opt, state, run_dir, backbone, manifest, reporter, cache_builder)
+    dist.barrier()  # rank 0's last writes are done before any rank lists the folder
     best_row = next((r for r in state.history if r["epoch"] == state.best_epoch), {})
     files = [] if nothing_left else sorted(p for p in run_dir.iterdir() if p.is_file() and not p.name.startswith("."))
     return TrainResult(run_dir, run_dir / PROMPT_FILE, state.best_epoch, best_row, s.model.num_tuned(),
@@ -737,24 +788,40 @@ def _metrics_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def _train_batches(ds: ManifestDataset, order: np.ndarray, cfg: TrainConfig, cache: FeatureCache | None, epoch: int, labels: torch.Tensor):
-    """Yield ``(inputs, labels)``: cached hidden states (one view per image drawn for this epoch) or
-    decoded, augmented images via a DataLoader whose workers are seeded."""
+def _train_batches(s: Setup, order: np.ndarray, cache: FeatureCache | None, epoch: int, labels: torch.Tensor):
+    """Yield ``(inputs, labels, denom)`` per global batch of ``--batch-size`` images in ``order``:
+    cached hidden states (one view per image drawn for this epoch) or decoded, augmented images via a
+    DataLoader whose workers are seeded. ``denom`` is None in one process; in a ``torchrun`` job each
+    rank gets its share of every global batch and ``denom = (CE denominator, images)`` of the global
+    batch (see :mod:`vptcli.distributed`)."""
+    ds, cfg, dist = s.train_ds, s.cfg, s.dist
+    global_batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+
+    def denom(batch) -> tuple[float, int] | None:
+        if not dist.enabled:
+            return None
+        w = s.class_weight.cpu()[labels[batch]].sum() if s.class_weight is not None else len(batch)
+        return float(w), len(batch)
+
     if cache is not None:
         views = cache.hidden.shape[0]
         rng = sample_rng(cfg.seed, 2_000_003, epoch)
         view_of = torch.as_tensor(rng.integers(views, size=len(order)), dtype=torch.long)
-        order_t = torch.as_tensor(order, dtype=torch.long)
-        for s in range(0, len(order), cfg.batch_size):
-            ix = order_t[s : s + cfg.batch_size]
-            yield cache.batch(view_of[s : s + cfg.batch_size], ix, "cpu"), labels[ix]
+        for b, batch in enumerate(global_batches):
+            pos = dist.shard(torch.arange(b * cfg.batch_size, b * cfg.batch_size + len(batch)))
+            ix = torch.as_tensor(order, dtype=torch.long)[pos]
+            yield cache.batch(view_of[pos], ix, "cpu"), labels[ix], denom(torch.as_tensor(batch, dtype=torch.long))
         return
     from torch.utils.data import DataLoader
 
     ds.set_epoch(epoch)
-    loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=order.tolist(), num_workers=cfg.workers,
-                        persistent_workers=False, pin_memory=torch.cuda.is_available())
-    yield from loader
+    shares = [dist.shard(batch.tolist()) for batch in global_batches]
+    loader = DataLoader(ds, batch_sampler=[sh for sh in shares if sh], num_workers=cfg.workers, persistent_workers=False,
+                        pin_memory=torch.cuda.is_available())
+    batches = iter(loader)
+    for batch, share in zip(global_batches, shares):
+        x, y = next(batches) if share else (torch.zeros(0), torch.zeros(0, dtype=torch.long))
+        yield x, y, denom(torch.as_tensor(batch, dtype=torch.long))
 
 
 @torch.no_grad()

@@ -17,6 +17,8 @@ def export(
     weights: Annotated[str | None, typer.Option(help="Backbone weights to use instead of the file's own source (path or 'random').")] = None,
     force: Annotated[bool, typer.Option("--force", help="Accept other weights of the same architecture (warns).")] = False,
     heatmap: Annotated[str | None, typer.Option("--heatmap", metavar="METHOD", help="Add a third output `heatmap` [N,h,w] (rollout | prompt-attention, gradient-free; `vpt predict --backend onnx --explain` shows it), parity-checked like the logits. Single graph only.")] = None,
+    int8: Annotated[bool, typer.Option("--int8", help="Also write model.int8.onnx (ONNX Runtime dynamic int8, per-channel weights; for CPUs), checked on validation images: top-1 agrees with PyTorch on >= 99 % and accuracy within 0.5 point, else nothing is written.")] = False,
+    int8_data: Annotated[Path | None, typer.Option("--int8-data", help="Images the int8 check runs on: an ingested data set (its val split) or a class-per-folder tree (default: the run's validation images).")] = None,
     exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Write into an --out folder that holds other files (they are left as they are; by default only an empty folder or a previous export is accepted).")] = False,
 ) -> None:
     """Export to ONNX (input images float32 [N,3,H,W] RGB in [0,1]; outputs logits and probabilities) and check parity with PyTorch."""
@@ -24,9 +26,9 @@ def export(
     from vptcli.console import out as stdout
     from vptcli.export import export_onnx
 
-    with console.status("exporting to ONNX and checking parity with PyTorch..."):
+    with console.status("exporting to ONNX and checking parity with PyTorch" + (" (and int8)" if int8 else "") + "..."):
         r = export_onnx(model, out, opset=opset, fp16=fp16, shared_backbone=shared_backbone, weights=weights, force=force,
-                        exist_ok=exist_ok, heatmap=heatmap)
+                        exist_ok=exist_ok, heatmap=heatmap, int8=int8, int8_data=int8_data)
     for w in r.warnings:
         warn(w)
     for c in r.parity:
@@ -45,6 +47,14 @@ def export(
         soft_wrap=True,
     )
     stdout.print(f"onnx: {r.onnx_path} ({r.onnx_bytes / 2**20:.1f} MiB{', with external data' if r.external_data else ''})", soft_wrap=True)
+    if r.int8_path is not None:
+        c = r.int8_check
+        stdout.print(
+            f"int8 check on {c.images} validation images: top-1 agrees with PyTorch {c.top1_agree}/{c.images}, accuracy "
+            f"{100 * c.accuracy_int8:.1f} % (PyTorch {100 * c.accuracy_torch:.1f} %), max |probabilities| "
+            f"{c.max_abs_probabilities:.2e}", soft_wrap=True)
+        stdout.print(f"int8 onnx: {r.int8_path} ({r.int8_bytes / 2**20:.1f} MiB; `vpt predict {r.out_dir} --int8` uses it)",
+                     soft_wrap=True)
     stdout.print(f"prompt file: {r.prompt_path} ({r.prompt_bytes / 1024:.1f} KiB)", soft_wrap=True)
 
 

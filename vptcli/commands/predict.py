@@ -27,6 +27,8 @@ def predict(
     bit_depth: Annotated[int | None, typer.Option(help="Sensor bit depth of 16-bit files (as in `vpt ingest --bit-depth`).")] = None,
     max_pixels: Annotated[int | None, typer.Option(help="Refuse images with more pixels than this (default: Pillow's limit, 89,478,485).")] = None,
     workers: Annotated[int | None, typer.Option(help="Decoding threads (default: the CPUs this process may use, at most 8).")] = None,
+    shard: Annotated[str | None, typer.Option("--shard", metavar="I/N", help="Predict only block I (0-based) of N of the sorted file list, e.g. 0/4 on the first of four machines; `vpt predict-merge` joins the N outputs into the rows of one run.")] = None,
+    int8: Annotated[bool, typer.Option("--int8", help="ONNX backend on an export folder: use its model.int8.onnx (`vpt export --int8`) instead of model.onnx.")] = False,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="ONNX Runtime intra-op threads and PyTorch threads (default: the CPUs this process may use, container limits and affinity included).")] = None,
     registry: Annotated[Path | None, typer.Option("--registry", help="A prompt registry (`vpt registry`): use --task's production version; omit MODEL (every argument is a PATH); rows record task, version and prompt sha256.")] = None,
     task: Annotated[str | None, typer.Option("--task", help="With --registry: the task whose production version predicts.")] = None,
@@ -38,15 +40,21 @@ def predict(
     from vptcli.commands.render import print_predictions
     from vptcli.console import console, warn
     from vptcli.inference import check_predict_options, open_predictor
+    from vptcli.shards import parse_shard, take_shard
 
     check_predict_options(batch_size=batch_size, top_k=top_k, reject_below=reject_below, out=out)
     provenance = None
     if registry is not None or task is not None:  # MODEL is then the first PATH
         prompt_file, provenance, backend = _registry_model(registry, task, onnx, prompt_file, backend)
         paths, model = [model, *(paths or [])], str(prompt_file)
+    part = parse_shard(shard) if shard is not None else None
     model_arg, files, problems = _inputs(model, paths, onnx, prompt_file)
+    if part is not None:
+        n_all = len(files)
+        files, problems = take_shard(files, problems, *part)
+        console.print(f"shard {part[0]}/{part[1]}: {len(files)} of {n_all} files", soft_wrap=True)
     predictor = open_predictor(model_arg, backend=backend, device=device, onnx=onnx, prompts=prompt_file, weights=weights,
-                               force=force, threads=threads)
+                               force=force, threads=threads, int8=int8)
     for w in predictor.warnings:
         warn(w)
     method = _explain_method(predictor, explain, explain_class, explain_method)
@@ -202,6 +210,19 @@ def _predict_rows(predictor, files, out: Path | None, settings: dict, provenance
     return counts, shown
 
 
+def predict_merge(
+    out: Annotated[Path, typer.Option("--out", "-o", help="The merged file: .csv or .jsonl, as the shards.")],
+    parts: Annotated[list[Path], typer.Argument(metavar="SHARD_OUTPUT...", help="The --out files of `vpt predict --shard 0/N` ... `N-1/N`, in shard order.")],
+) -> None:
+    """Join the outputs of `vpt predict --shard I/N` (given in shard order) into the rows one run writes."""
+    from vptcli.console import out as stdout
+    from vptcli.shards import merge_predictions
+
+    rows = merge_predictions(parts, out)
+    stdout.print(f"{rows} rows from {len(parts)} shard output(s): {out}", soft_wrap=True)
+
+
 def register(app: typer.Typer) -> None:
-    """Add `vpt predict`."""
+    """Add `vpt predict` and `vpt predict-merge`."""
     app.command("predict")(predict)
+    app.command("predict-merge")(predict_merge)

@@ -6,6 +6,7 @@ and every check; the choices and help of ``--method`` come from :mod:`vptcli.met
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import fields
 from pathlib import Path
 from typing import Annotated
@@ -80,6 +81,7 @@ def train(
     )
     from vptcli.cpus import apply_torch_threads
     from vptcli.datasets import with_resize
+    from vptcli.distributed import env_context
     from vptcli.ingest import check_out_dir, load_or_ingest
     from vptcli.manifest import is_manifest_dir
     from vptcli.tracking import tracked
@@ -116,7 +118,8 @@ def train(
         if resume:  # the policy the run started with (its config.json records the data config used)
             resize = _saved_resize(out)
         bb.data_config = with_resize(bb.data_config, resize)
-        with tracked(ConsoleTrainReporter(), cfg, out, data) as reporter:  # MLflow when MLFLOW_TRACKING_URI is set
+        main_rank = env_context().is_main  # under torchrun, rank 0 alone prints (and logs to MLflow)
+        with tracked(ConsoleTrainReporter(), cfg, out, data) if main_rank else nullcontext() as reporter:
             if candidates:
                 from vptcli.tuning import tune as run_tuning
 
@@ -127,7 +130,8 @@ def train(
     except KeyboardInterrupt:  # Ctrl-C: one line, what was saved and how to continue
         print_interrupted(out, data, cfg.epochs)
         raise typer.Exit(130) from None
-    print_train_result(result, full_model=cfg.spec.tunes_backbone)
+    if main_rank:
+        print_train_result(result, full_model=cfg.spec.tunes_backbone)
 
 
 def _init_settings(ctx: typer.Context, cfg: TrainConfig, init_from: str, registry: Path | None,
@@ -154,6 +158,7 @@ def _tune_candidates(tune: bool, tune_try: list[str] | None, resume: bool) -> li
     Raises:
         VptError: ``--tune`` with ``--resume``, or a malformed ``--tune-try``.
     """
+    from vptcli.distributed import env_context
     from vptcli.errors import VptError
     from vptcli.tuning import DEFAULT_CANDIDATES, parse_candidate
 
@@ -161,6 +166,8 @@ def _tune_candidates(tune: bool, tune_try: list[str] | None, resume: bool) -> li
         return []
     if resume:
         raise VptError("--tune starts new runs; it cannot be combined with --resume (resume the chosen run without --tune)")
+    if env_context().enabled:
+        raise VptError("--tune runs in one process; under torchrun train the chosen settings without --tune")
     return [parse_candidate(t) for t in (tune_try or DEFAULT_CANDIDATES)]
 
 

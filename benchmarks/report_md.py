@@ -13,14 +13,18 @@ from vptcli.methods import Method, spec
 
 
 def seed_summary(rows: list[dict]) -> str:
-    """Mean ± sample std of test top-1 / macro-F1 over the seeds of each (regime, method, image size)."""
+    """Mean ± sample std of test top-1 / macro-F1 over the seeds of each setting (regime, method, image
+    size, prompt start block, prompts, lr, head lr scale)."""
     import statistics
 
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["regime"], r["method"], r.get("img_size")), []).append(r)
-    out = ["| regime | method | px | seeds | test top-1 | macro-F1 | val macro-F1 |", "|---|---|---|---|---|---|---|"]
-    for (reg, m, px), rs in groups.items():
+        key = (r["regime"], r["method"], r.get("img_size"), r.get("prompt_start_block"), r.get("num_prompts"), r.get("lr"),
+               r.get("head_lr_scale", 1.0))
+        groups.setdefault(key, []).append(r)
+    out = ["| regime | method | px | k | prompts | lr | head lr × | seeds | test top-1 | macro-F1 | val macro-F1 |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (reg, m, px, k, p, lr, hls), rs in groups.items():
         if len(rs) < 2:
             continue
 
@@ -28,7 +32,10 @@ def seed_summary(rows: list[dict]) -> str:
             v = [scale * r[key] for r in rs]
             return f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}" if scale != 1.0 else f"{statistics.mean(v):.3f} ± {statistics.stdev(v):.3f}"
 
-        out.append(f"| {reg} | {spec(m).label} | {px} | {len(rs)} | {ms('test_top1', 100.0)} % | {ms('test_macro_f1')} | {ms('best_val_macro_f1')} |")
+        prompted = spec(m).has_prompts
+        out.append(f"| {reg} | {spec(m).label} | {px} | {k if prompted else '–'} | {p if prompted else '–'} | "
+                   f"{f'{lr:g}' if not spec(m).head_fit else '–'} | {f'{hls:g}' if not spec(m).head_fit else '–'} | {len(rs)} | "
+                   f"{ms('test_top1', 100.0)} % | {ms('test_macro_f1')} | {ms('best_val_macro_f1')} |")
     return "\n".join(out) if len(out) > 2 else ""
 
 
@@ -49,17 +56,20 @@ def elpv_tables(d: dict) -> str:
                    f"{100 * r['test_balanced_accuracy']:.2f} % | {r['test_macro_f1']:.3f} | {auc} | {r['test_ece']:.3f} | "
                    f"{r['tuned_parameters']:,} ({r['tuned_percent']:.3f} %) | {size_s} | {r['train_seconds_per_epoch']:.1f} | "
                    f"{r['train_wall_seconds']:.0f} | {r['best_epoch']} ({r['best_val_macro_f1']:.3f}) |")
-    summary = seed_summary([r for r in rows if r["group"] == "main"])
+    summary = seed_summary(rows)
     if summary:
         out += ["", summary]
-    tries = [r for r in rows if r["regime"] == "64-shot" and r["method"] == Method.VPT_DEEP.value]
+    tries = [r for r in rows if r["method"] == Method.VPT_DEEP.value and (r["group"] == "tries" or r["regime"] == "64-shot")]
     if tries:
         out.append("")
-        out.append("| lr | prompts | epochs | k | val macro-F1 (selection) | val top-1 | test top-1 (information only) |")
-        out.append("|---|---|---|---|---|---|---|")
+        out.append("| regime | seed | lr | head lr × | prompts | epochs | k | val macro-F1 (selection) | best epoch | val top-1 | "
+                   "test top-1 (information only) | test bal. acc. | test macro-F1 | train s/epoch |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in tries:
-            out.append(f"| {r['lr']:g} | {r['num_prompts']} | {r['epochs']} | {r['prompt_start_block']} | {r['best_val_macro_f1']:.3f} | "
-                       f"{100 * r['best_val_top1']:.1f} % | {100 * r['test_top1']:.2f} % |")
+            out.append(f"| {r['regime']} | {r.get('seed', 0)} | {r['lr']:g} | {r.get('head_lr_scale', 1.0):g} | {r['num_prompts']} | "
+                       f"{r['epochs']} | {r['prompt_start_block']} | {r['best_val_macro_f1']:.3f} | {r['best_epoch']} | "
+                       f"{100 * r['best_val_top1']:.1f} % | {100 * r['test_top1']:.2f} % | {100 * r['test_balanced_accuracy']:.2f} % | "
+                       f"{r['test_macro_f1']:.3f} | {r['train_seconds_per_epoch']:.1f} |")
     errs = [r for r in d["rows"] if "error" in r]
     for r in errs:
         out.append(f"\nFailed: {r['id']}: {r['error']}")

@@ -29,7 +29,7 @@ def predict(
     workers: Annotated[int | None, typer.Option(help="Decoding threads (default: the CPUs this process may use, at most 8).")] = None,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="ONNX Runtime intra-op threads and PyTorch threads (default: the CPUs this process may use, container limits and affinity included).")] = None,
 ) -> None:
-    """Predict classes of image files; one row per file (path, label, confidence, top-k, status, reason). Exit code 1 when any file failed."""
+    """Predict classes of image files; one row per file (path, label, confidence, top-k, ood_score, status, reason). Status 'unfamiliar': unlike the training images (the run's ood_reference.safetensors). Exit code 1 when any file failed."""
     from vptcli.commands.render import print_predictions
     from vptcli.console import console, warn
     from vptcli.inference import check_predict_options, open_predictor
@@ -107,7 +107,7 @@ def _predict_rows(predictor, files, out: Path | None, settings: dict):
     writer = None
     if out is not None or to_stdout:
         writer = RowWriter(out, min(top_k, len(predictor.classes)) if top_k > 0 else top_k, stream=sys.stdout if to_stdout else None)
-    counts = {"ok": 0, "review": 0, "error": 0}
+    counts = {"ok": 0, "review": 0, "unfamiliar": 0, "error": 0}
     shown = []
     try:
         with Progress(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),

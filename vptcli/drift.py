@@ -7,7 +7,7 @@ Three measures, each against the reference the run keeps (:mod:`vptcli.ood`):
   features and the new images' features (at most ``max_rows`` of each, a seeded random subsample);
   drift is declared when its p-value is below ``alpha``;
 - the share of unfamiliar images (score above the reference's threshold), beside the share expected
-  of familiar images (``1 - level``);
+  of familiar images (:attr:`vptcli.ood.OodReference.expected_false_alarm`, about ``1 - level``);
 - the shift of predicted class shares: the shares predicted on the new images against those
   predicted on the validation images, and their total variation distance.
 
@@ -87,7 +87,7 @@ def measure_drift(predictor: Predictor, paths: list[Path], *, alpha: float = 0.0
         "drift": bool(test.p_value < alpha), "alpha": alpha,
         "mmd": {"mmd2": test.mmd2, "p_value": test.p_value, "bandwidth": test.bandwidth, "permutations": test.permutations,
                 "n_reference": test.n_x, "n_new": test.n_y, "kernel": "rbf, median heuristic (Gretton et al. 2012)"},
-        "unfamiliar": {"count": unfamiliar, "share": unfamiliar / len(x_new), "expected_share": round(1 - ref.level, 6),
+        "unfamiliar": {"count": unfamiliar, "share": unfamiliar / len(x_new), "expected_share": round(ref.expected_false_alarm, 6),
                        "threshold": ref.threshold, "level": ref.level},
         "ood_score": {"score": SCORE_NAME, "feature": ref.feature,
                       "reference_median": float(np.median(ref.val_scores)), "new_median": float(np.median(scores))},

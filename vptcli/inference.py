@@ -131,8 +131,12 @@ class Predictor:
 
     def forward_batch(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """As :meth:`predict_batch`, plus the head's input ``features [N, F]`` float32 (None for an
-        ONNX graph exported without a ``features`` output)."""
-        raise NotImplementedError
+        ONNX graph exported without a ``features`` output). A subclass that only defines
+        :meth:`predict_batch` gets no features."""
+        if type(self).predict_batch is Predictor.predict_batch:
+            raise NotImplementedError
+        logits, probs = self.predict_batch(images)
+        return logits, probs, None
 
 
 class TorchPredictor(Predictor):

@@ -9,9 +9,14 @@ forward pass that classifies the image gives its score, in PyTorch and in an exp
 ``features`` output), and for a linear probe they are the frozen backbone's own features. The shared
 covariance is estimated with Ledoit-Wolf shrinkage (:class:`sklearn.covariance.LedoitWolf`) on the
 class-centred training features, so it stays invertible and stable when there are fewer images than
-feature dimensions. The threshold is the ``level`` quantile (default :data:`DEFAULT_LEVEL`) of the
-validation images' scores: images the model was not fitted on, so about ``1 - level`` of new images
-from the training distribution score above it.
+feature dimensions. The threshold is taken on the validation images' scores (images the model was
+not fitted on) at the split-conformal rank ``k = ceil((n + 1) * level)`` of ``n`` sorted scores
+(Vovk et al., "Algorithmic Learning in a Random World", 2005; Angelopoulos & Bates, "A Gentle
+Introduction to Conformal Prediction", 2021), so that a new image from the training distribution
+scores above it with probability at most ``(n + 1 - k) / (n + 1)`` (about ``1 - level``, default
+:data:`DEFAULT_LEVEL`). With fewer than ``level / (1 - level)`` validation images that rank does not
+exist; the largest validation score is used and the rate is ``1 / (n + 1)``
+(:attr:`OodReference.expected_false_alarm` says which).
 
 **Per batch** (:func:`mmd_test`): the kernel maximum mean discrepancy two-sample test of Gretton et
 al., "A Kernel Two-Sample Test", JMLR 2012 — Gaussian (RBF) kernel with the median heuristic
@@ -42,8 +47,11 @@ OOD_FILE = "ood_reference.safetensors"
 """The reference's file name, beside ``prompts.safetensors``."""
 
 FORMAT = "vptcli-ood-reference"
-DEFAULT_LEVEL = 0.99
-"""Quantile of the validation scores used as the threshold (about 1 % of familiar images flagged)."""
+DEFAULT_LEVEL = 0.95
+"""Level of the threshold: about 5 % of familiar images are flagged. On ELPV (docs/operations.md)
+the validation scores have a long upper tail, so a 99 % threshold sits at their largest values and
+flags far fewer images of another cell type (17 % against 98 % at 95 %); ``vpt predict --ood-level``
+picks another level from the same reference."""
 
 REFERENCE_ROWS = 512
 """At most this many validation feature rows are kept for the two-sample test."""
@@ -86,6 +94,13 @@ class OodReference:
     n_train: int = 0
     shrinkage: float = 0.0
     extra: dict = field(default_factory=dict)
+
+    @property
+    def expected_false_alarm(self) -> float:
+        """Share of familiar images expected above the threshold: ``(n + 1 - k) / (n + 1)`` for the
+        conformal rank ``k`` (capped at ``n``) of ``n`` validation scores."""
+        n = len(self.val_scores)
+        return (n + 1 - conformal_rank(n, self.level)) / (n + 1)
 
     @property
     def dim(self) -> int:
@@ -157,7 +172,7 @@ def fit_reference(train_features, train_labels, val_features, classes: list[str]
     precision = lw.precision_
     precision = 0.5 * (precision + precision.T)
     val_scores = mahalanobis_scores(xv, means, precision)
-    threshold = float(np.quantile(val_scores, level, method="higher"))
+    threshold = float(np.sort(val_scores)[conformal_rank(len(val_scores), level) - 1])
     rng = np.random.default_rng(seed)
     keep = np.sort(rng.permutation(len(xv))[:max_rows])
     predicted = np.asarray(val_predicted if val_predicted is not None else [], dtype=np.int64)
@@ -169,6 +184,14 @@ def fit_reference(train_features, train_labels, val_features, classes: list[str]
         classes=list(classes), prompt_sha256=prompt_sha256, feature=feature, n_train=len(x),
         shrinkage=float(lw.shrinkage_),
     )
+
+
+def conformal_rank(n: int, level: float) -> int:
+    """The 1-based rank ``min(n, ceil((n + 1) * level))`` of the threshold among ``n`` sorted
+    calibration scores (split conformal; see the module docstring)."""
+    import math
+
+    return max(1, min(n, math.ceil((n + 1) * level - 1e-9)))
 
 
 def class_shares(predicted, n_classes: int) -> np.ndarray:
@@ -311,6 +334,7 @@ __all__ = [
     "MMDResult",
     "OodReference",
     "class_shares",
+    "conformal_rank",
     "fit_reference",
     "load_reference",
     "mahalanobis_scores",

@@ -622,7 +622,7 @@ def train(manifest, backbone, cfg: TrainConfig, run_dir: str | Path, *, resume: 
     nothing_left = state.next_epoch >= cfg.epochs  # a resume of a finished run writes nothing (but a missing reference)
     stopped_early, caches = _fit(s, opt, state, run_dir, backbone, manifest, reporter, cache_builder)
     if (run_dir / PROMPT_FILE).is_file() and (not nothing_left or not (run_dir / OOD_FILE).is_file()):
-        write_ood_reference(s, run_dir, *caches)
+        write_ood_reference(s, run_dir, *caches, reporter=reporter)
     best_row = next((r for r in state.history if r["epoch"] == state.best_epoch), {})
     files = [] if nothing_left else sorted(p for p in run_dir.iterdir() if p.is_file() and not p.name.startswith("."))
     return TrainResult(run_dir, run_dir / PROMPT_FILE, state.best_epoch, best_row, s.model.num_tuned(),
@@ -661,13 +661,14 @@ def _fit(s: Setup, opt: Optimisation, state: LoopState, run_dir: Path, backbone,
 
 
 def write_ood_reference(s: Setup, run_dir: Path, train_cache: FeatureCache | None = None,
-                        val_cache: FeatureCache | None = None) -> Path:
+                        val_cache: FeatureCache | None = None, reporter: TrainReporter | None = None) -> Path:
     """Write the run's unfamiliar-image reference (:data:`vptcli.ood.OOD_FILE`) for its prompt file.
 
     The best prompt file's tensors are loaded into ``s.model``; its head input
     (:func:`head_features`) on every cached view of the training images gives the class means and the
     shared covariance, the plain validation images give the threshold and the two-sample reference
-    (:func:`vptcli.ood.fit_reference`). Without caches the images are decoded (plain views).
+    (:func:`vptcli.ood.fit_reference`). Without caches the images are decoded (plain views). A
+    validation split too small for the threshold's level is said through ``reporter``.
     """
     from vptcli.artifacts import read_prompt_file
     from vptcli.ood import fit_reference, save_reference
@@ -680,6 +681,10 @@ def write_ood_reference(s: Setup, run_dir: Path, train_cache: FeatureCache | Non
         predicted = s.model.head(xv.to(s.device)).argmax(1).cpu().numpy()
     ref = fit_reference(x.numpy(), y.numpy(), xv.numpy(), s.classes, val_predicted=predicted, seed=s.cfg.seed,
                         prompt_sha256=meta.tensors_sha256, feature=f"head input ({s.model.config.head_input})")
+    if reporter is not None and ref.expected_false_alarm > 1 - ref.level + 1e-9:
+        reporter.warn(f"{len(xv)} validation images are too few for a {100 * (1 - ref.level):g} % unfamiliar-image threshold: "
+                      f"it is the largest validation score, so about {100 * ref.expected_false_alarm:.0f} % of familiar "
+                      "images will be flagged 'unfamiliar' by vpt predict; more validation images make it tighter")
     return save_reference(run_dir / OOD_FILE, ref)
 
 

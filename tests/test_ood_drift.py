@@ -155,6 +155,17 @@ def test_predict_scores_and_flags_unfamiliar_images(trained, vpt, tmp_path):
     assert f"{len(flagged)} unfamiliar" in stdout + err
 
 
+def test_ood_level_moves_the_threshold(trained, vpt, tmp_path):
+    ref = load_reference(trained / "run" / OOD_FILE)
+    assert ref.level == 0.95 and ref.at_level(0.5).threshold < ref.threshold <= ref.at_level(0.99).threshold
+    code, _, err = vpt("predict", trained / "run", trained / "same", "--out", tmp_path / "p.csv", "--ood-level", "0.5")
+    assert code == 0, err
+    rows = read_csv(tmp_path / "p.csv")
+    assert 5 <= sum(r["status"] == "unfamiliar" for r in rows) <= 25  # about half of familiar images
+    code, out, err = vpt("predict", trained / "run", trained / "same", "--ood-level", "1.5")
+    assert code == 2 and "--ood-level" in out + err
+
+
 def test_drift_in_distribution_and_shifted(trained, vpt, tmp_path):
     code, out, err = vpt("drift", trained / "run", trained / "same", "--out", tmp_path / "d0")
     assert code == 0, out + err

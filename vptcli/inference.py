@@ -98,6 +98,16 @@ class Predictor:
         self._transform = None
         self.ood = None
 
+    def set_ood_level(self, level: float | None) -> None:
+        """Put the unfamiliar-image threshold at ``level`` (None: keep the reference's own; see
+        :meth:`vptcli.ood.OodReference.at_level`). Without a reference nothing changes.
+
+        Raises:
+            VptError: ``level`` outside (0, 1).
+        """
+        if level is not None and self.ood is not None:
+            self.ood = self.ood.at_level(level)
+
     def _find_reference(self, folder: Path) -> None:
         """Set :attr:`ood` from ``folder`` when its reference belongs to this prompt file (else a warning)."""
         from vptcli.ood import reference_for
@@ -757,11 +767,12 @@ def _load_one(predictor: Predictor, path: Path, max_pixels: int | None, bit_dept
 
 
 def check_predict_options(*, batch_size: int = 32, top_k: int = 3, reject_below: float | None = None,
-                          out: str | os.PathLike | None = None) -> None:
+                          out: str | os.PathLike | None = None, ood_level: float | None = None) -> None:
     """Validate predict options before any model is loaded.
 
     Raises:
-        VptError: ``batch_size`` or ``top_k`` below 1, ``reject_below`` outside [0, 1], or an ``out``
+        VptError: ``batch_size`` or ``top_k`` below 1, ``reject_below`` outside [0, 1], ``ood_level``
+            outside (0, 1), or an ``out``
             file name that is not ``.csv`` / ``.jsonl``.
     """
     if batch_size < 1:
@@ -770,6 +781,8 @@ def check_predict_options(*, batch_size: int = 32, top_k: int = 3, reject_below:
         raise VptError(f"--top-k must be at least 1, got {top_k}")
     if reject_below is not None and not 0.0 <= reject_below <= 1.0:
         raise VptError(f"--reject-below must be a probability in [0, 1], got {reject_below}")
+    if ood_level is not None and not 0.0 < ood_level < 1.0:
+        raise VptError(f"--ood-level must be in (0, 1), got {ood_level}")
     if out is not None and Path(out).suffix.lower() not in OUTPUT_SUFFIXES:
         raise VptError(f"--out {out}: use a .csv or .jsonl file name (the extension picks the format)")
 

@@ -95,6 +95,20 @@ class OodReference:
     shrinkage: float = 0.0
     extra: dict = field(default_factory=dict)
 
+    def at_level(self, level: float) -> OodReference:
+        """The same reference with its threshold at another ``level`` (conformal rank of the stored
+        validation scores; nothing is recomputed).
+
+        Raises:
+            VptError: ``level`` outside (0, 1).
+        """
+        import dataclasses
+
+        if not 0.0 < level < 1.0:
+            raise VptError(f"--ood-level must be in (0, 1), got {level}")
+        scores = np.sort(self.val_scores)
+        return dataclasses.replace(self, level=level, threshold=float(scores[conformal_rank(len(scores), level) - 1]))
+
     @property
     def expected_false_alarm(self) -> float:
         """Share of familiar images expected above the threshold: ``(n + 1 - k) / (n + 1)`` for the

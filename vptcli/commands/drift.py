@@ -14,6 +14,7 @@ def drift(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for drift_report.md/.json and drift_scores.png (default: drift-FOLDER-TIME here).")] = None,
     alpha: Annotated[float, typer.Option(help="Drift when the MMD test's p-value is below this.")] = 0.05,
     permutations: Annotated[int, typer.Option(help="Permutations of the MMD test (p-value resolution 1/(n+1)).")] = 1000,
+    ood_level: Annotated[float | None, typer.Option("--ood-level", help="Level of the 'unfamiliar' threshold (default: the run's, 0.95).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the subsample and the permutations.")] = 0,
     backend: Annotated[str, typer.Option(help="torch | onnx | auto (onnx for an export folder, else torch).")] = "auto",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
@@ -27,7 +28,7 @@ def drift(
     from vptcli.errors import VptError
     from vptcli.inference import check_predict_options, expand_inputs, open_predictor
 
-    check_predict_options(batch_size=batch_size)
+    check_predict_options(batch_size=batch_size, ood_level=ood_level)
     for what, given in (("MODEL", Path(model)), ("FOLDER", folder)):
         if not given.exists():
             raise VptError(f"{what} {given}: no such file or folder")
@@ -37,6 +38,7 @@ def drift(
     if not files:
         raise VptError(f"no image files found in {folder}")
     predictor = open_predictor(model, backend=backend, device=device, threads=threads)
+    predictor.set_ood_level(ood_level)
     for w in predictor.warnings:
         warn(w)
     report, scores = measure_drift(predictor, files, alpha=alpha, permutations=permutations, seed=seed, batch_size=batch_size)

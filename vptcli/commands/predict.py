@@ -19,6 +19,7 @@ def predict(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write all rows to FILE: .csv or .jsonl (default: CSV on stdout when it is not a terminal).")] = None,
     top_k: Annotated[int, typer.Option("--top-k", help="Class probabilities per row, best first.")] = 3,
     reject_below: Annotated[float | None, typer.Option("--reject-below", help="Mark predictions whose confidence is under P as 'review' instead of a class.")] = None,
+    ood_level: Annotated[float | None, typer.Option("--ood-level", help="Level of the 'unfamiliar' threshold, e.g. 0.99 flags about 1 % of images like the training ones (default: the run's, 0.95).")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
     onnx: Annotated[Path | None, typer.Option("--onnx", help="An ONNX graph from `vpt export`: a single graph predicts on its own; a shared-backbone graph needs --prompt-file.")] = None,
     prompt_file: Annotated[Path | None, typer.Option("--prompt-file", help="The prompt file to use (classes, preprocessing; prompts and head for a shared graph; not needed with a single graph).")] = None,
@@ -34,10 +35,11 @@ def predict(
     from vptcli.console import console, warn
     from vptcli.inference import check_predict_options, open_predictor
 
-    check_predict_options(batch_size=batch_size, top_k=top_k, reject_below=reject_below, out=out)
+    check_predict_options(batch_size=batch_size, top_k=top_k, reject_below=reject_below, out=out, ood_level=ood_level)
     model_arg, files, problems = _inputs(model, paths, onnx, prompt_file)
     predictor = open_predictor(model_arg, backend=backend, device=device, onnx=onnx, prompts=prompt_file, weights=weights,
                                force=force, threads=threads)
+    predictor.set_ood_level(ood_level)
     for w in predictor.warnings:
         warn(w)
     console.print(f"{predictor.backend} backend on {predictor.device}: {predictor.source} ({len(predictor.classes)} classes)",

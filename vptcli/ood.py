@@ -70,7 +70,8 @@ class OodReference:
         level: the validation quantile the threshold was taken at.
         features: ``[M, F]`` validation features (a random subsample of at most :data:`REFERENCE_ROWS`)
             for the two-sample test.
-        val_scores: ``[N_val]`` scores of every validation image (the calibration sample).
+        val_scores: ``[N_val]`` float64 scores of every validation image (the calibration sample; the
+            threshold is one of them).
         train_shares: ``[C]`` class shares of the training images.
         val_predicted_shares: ``[C]`` shares of the classes the model predicts on the validation images.
         classes: class names, index order.
@@ -192,7 +193,7 @@ def fit_reference(train_features, train_labels, val_features, classes: list[str]
     predicted = np.asarray(val_predicted if val_predicted is not None else [], dtype=np.int64)
     return OodReference(
         means=means.astype(np.float32), precision=precision.astype(np.float32), threshold=threshold, level=level,
-        features=xv[keep].astype(np.float32), val_scores=val_scores.astype(np.float32),
+        features=xv[keep].astype(np.float32), val_scores=val_scores,
         train_shares=(counts / counts.sum()).astype(np.float32),
         val_predicted_shares=class_shares(predicted, n_classes).astype(np.float32),
         classes=list(classes), prompt_sha256=prompt_sha256, feature=feature, n_train=len(x),

@@ -476,7 +476,7 @@ def export_onnx(
         parity = _parity(data if data is not None else large_path, parity_images, (reference, ref_features), tuned,
                          spec["input_names"], graph, len(meta.classes), tol, precision, src)
         prompt_out, onnx_path, onnx_bytes, prompt_bytes = _write_export(src, out, onnx_name, data, large_path, warn_list,
-                                                                        _ood_reference_bytes(src, meta))
+                                                                        _ood_reference_bytes(src, meta, warn_list))
     except BaseException:
         if large_path is not None:
             import shutil
@@ -663,10 +663,12 @@ def _parity(graph_source, parity_images: dict, reference: dict, tuned: dict, inp
     return parity
 
 
-def _ood_reference_bytes(src: Path, meta: PromptFileMeta) -> bytes | None:
+def _ood_reference_bytes(src: Path, meta: PromptFileMeta, warn_list: list[str]) -> bytes | None:
     """The unfamiliar-image reference beside the prompt file (:data:`vptcli.ood.OOD_FILE`) when it was
-    made for these prompt tensors, else None."""
-    ref, _why = reference_for(src.parent, meta.tensors_sha256)
+    made for these prompt tensors, else None (and a warning when one is there but not usable)."""
+    ref, why = reference_for(src.parent, meta.tensors_sha256)
+    if why:
+        warn_list.append(f"not copied into the export: {why}")
     return (src.parent / OOD_FILE).read_bytes() if ref is not None else None
 
 

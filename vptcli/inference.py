@@ -882,9 +882,9 @@ def _row(res: FileOutput, classes: list[str], k: int, reject_below: float | None
     top = [(classes[j], float(p[j])) for j in order]
     conf = top[0][1]
     score = float(ref.score(res.features[None])[0]) if ref is not None and res.features is not None else None
-    if score is not None and score > ref.threshold:
+    if score is not None and ref.unfamiliar(score):
         return PredictionRow(str(res.path), None, conf, top, STATUS_UNFAMILIAR,
-                             f"ood_score {score:.4g} > {ref.threshold:.4g}: unlike the training images (top-1 {top[0][0]})",
+                             f"ood_score {score:.6g} > {ref.threshold:.6g}: unlike the training images (top-1 {top[0][0]})",
                              score)
     if reject_below is not None and conf < reject_below:
         return PredictionRow(str(res.path), None, conf, top, STATUS_REVIEW,

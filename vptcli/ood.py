@@ -56,6 +56,9 @@ picks another level from the same reference."""
 REFERENCE_ROWS = 512
 """At most this many validation feature rows are kept for the two-sample test."""
 
+SCORE_RTOL = 1e-5
+"""Relative tolerance of the threshold comparison (ONNX Runtime and PyTorch features differ by ~1e-6)."""
+
 SCORE_NAME = "mahalanobis (min over classes, shared Ledoit-Wolf covariance; Lee et al. 2018)"
 
 
@@ -127,8 +130,9 @@ class OodReference:
         return mahalanobis_scores(features, self.means, self.precision)
 
     def unfamiliar(self, scores: np.ndarray) -> np.ndarray:
-        """``[N]`` bool: score above the threshold."""
-        return np.asarray(scores) > self.threshold
+        """``[N]`` bool: score above the threshold by more than a relative :data:`SCORE_RTOL` (so the
+        validation image whose score is the threshold is not flagged by either backend's rounding)."""
+        return np.asarray(scores) > self.threshold * (1.0 + SCORE_RTOL)
 
 
 def mahalanobis_scores(features: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:

@@ -89,7 +89,7 @@ def test_export_refuses_a_folder_of_other_files_and_eval_stays_out_of_it(ingeste
     assert (images / "model.onnx").is_file() and (images / "good" / "000.png").is_file()
     code, out, err = vpt("eval", tmp_path / "export", ingested)
     assert code == 0, err
-    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["model.onnx", "prompts.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["model.onnx", "ood_reference.safetensors", "prompts.safetensors"]
     assert (tmp_path / "export-eval-test" / "report.json").is_file()
     assert f"wrote {tmp_path / 'export-eval-test' / 'report.json'}" in " ".join(out.split())
 

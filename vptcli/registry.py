@@ -44,9 +44,10 @@ OBJECTS = "objects"
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 60.0
 """How long a writer waits for another writer's transaction (seconds)."""
-SIDECAR_FILES = ("train_images.json",)
-"""Files beside a prompt file that are stored with it when present (the run's training images: the
-leakage check of the promotion gate reads them)."""
+SIDECAR_FILES = ("train_images.json", "ood_reference.safetensors")
+"""Files beside a prompt file that are stored with it when present: the run's training images (the
+leakage check of the promotion gate reads them) and its unfamiliar-image reference
+(:data:`vptcli.ood.OOD_FILE`, so that ``vpt predict --registry`` flags unfamiliar images too)."""
 GATE_METRIC = "macro_f1"
 
 SCHEMA = (

@@ -206,7 +206,7 @@ def test_export_heatmap_output_matches_pytorch_and_predict_onnx_explains(defect_
     assert code == 0, err
     assert "max |heatmap|" in out
     session = ort.InferenceSession(str(tmp_path / "exp" / "model.onnx"), providers=["CPUExecutionProvider"])
-    assert [o.name for o in session.get_outputs()] == ["logits", "probabilities", "heatmap"]
+    assert [o.name for o in session.get_outputs()] == ["logits", "probabilities", "features", "heatmap"]
     assert session.get_modelmeta().custom_metadata_map["vptcli.heatmap"] == method
     model, meta, _bb, _w = load_model(root / "run")
     x, _cells = load_inputs(root / "test", dict(list(masks.items())[:5]), eval_transform(meta.data_config), patch_grid(model))

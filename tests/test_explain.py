@@ -313,3 +313,19 @@ def test_gradcam_points_at_defects_on_the_real_backbone(tmp_path):
     chance = float(cells.reshape(len(cells), -1).mean())
     assert hits.mean() > 2 * chance, (hits.mean(), chance)
     assert binomtest(int(hits.sum()), len(hits), chance, alternative="greater").pvalue < 1e-2
+
+
+def test_predict_selection_explains_flagged_rows_and_chosen_classes():
+    from pathlib import Path
+
+    from vptcli.explain_report import predict_selection
+    from vptcli.inference import PredictionRow
+
+    rows = [PredictionRow("a.png", "good", 0.9), PredictionRow("b.png", "scratch", 0.9),
+            PredictionRow("c.png", None, 0.4, status="review", reason="confidence 0.40 < 0.5"),
+            PredictionRow("d.png", None, 0.9, status="unfamiliar", reason="ood_score 9.1 > 4.2"),
+            PredictionRow("e.png", None, None, status="error", reason="cannot decode")]
+    chosen = predict_selection(rows, ["scratch"])
+    assert [p for p, _, _ in chosen] == [Path("b.png"), Path("c.png"), Path("d.png")]
+    assert chosen[2][2].startswith("unfamiliar: ")
+    assert [p.name for p, _, _ in predict_selection(rows, None)] == ["a.png", "b.png", "c.png", "d.png"]

@@ -72,3 +72,16 @@ def test_shared_cache_builder_builds_each_key_once(monkeypatch):
     assert build(None, [1, 2], key="a", views=2, progress=seen.append) == "a"
     assert build(None, [1, 2], key="b") == "b"
     assert calls == ["a", "b"] and seen == [4]
+
+
+def test_default_candidates_follow_the_method():
+    from vptcli.train_config import TrainConfig
+    from vptcli.tuning import default_candidates
+
+    ft = default_candidates(TrainConfig(method="full-finetune", backbone="test_vit", weights="random"))
+    assert [c.overrides for c in ft] == [{"lr": 3e-5}, {"lr": 3e-5, "head_lr_scale": 3.0}, {"lr": 1e-5, "head_lr_scale": 3.0}]
+    deep = default_candidates(TrainConfig(method="vpt-deep", lr=1e-2, backbone="test_vit", weights="random"))
+    assert [c.overrides for c in deep] == [{"lr": 1e-2}, {"lr": 1e-2, "head_lr_scale": 0.1},
+                                           {"lr": pytest.approx(1e-2 / 3, rel=1e-2), "head_lr_scale": 0.1}]
+    with pytest.raises(VptError, match="--tune"):
+        default_candidates(TrainConfig(method="linear-probe", backbone="test_vit", weights="random"))

@@ -814,10 +814,11 @@ def _write_export(src: Path, out: Path, onnx_name: str, data: bytes | None, larg
     extra = {out / OOD_FILE: ood_bytes} if ood_bytes is not None else {}
     if int8_graph:
         extra[int8_path] = int8_graph
-    if ood_bytes is None and (out / OOD_FILE).is_file() and out.resolve() != src.parent.resolve():
-        (out / OOD_FILE).unlink()
+    stale_ood = ood_bytes is None and (out / OOD_FILE).is_file() and out.resolve() != src.parent.resolve()
     if data is not None:
         atomic_write_all({onnx_path: data, prompt_out: prompt_bytes, **extra})
+        if stale_ood:  # removed only once the new files are in place (a full disk leaves the folder as it was)
+            (out / OOD_FILE).unlink()
         if stale_data.exists():
             stale_data.unlink()
         if int8_graph is None and onnx_name == ONNX_FILE and int8_path.exists():
@@ -831,6 +832,10 @@ def _write_export(src: Path, out: Path, onnx_name: str, data: bytes | None, larg
     os.rmdir(os.path.dirname(large_path))
     apply_umask_mode(stale_data)
     apply_umask_mode(onnx_path)
+    if stale_ood:
+        (out / OOD_FILE).unlink()
+    if int8_graph is None and int8_path.exists():
+        int8_path.unlink()  # made from another prompt file
     warn_list.append(f"weights exceed 2 GB: tensors are in {stale_data.name} beside {onnx_name}; keep both files together")
     return prompt_out, onnx_path, onnx_path.stat().st_size + stale_data.stat().st_size, len(prompt_bytes)
 

@@ -263,6 +263,10 @@ class OnnxPredictor(Predictor):
             self.ood = None
             self.warnings.append(f"{self.onnx_path} has no features output (exported by an older vpt); ood_score not "
                                  "computed: export it again")
+        elif self.ood is not None and gm.get("precision") == "int8":  # threshold calibrated on fp32 features
+            self.ood = None
+            self.warnings.append(f"{self.onnx_path} is the int8 graph: its features are quantised and the unfamiliar-image "
+                                 "threshold was calibrated in fp32, so ood_score is not computed; use model.onnx for it")
 
     def forward_batch(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         feed = {"images": np.ascontiguousarray(images, dtype=np.float32), **self._extra}

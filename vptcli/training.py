@@ -578,6 +578,9 @@ def load_checkpoint(run_dir: Path, model: PromptedViT, opt: Optimisation) -> Loo
         model.load_tuned_state({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
     except (KeyError, ValueError) as exc:
         raise VptError(f"{path}: the checkpoint does not fit the run's model ({exc}); start a new run") from None
+    if len(meta["optimizer_param_groups"]) != len(opt.optimizer.param_groups):  # written before the head had its own group
+        raise VptError(f"{path}: this checkpoint was written by an older vpt (one optimiser group for prompts and head); "
+                       "resume it with that version, or start a new run (--init-from can start from its prompt file)")
     opt_state = {"state": {}, "param_groups": meta["optimizer_param_groups"]}
     for key, val in tensors.items():
         if key.startswith("optim."):

@@ -161,8 +161,11 @@ def print_tune_table(rows: list[dict]) -> None:
     for col in ("candidate", "best epoch", "val macro-F1", "val top-1", "val loss", ""):
         table.add_column(col, justify="left" if col == "candidate" else "right")
     for r in rows:
-        table.add_row(r["name"], str(r["best_epoch"]), f"{r['val_macro_f1']:.3f}", f"{100 * r['val_top1']:.2f}%",
-                      f"{r['val_loss']:.4f}", "chosen" if r["chosen"] else "")
+        def shown(key: str, fmt: str, scale: float = 1.0, r=r) -> str:
+            return "-" if r.get(key) is None else format(scale * r[key], fmt)
+
+        table.add_row(r["name"], str(r["best_epoch"]), shown("val_macro_f1", ".3f"), shown("val_top1", ".2f", 100.0) + "%",
+                      shown("val_loss", ".4f"), "chosen" if r["chosen"] else "")
     console.print(table)
 
 

@@ -3,17 +3,8 @@ finished run leaves; through the real entry point on the tiny test_vit."""
 
 from __future__ import annotations
 
-import pytest
-
 TINY = ("--backbone", "test_vit", "--weights", "random", "--img-size", "32")
 
-
-@pytest.fixture()
-def ingested(tmp_path, vpt, make_tree):
-    src = make_tree(tmp_path / "src", names=("good", "scratch"))
-    code, _, err = vpt("ingest", src, "--out", tmp_path / "data", "--val-fraction", "0.2", "--test-fraction", "0.2")
-    assert code == 0, err
-    return tmp_path / "data"
 
 
 def test_resume_refuses_other_options_and_other_data(ingested, tmp_path, vpt, make_tree):

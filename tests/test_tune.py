@@ -14,13 +14,6 @@ from vptcli.tuning import parse_candidate, shared_cache_builder
 TINY = ("--backbone", "test_vit", "--weights", "random", "--img-size", "32")
 
 
-@pytest.fixture()
-def ingested(tmp_path, vpt, make_tree):
-    src = make_tree(tmp_path / "src", names=("good", "scratch"))
-    code, _, err = vpt("ingest", src, "--out", tmp_path / "data", "--val-fraction", "0.2", "--test-fraction", "0.2")
-    assert code == 0, err
-    return tmp_path / "data"
-
 
 def test_parse_candidate():
     c = parse_candidate("lr=1e-3, head-lr-scale=0.1,prompts=50,--prompt-start-block=9")

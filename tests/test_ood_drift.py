@@ -180,6 +180,12 @@ def test_drift_in_distribution_and_shifted(trained, vpt, tmp_path):
     assert "drift detected" in md and "drift_scores.png" in md
     assert (tmp_path / "d1" / "drift_scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "drift detected" in out
+    # Again into the same report folder: fine. Into the image folder: refused, nothing written there.
+    assert vpt("drift", trained / "run", trained / "shifted", "--out", tmp_path / "d1", "--alpha", "0.01")[0] == 3
+    before = sorted(p.name for p in (trained / "same").iterdir())
+    code, out, err = vpt("drift", trained / "run", trained / "same", "--out", trained / "same")
+    assert code == 2 and "holds other files" in out + err
+    assert sorted(p.name for p in (trained / "same").iterdir()) == before
 
 
 def test_drift_refuses_a_model_without_reference(trained, vpt, tmp_path):

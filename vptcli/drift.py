@@ -99,13 +99,30 @@ def measure_drift(predictor: Predictor, paths: list[Path], *, alpha: float = 0.0
     return report, scores
 
 
+def check_report_dir(out_dir: str | Path) -> None:
+    """Refuse an ``--out`` that is a file or a folder holding anything but an earlier drift report
+    (an image folder, an export, a gallery): the report never lands among the user's files.
+
+    Raises:
+        VptError: naming the folder and a few of its other files.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise VptError(f"--out {out}: exists and is not a folder")
+    if out.is_dir():
+        other = sorted(p.name for p in out.iterdir() if p.name not in (REPORT_JSON, REPORT_MD, SCORES_PNG)
+                       and not p.name.startswith("."))
+        if other:
+            raise VptError(f"--out {out} holds other files ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}); "
+                           "write the drift report into a new folder or an earlier drift report's folder")
+
+
 def write_report(out_dir: str | Path, report: dict, reference_scores: np.ndarray, new_scores: np.ndarray,
                  folder: str = "") -> list[Path]:
     """Write ``drift_report.json``, ``drift_report.md`` and ``drift_scores.png`` into ``out_dir``
     (created), each atomically. Returns the paths."""
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise VptError(f"--out {out}: exists and is not a folder")
+    check_report_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     report = {**report, "folder": folder} if folder else report
     png = out / SCORES_PNG

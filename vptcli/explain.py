@@ -85,16 +85,17 @@ class Explanation:
     method: str
 
 
-def check_method(method: str, model=None) -> str:
-    """Return ``method`` if known (and, with ``model``, applicable to it).
+def check_method(method: str, model=None, flag: str = "--method") -> str:
+    """Return ``method`` if known (and, with ``model``, applicable to it); ``flag``: the option named
+    in the error.
 
     Raises:
         ExplainError: unknown method, or ``prompt-attention`` for a model without prompt tokens.
     """
     if method not in EXPLAIN_METHODS:
-        raise ExplainError(f"--method {method!r}: choose one of {', '.join(EXPLAIN_METHODS)}")
+        raise ExplainError(f"{flag} {method!r}: choose one of {', '.join(EXPLAIN_METHODS)}")
     if method == "prompt-attention" and model is not None and model.prompts is None:
-        raise ExplainError(f"--method prompt-attention needs prompt tokens; this model ({model.config.method}) has none: "
+        raise ExplainError(f"{flag} prompt-attention needs prompt tokens; this model ({model.config.method}) has none: "
                            "use rollout or gradcam")
     return method
 

@@ -219,7 +219,7 @@ def resolve_method(predictor, method: str | None, target: str | None) -> str:
     baked = graph_heatmap_method(predictor)
     if baked is None:
         raise VptError(f"{predictor.source}: this graph has no heatmap output; export it with `vpt export --heatmap rollout` "
-                       "(or prompt-attention), or use the PyTorch backend")
+                       "(or prompt-attention), or use the PyTorch backend (--backend torch)")
     if method is not None and method != baked:
         raise VptError(f"--method {method}: the graph {predictor.source} computes {baked} heatmaps; omit --method or "
                        "use the PyTorch backend")

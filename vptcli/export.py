@@ -904,7 +904,7 @@ def _heatmap_reference(model, heatmap: str | None, parity_images: dict) -> dict 
 
     from vptcli.explain import GRADIENT_FREE_METHODS, attention_heatmaps, check_method
 
-    check_method(heatmap, model)
+    check_method(heatmap, model, flag="--heatmap")
     if heatmap not in GRADIENT_FREE_METHODS:
         raise ExportError(f"--heatmap {heatmap}: a graph has no gradients; choose {' or '.join(GRADIENT_FREE_METHODS)}")
     with torch.inference_mode():

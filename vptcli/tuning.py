@@ -62,6 +62,8 @@ def parse_candidate(text: str) -> Candidate:
         except ValueError:
             raise VptError(f"--tune-try {text!r}: {name} must be a number, got {value.strip()!r}") from None
         overrides[TUNABLE[name]] = int(number) if number.is_integer() and name not in ("lr", "head-lr-scale", "weight-decay") else number
+    if not overrides:
+        raise VptError(f"--tune-try {text!r}: give at least one SETTING=VALUE (settings: {', '.join(TUNABLE)})")
     return Candidate(text.strip(), overrides)
 
 
@@ -129,7 +131,7 @@ def tune(manifest, backbone, cfg: TrainConfig, run_dir: str | Path, candidates: 
     reporter = reporter or TrainReporter()
     run_dir = Path(run_dir)
     if not candidates or len({c.folder for c in candidates}) != len(candidates):
-        raise VptError("--tune needs at least one candidate, with different settings each")
+        raise VptError("--tune: give each --tune-try candidate once (two candidates have the same settings)")
     if run_dir.exists() and any(run_dir.iterdir()):
         raise VptError(f"{run_dir} is not empty; --tune starts a new run folder (choose another --out)")
     cfgs = [dataclasses.replace(cfg, **c.overrides) for c in candidates]  # every candidate checked before any work

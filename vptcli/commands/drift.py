@@ -24,7 +24,7 @@ def drift(
     """Compare FOLDER with the training reference: MMD two-sample test on the features, share of unfamiliar images, shift of predicted class shares. Writes drift_report.md/.json and a score histogram. Exit code 3 when drift is detected."""
     from vptcli.commands.render import print_drift
     from vptcli.console import warn
-    from vptcli.drift import DRIFT_EXIT_CODE, default_out, measure_drift, write_report
+    from vptcli.drift import DRIFT_EXIT_CODE, check_report_dir, default_out, measure_drift, write_report
     from vptcli.errors import VptError
     from vptcli.inference import check_predict_options, expand_inputs, open_predictor
 
@@ -34,6 +34,8 @@ def drift(
             raise VptError(f"{what} {given}: no such file or folder")
     if not folder.is_dir():
         raise VptError(f"FOLDER {folder}: not a folder; pass the folder of recent images")
+    if out is not None:
+        check_report_dir(out)  # before any image is read
     files, _problems, _skipped = expand_inputs([folder])
     if not files:
         raise VptError(f"no image files found in {folder}")

@@ -241,7 +241,7 @@ def test_predict_explain_writes_review_rows_and_chosen_classes(defect_run, vpt, 
     import csv
 
     rows = list(csv.DictReader((tmp_path / "p.csv").open()))
-    expected = {r["path"] for r in rows if r["status"] == "review" or r["label"] == "defect"}
+    expected = {r["path"] for r in rows if r["status"] in ("review", "unfamiliar") or r["label"] == "defect"}
     entries = json.loads((tmp_path / "ex" / "explanations.json").read_text())["images"]
     assert {e["source"] for e in entries} == expected
     assert all(e["method"] == "rollout" for e in entries)

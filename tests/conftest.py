@@ -54,3 +54,12 @@ def build_tree(root: Path, n_per_class: int = 10, size: int = 40, seed: int = 0,
 def make_tree():
     """:func:`build_tree`, as a fixture."""
     return build_tree
+
+
+@pytest.fixture()
+def ingested(tmp_path, vpt, make_tree):
+    """A two-class tree (``good``, ``scratch``) ingested with 20 % validation and 20 % test -> its folder."""
+    src = make_tree(tmp_path / "src", names=("good", "scratch"))
+    code, _, err = vpt("ingest", src, "--out", tmp_path / "data", "--val-fraction", "0.2", "--test-fraction", "0.2")
+    assert code == 0, err
+    return tmp_path / "data"

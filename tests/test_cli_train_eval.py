@@ -17,13 +17,6 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ("--backbone", "test_vit", "--weights", "random", "--img-size", "32")
 
 
-@pytest.fixture()
-def ingested(tmp_path, monkeypatch, capsys, vpt, make_tree):
-    src = make_tree(tmp_path / "src", names=("good", "scratch"))
-    code, _, err = vpt("ingest", src, "--out", tmp_path / "data", "--val-fraction", "0.2", "--test-fraction", "0.2")
-    assert code == 0, err
-    return tmp_path / "data"
-
 
 def test_train_eval_info_round_trip(ingested, tmp_path, monkeypatch, capsys, vpt):
     run = tmp_path / "run"

@@ -153,3 +153,11 @@ def test_predict_shards_merged_equal_one_run(tmp_path, vpt):
     assert code == 2 and "--shard" in err
     code, _, err = vpt("predict-merge", "--out", tmp_path / "m.csv", tmp_path / "s0.jsonl")
     assert code == 2 and ".csv" in err
+    for ext in ("csv", "jsonl"):  # a part given twice: the same image in two parts
+        code, _, err = vpt("predict-merge", "--out", tmp_path / f"twice.{ext}", tmp_path / f"s0.{ext}", tmp_path / f"s0.{ext}")
+        assert code == 2 and "also in" in " ".join(err.split()) and not (tmp_path / f"twice.{ext}").exists()
+    (tmp_path / "labels.csv").write_text("file,label\na.png,good\n")
+    code, _, err = vpt("predict-merge", "--out", tmp_path / "m2.csv", tmp_path / "labels.csv")
+    assert code == 2 and "not an output of vpt predict" in " ".join(err.split())
+    code, _, err = vpt(*args, "--shard", "0/0")
+    assert code == 2 and "at least 1" in " ".join(err.split())

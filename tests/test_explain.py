@@ -206,7 +206,7 @@ def test_export_heatmap_output_matches_pytorch_and_predict_onnx_explains(defect_
     assert code == 0, err
     assert "max |heatmap|" in out
     session = ort.InferenceSession(str(tmp_path / "exp" / "model.onnx"), providers=["CPUExecutionProvider"])
-    assert [o.name for o in session.get_outputs()] == ["logits", "probabilities", "heatmap"]
+    assert [o.name for o in session.get_outputs()] == ["logits", "probabilities", "features", "heatmap"]
     assert session.get_modelmeta().custom_metadata_map["vptcli.heatmap"] == method
     model, meta, _bb, _w = load_model(root / "run")
     x, _cells = load_inputs(root / "test", dict(list(masks.items())[:5]), eval_transform(meta.data_config), patch_grid(model))
@@ -241,7 +241,7 @@ def test_predict_explain_writes_review_rows_and_chosen_classes(defect_run, vpt, 
     import csv
 
     rows = list(csv.DictReader((tmp_path / "p.csv").open()))
-    expected = {r["path"] for r in rows if r["status"] == "review" or r["label"] == "defect"}
+    expected = {r["path"] for r in rows if r["status"] in ("review", "unfamiliar") or r["label"] == "defect"}
     entries = json.loads((tmp_path / "ex" / "explanations.json").read_text())["images"]
     assert {e["source"] for e in entries} == expected
     assert all(e["method"] == "rollout" for e in entries)
@@ -313,3 +313,19 @@ def test_gradcam_points_at_defects_on_the_real_backbone(tmp_path):
     chance = float(cells.reshape(len(cells), -1).mean())
     assert hits.mean() > 2 * chance, (hits.mean(), chance)
     assert binomtest(int(hits.sum()), len(hits), chance, alternative="greater").pvalue < 1e-2
+
+
+def test_predict_selection_explains_flagged_rows_and_chosen_classes():
+    from pathlib import Path
+
+    from vptcli.explain_report import predict_selection
+    from vptcli.inference import PredictionRow
+
+    rows = [PredictionRow("a.png", "good", 0.9), PredictionRow("b.png", "scratch", 0.9),
+            PredictionRow("c.png", None, 0.4, status="review", reason="confidence 0.40 < 0.5"),
+            PredictionRow("d.png", None, 0.9, status="unfamiliar", reason="ood_score 9.1 > 4.2"),
+            PredictionRow("e.png", None, None, status="error", reason="cannot decode")]
+    chosen = predict_selection(rows, ["scratch"])
+    assert [p for p, _, _ in chosen] == [Path("b.png"), Path("c.png"), Path("d.png")]
+    assert chosen[2][2].startswith("unfamiliar: ")
+    assert [p.name for p, _, _ in predict_selection(rows, None)] == ["a.png", "b.png", "c.png", "d.png"]

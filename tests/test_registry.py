@@ -103,6 +103,8 @@ def test_publish_list_show_promote_rollback_log_verify(runs, tmp_path, vpt):
     assert "operator report" in out
     code, out, err = vpt("registry", "verify", "--registry", reg)
     assert code == 0 and "registry ok: 2 version(s)" in out, err
+    # the runs' unfamiliar-image references are stored beside the versions' prompt files (not taken for them)
+    assert len(list(Path(reg, "objects").rglob("ood_reference.safetensors"))) == 2
     code, _, err = vpt("registry", "show", "nope", "--registry", reg)
     assert code == 2 and "no task 'nope'" in flat(err)
 

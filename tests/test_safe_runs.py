@@ -3,17 +3,8 @@ finished run leaves; through the real entry point on the tiny test_vit."""
 
 from __future__ import annotations
 
-import pytest
-
 TINY = ("--backbone", "test_vit", "--weights", "random", "--img-size", "32")
 
-
-@pytest.fixture()
-def ingested(tmp_path, vpt, make_tree):
-    src = make_tree(tmp_path / "src", names=("good", "scratch"))
-    code, _, err = vpt("ingest", src, "--out", tmp_path / "data", "--val-fraction", "0.2", "--test-fraction", "0.2")
-    assert code == 0, err
-    return tmp_path / "data"
 
 
 def test_resume_refuses_other_options_and_other_data(ingested, tmp_path, vpt, make_tree):
@@ -89,7 +80,7 @@ def test_export_refuses_a_folder_of_other_files_and_eval_stays_out_of_it(ingeste
     assert (images / "model.onnx").is_file() and (images / "good" / "000.png").is_file()
     code, out, err = vpt("eval", tmp_path / "export", ingested)
     assert code == 0, err
-    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["model.onnx", "prompts.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["model.onnx", "ood_reference.safetensors", "prompts.safetensors"]
     assert (tmp_path / "export-eval-test" / "report.json").is_file()
     assert f"wrote {tmp_path / 'export-eval-test' / 'report.json'}" in " ".join(out.split())
 

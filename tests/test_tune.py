@@ -14,19 +14,12 @@ from vptcli.tuning import parse_candidate, shared_cache_builder
 TINY = ("--backbone", "test_vit", "--weights", "random", "--img-size", "32")
 
 
-@pytest.fixture()
-def ingested(tmp_path, vpt, make_tree):
-    src = make_tree(tmp_path / "src", names=("good", "scratch"))
-    code, _, err = vpt("ingest", src, "--out", tmp_path / "data", "--val-fraction", "0.2", "--test-fraction", "0.2")
-    assert code == 0, err
-    return tmp_path / "data"
-
 
 def test_parse_candidate():
     c = parse_candidate("lr=1e-3, head-lr-scale=0.1,prompts=50,--prompt-start-block=9")
     assert c.overrides == {"lr": 1e-3, "head_lr_scale": 0.1, "num_prompts": 50, "prompt_start_block": 9}
     assert isinstance(c.overrides["num_prompts"], int) and "/" not in c.folder
-    for bad in ("lr", "speed=2", "lr=fast"):
+    for bad in ("lr", "speed=2", "lr=fast", "", " , "):
         with pytest.raises(VptError, match="--tune-try"):
             parse_candidate(bad)
 
@@ -72,3 +65,16 @@ def test_shared_cache_builder_builds_each_key_once(monkeypatch):
     assert build(None, [1, 2], key="a", views=2, progress=seen.append) == "a"
     assert build(None, [1, 2], key="b") == "b"
     assert calls == ["a", "b"] and seen == [4]
+
+
+def test_default_candidates_follow_the_method():
+    from vptcli.train_config import TrainConfig
+    from vptcli.tuning import default_candidates
+
+    ft = default_candidates(TrainConfig(method="full-finetune", backbone="test_vit", weights="random"))
+    assert [c.overrides for c in ft] == [{"lr": 3e-5}, {"lr": 3e-5, "head_lr_scale": 3.0}, {"lr": 1e-5, "head_lr_scale": 3.0}]
+    deep = default_candidates(TrainConfig(method="vpt-deep", lr=1e-2, backbone="test_vit", weights="random"))
+    assert [c.overrides for c in deep] == [{"lr": 1e-2}, {"lr": 1e-2, "head_lr_scale": 0.1},
+                                           {"lr": pytest.approx(1e-2 / 3, rel=1e-2), "head_lr_scale": 0.1}]
+    with pytest.raises(VptError, match="--tune"):
+        default_candidates(TrainConfig(method="linear-probe", backbone="test_vit", weights="random"))

@@ -34,7 +34,7 @@ def _no_type_for_flags() -> None:
 _no_type_for_flags()
 
 # In the order of the data flow: data -> backbone -> train / evaluate -> export / predict.
-COMMAND_MODULES = ("ingest", "backbones", "train", "evaluate", "info", "export", "predict", "explain", "registry")
+COMMAND_MODULES = ("ingest", "backbones", "train", "evaluate", "info", "export", "predict", "drift", "explain", "registry")
 
 app = typer.Typer(
     name="vpt",

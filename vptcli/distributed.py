@@ -39,6 +39,7 @@ Source: PyTorch distributed overview and ``torchrun`` documentation (environment
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -122,7 +123,9 @@ def init_from_env(device_type: str) -> DistContext:
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
             torch.cuda.set_device(ctx.local_rank)
-        dist.init_process_group(backend=backend, init_method="env://")
+        # Rank 0 alone writes the run's last files (the unfamiliar-image reference decodes the images
+        # when there is no cache) while the others wait at a barrier: a generous timeout, not NCCL's 10 min.
+        dist.init_process_group(backend=backend, init_method="env://", timeout=datetime.timedelta(hours=2))
     return ctx
 
 

@@ -85,16 +85,17 @@ class Explanation:
     method: str
 
 
-def check_method(method: str, model=None) -> str:
-    """Return ``method`` if known (and, with ``model``, applicable to it).
+def check_method(method: str, model=None, flag: str = "--method") -> str:
+    """Return ``method`` if known (and, with ``model``, applicable to it); ``flag``: the option named
+    in the error.
 
     Raises:
         ExplainError: unknown method, or ``prompt-attention`` for a model without prompt tokens.
     """
     if method not in EXPLAIN_METHODS:
-        raise ExplainError(f"--method {method!r}: choose one of {', '.join(EXPLAIN_METHODS)}")
+        raise ExplainError(f"{flag} {method!r}: choose one of {', '.join(EXPLAIN_METHODS)}")
     if method == "prompt-attention" and model is not None and model.prompts is None:
-        raise ExplainError(f"--method prompt-attention needs prompt tokens; this model ({model.config.method}) has none: "
+        raise ExplainError(f"{flag} prompt-attention needs prompt tokens; this model ({model.config.method}) has none: "
                            "use rollout or gradcam")
     return method
 
@@ -206,8 +207,9 @@ def prompt_attention_maps(attentions: list[torch.Tensor], model) -> torch.Tensor
     return total / count
 
 
-def attention_heatmaps(model, images: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward pass: ``(logits [B, C], maps [B, h, w] in [0, 1])`` for a gradient-free method.
+def attention_heatmaps(model, images: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One forward pass: ``(logits [B, C], maps [B, h, w] in [0, 1], features [B, F])`` for a
+    gradient-free method (features: the head's input).
 
     Raises:
         ExplainError: ``method`` is not gradient-free or does not apply to ``model``.
@@ -216,11 +218,12 @@ def attention_heatmaps(model, images: torch.Tensor, method: str) -> tuple[torch.
     if method not in GRADIENT_FREE_METHODS:
         raise ExplainError(f"{method} needs gradients; gradient-free methods: {', '.join(GRADIENT_FREE_METHODS)}")
     with capture_attention(model) as attentions:
-        logits = model(images)
+        feats = model.features(images)
+        logits = model.head(feats)
     attentions = [a.float() for a in attentions]
     raw = rollout_maps(attentions, model) if method == "rollout" else prompt_attention_maps(attentions, model)
     h, w = patch_grid(model)
-    return logits, normalise_maps(raw.reshape(-1, h, w))
+    return logits, normalise_maps(raw.reshape(-1, h, w)), feats
 
 
 def gradcam_maps(model, images: torch.Tensor, targets: torch.Tensor | None = None,
@@ -291,15 +294,16 @@ def explain_batch(model, images: torch.Tensor, method: str = DEFAULT_EXPLAIN_MET
         logits, maps, targets = gradcam_maps(model, images, tgt)
     else:
         with torch.no_grad():
-            logits, maps = attention_heatmaps(model, images, method)
+            logits, maps, _ = attention_heatmaps(model, images, method)
         targets = logits.argmax(dim=1) if target is None else torch.full((images.shape[0],), int(target), dtype=torch.long)
     probs = logits.float().softmax(dim=-1)
     return Explanation(maps.float().cpu().numpy(), probs.cpu().numpy(), targets.cpu().numpy().astype(np.int64), method)
 
 
 class HeatmapModel(nn.Module):
-    """``images [N, 3, H, W]`` in ``[0, 1]`` -> ``(logits [N, C], probabilities [N, C], heatmap [N, h, w])``
-    for a gradient-free method: the module ``vpt export --heatmap`` traces.
+    """``images [N, 3, H, W]`` in ``[0, 1]`` -> ``(logits [N, C], probabilities [N, C], features [N, F],
+    heatmap [N, h, w])`` for a gradient-free method: the module ``vpt export --heatmap`` traces
+    (features: the head's input, as in every exported single graph).
 
     Raises:
         ExplainError: a method that is not gradient-free or does not apply to ``model``.
@@ -315,9 +319,9 @@ class HeatmapModel(nn.Module):
         self.dtype = dtype
 
     def forward(self, images: torch.Tensor):
-        logits, maps = attention_heatmaps(self.model, images.to(self.dtype), self.method)
+        logits, maps, feats = attention_heatmaps(self.model, images.to(self.dtype), self.method)
         logits = logits.float()
-        return logits, torch.softmax(logits, dim=-1), maps.float()
+        return logits, torch.softmax(logits, dim=-1), feats.float(), maps.float()
 
 
 def pointing_hits(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:

@@ -219,7 +219,7 @@ def resolve_method(predictor, method: str | None, target: str | None) -> str:
     baked = graph_heatmap_method(predictor)
     if baked is None:
         raise VptError(f"{predictor.source}: this graph has no heatmap output; export it with `vpt export --heatmap rollout` "
-                       "(or prompt-attention), or use the PyTorch backend")
+                       "(or prompt-attention), or use the PyTorch backend (--backend torch)")
     if method is not None and method != baked:
         raise VptError(f"--method {method}: the graph {predictor.source} computes {baked} heatmaps; omit --method or "
                        "use the PyTorch backend")
@@ -310,11 +310,14 @@ def eval_selection(images: list[dict], n: int) -> list[tuple[Path, str, str]]:
 
 
 def predict_selection(rows: Iterable, classes: list[str] | None) -> list[tuple[Path, None, str]]:
-    """What ``vpt predict --explain DIR`` explains: every row flagged for review, and every ``ok`` row
-    whose label is in ``classes`` (None: every ``ok`` row). Error rows are never explained."""
+    """What ``vpt predict --explain DIR`` explains: every row flagged for review or as unfamiliar, and
+    every ``ok`` row whose label is in ``classes`` (None: every ``ok`` row). Error rows are never explained."""
+    from vptcli.inference import STATUS_OK, STATUS_REVIEW, STATUS_UNFAMILIAR
+
     chosen = []
     for row in rows:
-        if row.status == "review" or (row.status == "ok" and (classes is None or row.label in classes)):
-            chosen.append((Path(row.path), None, "review: " + row.reason if row.status == "review" else ""))
+        flagged = row.status in (STATUS_REVIEW, STATUS_UNFAMILIAR)
+        if flagged or (row.status == STATUS_OK and (classes is None or row.label in classes)):
+            chosen.append((Path(row.path), None, f"{row.status}: {row.reason}" if flagged else ""))
     return chosen
 

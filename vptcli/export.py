@@ -4,8 +4,11 @@ Two graphs:
 
 - **single** (``model.onnx``): input ``images`` float32 ``[N, 3, H, W]`` RGB in ``[0, 1]``;
   normalisation (the backbone's mean/std) happens inside the graph; outputs ``logits`` ``[N, C]`` and
-  ``probabilities`` ``[N, C]`` (``softmax(logits)``, applied exactly once, inside the graph). The prompt
-  tokens and the head are initializers of the graph.
+  ``probabilities`` ``[N, C]`` (``softmax(logits)``, applied exactly once, inside the graph) and
+  ``features`` ``[N, F]`` (the head's input, from which :mod:`vptcli.ood` scores unfamiliar images;
+  checked against PyTorch too, relative to the largest feature). The prompt tokens and the head are
+  initializers of the graph. The run's unfamiliar-image reference (:data:`vptcli.ood.OOD_FILE`) is
+  copied beside the prompt file when it belongs to it.
 - **shared backbone** (``shared.onnx``, ``--shared-backbone``): the same, but the prompt tokens
   (``prompts`` ``[depth, n_prompts, D]``, absent for a linear probe) and the head (``head_weight``
   ``[C, D]``, ``head_bias`` ``[C]``, ``C`` dynamic) are graph inputs, so one file serves every prompt
@@ -71,6 +74,7 @@ from vptcli import __version__
 from vptcli.artifacts import ArtifactError, PromptFileMeta, read_prompt_file, resolve_prompt_path
 from vptcli.errors import VptError, one_line
 from vptcli.fsutil import apply_umask_mode, atomic_write_all, atomic_write_bytes, check_free_space
+from vptcli.ood import OOD_FILE, reference_for
 
 DEFAULT_OPSET = 20
 """ONNX opset of exported graphs (PyTorch 2.14's default for both exporters)."""
@@ -105,6 +109,9 @@ SHARED_ONNX_FILE = "shared.onnx"
 INT8_ONNX_FILE = "model.int8.onnx"
 """``vpt export --int8``: the int8 graph beside ``model.onnx`` (:mod:`vptcli.quantize`)."""
 META_PREFIX = "vptcli."
+GRAPH_OUTPUTS = ("logits", "probabilities", "features")
+"""Outputs of every exported graph (``features``: the head's input ``[N, F]``; graphs exported before
+it have only the first two)."""
 GRAPH_SINGLE = "single"
 GRAPH_SHARED = "shared-backbone"
 EXPORTERS = ("auto", "dynamo", "torchscript")
@@ -121,6 +128,8 @@ class ParityCheck:
     ``max_abs_logits`` / ``max_abs_probabilities``: largest absolute difference over the batch;
     ``top1_agree``: number of images whose top-1 class agrees (out of ``batch``);
     ``max_abs_heatmap``: the same for the ``heatmap`` output (``--heatmap`` graphs; else None).
+    ``max_rel_features``: largest absolute difference of the ``features`` output divided by
+    ``max(1, largest absolute PyTorch feature)``.
     """
 
     batch: int
@@ -128,6 +137,7 @@ class ParityCheck:
     max_abs_probabilities: float
     top1_agree: int
     max_abs_heatmap: float | None = None
+    max_rel_features: float = 0.0
 
 
 @dataclass
@@ -187,7 +197,8 @@ def _graph_modules():
     from torch import nn
 
     class SingleGraph(nn.Module):
-        """``images [N, 3, H, W]`` float32 in [0, 1] -> ``(logits [N, C], probabilities [N, C])``."""
+        """``images [N, 3, H, W]`` float32 in [0, 1] -> ``(logits [N, C], probabilities [N, C],
+        features [N, F])`` (features: the head's input, for the unfamiliar-image score)."""
 
         def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
             super().__init__()
@@ -195,11 +206,13 @@ def _graph_modules():
             self.dtype = dtype
 
         def forward(self, images: torch.Tensor):
-            logits = self.model(images.to(self.dtype)).float()
-            return logits, torch.softmax(logits, dim=-1)
+            feats = self.model.features(images.to(self.dtype))
+            logits = self.model.head(feats).float()
+            return logits, torch.softmax(logits, dim=-1), feats.float()
 
     class SharedGraph(nn.Module):
-        """``images, [prompts [depth, n, D]], head_weight [C, F], head_bias [C]`` -> logits, probabilities.
+        """``images, [prompts [depth, n, D]], head_weight [C, F], head_bias [C]`` -> logits, probabilities,
+        features ``[N, F]``.
 
         The prompt tokens are passed to :meth:`~vptcli.prompting.PromptedViT.features`, so the block
         loop stays the one in ``PromptedViT.forward_from``.
@@ -214,7 +227,7 @@ def _graph_modules():
             p = prompts.to(self.dtype) if prompts is not None else None
             feats = self.model.features(images.to(self.dtype), prompts=p)
             logits = torch.nn.functional.linear(feats.float(), head_weight, head_bias)
-            return logits, torch.softmax(logits, dim=-1)
+            return logits, torch.softmax(logits, dim=-1), feats.float()
 
         def forward(self, images, prompts, head_weight, head_bias):
             return self._run(images, prompts, head_weight, head_bias)
@@ -273,7 +286,8 @@ def graph_metadata(meta: PromptFileMeta, *, graph: str, precision: str, exporter
             {"embed_dim": meta.embed_dim, "depth": meta.depth, "num_prefix_tokens": meta.num_prefix_tokens}
         ),
         "preprocessing": json.dumps(preprocessing),
-        "outputs": "logits [N, C]; probabilities [N, C] = softmax(logits), applied once inside the graph",
+        "outputs": "logits [N, C]; probabilities [N, C] = softmax(logits), applied once inside the graph; "
+                   "features [N, F] = the head's input (unfamiliar-image score)",
         "version": __version__,
         "exporter": f"torch.onnx.export ({exporter}), opset {opset}",
     }
@@ -301,7 +315,7 @@ def synthetic_images(n: int, size: int, seed: int = 0):
 
 
 def _torch_export(module, args, *, input_names, dynamic_shapes, dynamic_axes, opset, exporter, large_path,
-                  output_names=("logits", "probabilities")):
+                  output_names=GRAPH_OUTPUTS):
     """Run one exporter. Returns the ``onnx.ModelProto``; with ``large_path`` (weights over 2 GB) the
     graph is saved there with its tensors in ``<large_path>.data`` and the proto returned references
     them (not loaded). Raises whatever the exporter raises."""
@@ -488,10 +502,12 @@ def export_onnx(
     precision = "fp16" if fp16 else "fp32"
     tol = FP16_LOGIT_TOL if fp16 else FP32_LOGIT_TOL
 
-    # Reference logits (fp32 PyTorch) before anything is converted.
+    # Reference logits and features (fp32 PyTorch) before anything is converted.
     parity_images = {b: synthetic_images(b, int(meta.img_size), seed=b) for b in PARITY_BATCHES}
     with torch.inference_mode():
-        reference = {b: model(x).numpy().astype("float64") for b, x in parity_images.items()}
+        ref_features = {b: model.features(x) for b, x in parity_images.items()}
+        reference = {b: model.head(f).numpy().astype("float64") for b, f in ref_features.items()}
+        ref_features = {b: f.numpy().astype("float64") for b, f in ref_features.items()}
     ref_maps = _heatmap_reference(model, heatmap, parity_images)
     tuned = {k: v.detach().float().cpu() for k, v in model.tuned_state().items() if not k.startswith("backbone.")}
 
@@ -517,11 +533,11 @@ def export_onnx(
         export_seconds = time.perf_counter() - t_export
         warn_list = list(warn_list) + [f"{f}; used the {used} exporter instead" for f in failures]
         data = _stamp_and_check(proto, meta, graph, precision, used, opset, large_path, src, heatmap)
-        parity = _parity(data if data is not None else large_path, parity_images, reference, tuned, spec["input_names"],
-                         graph, len(meta.classes), tol, precision, src, ref_maps)
+        parity = _parity(data if data is not None else large_path, parity_images, (reference, ref_features), tuned,
+                         spec["input_names"], graph, len(meta.classes), tol, precision, src, ref_maps)
         int8_graph, int8_check = _int8_graph(int8_set, data, model, meta, src) if int8_set else (None, None)
         prompt_out, onnx_path, onnx_bytes, prompt_bytes = _write_export(src, out, onnx_name, data, large_path, warn_list,
-                                                                        int8_graph)
+                                                                        _ood_reference_bytes(src, meta, warn_list), int8_graph)
     except BaseException:
         if large_path is not None:
             import shutil
@@ -534,7 +550,7 @@ def export_onnx(
         total_seconds=time.perf_counter() - t_start, onnx_bytes=onnx_bytes, prompt_bytes=prompt_bytes,
         external_data=data is None, ir_version=int(proto.ir_version),
         min_onnxruntime=min_onnxruntime(opset, int(proto.ir_version)),
-        inputs=list(spec["input_names"]), outputs=list(spec.get("output_names", ["logits", "probabilities"])),
+        inputs=list(spec["input_names"]), outputs=list(spec.get("output_names", GRAPH_OUTPUTS)),
         warnings=warn_list, int8_path=out / INT8_ONNX_FILE if int8_graph else None,
         int8_bytes=len(int8_graph or b""), int8_check=int8_check,
     )
@@ -583,7 +599,7 @@ def _int8_graph(int8_set, fp32_graph: bytes | None, model, meta: PromptFileMeta,
     return graph, check_int8(graph, torch_probabilities(model, images), images, labels, source, what=f"{src}: the int8 graph")
 
 
-EXPORT_FOLDER_FILES = ("prompts.safetensors", ONNX_FILE, SHARED_ONNX_FILE, f"{ONNX_FILE}.data", f"{SHARED_ONNX_FILE}.data",
+EXPORT_FOLDER_FILES = ("prompts.safetensors", OOD_FILE, ONNX_FILE, SHARED_ONNX_FILE, f"{ONNX_FILE}.data", f"{SHARED_ONNX_FILE}.data",
                        INT8_ONNX_FILE)
 """What a previous export leaves in its folder: ``--out`` may hold these (they are replaced)."""
 
@@ -630,14 +646,15 @@ def _graph_spec(graph: str, export_model, tuned: dict, dtype, size: int, heatmap
 
         x2 = synthetic_images(2, size, seed=1)  # traced at batch 2: at 1 torch.export specialises the rollout's batch axis
         return {"module": HeatmapModel(export_model, heatmap, dtype).eval(), "args": (x2,), "input_names": ["images"],
-                "output_names": ["logits", "probabilities", "heatmap"],
+                "output_names": [*GRAPH_OUTPUTS, "heatmap"],
                 "dynamic_shapes": {"images": {0: torch.export.Dim("batch")}},
                 "dynamic_axes": {"images": {0: "batch"}, "logits": {0: "batch"}, "probabilities": {0: "batch"},
-                                 "heatmap": {0: "batch"}}}
+                                 "features": {0: "batch"}, "heatmap": {0: "batch"}}}
     if graph == GRAPH_SINGLE:
         return {"module": SingleGraph(export_model, dtype).eval(), "args": (x1,), "input_names": ["images"],
                 "dynamic_shapes": {"images": {0: torch.export.Dim("batch")}},
-                "dynamic_axes": {"images": {0: "batch"}, "logits": {0: "batch"}, "probabilities": {0: "batch"}}}
+                "dynamic_axes": {"images": {0: "batch"}, "logits": {0: "batch"}, "probabilities": {0: "batch"},
+                                 "features": {0: "batch"}}}
     has_prompts = export_model.prompts is not None
     module = (SharedGraph if has_prompts else SharedHeadGraph)(export_model, dtype).eval()
     batch, classes = torch.export.Dim("batch"), torch.export.Dim("classes")
@@ -652,7 +669,7 @@ def _graph_spec(graph: str, export_model, tuned: dict, dtype, size: int, heatmap
         dyn_shapes = {"images": {0: batch}, "head_weight": {0: classes}, "head_bias": {0: classes}}
     dyn_axes = {
         "images": {0: "batch"}, "head_weight": {0: "classes"}, "head_bias": {0: "classes"},
-        "logits": {0: "batch", 1: "classes"}, "probabilities": {0: "batch", 1: "classes"},
+        "logits": {0: "batch", 1: "classes"}, "probabilities": {0: "batch", 1: "classes"}, "features": {0: "batch"},
     }
     return {"module": module, "args": args, "input_names": input_names, "dynamic_shapes": dyn_shapes, "dynamic_axes": dyn_axes}
 
@@ -670,7 +687,7 @@ def _export_with_fallback(spec: dict, opset: int, exporter: str, large_path, src
             proto = _torch_export(
                 spec["module"], spec["args"], input_names=spec["input_names"], dynamic_shapes=spec["dynamic_shapes"],
                 dynamic_axes=spec["dynamic_axes"], opset=opset, exporter=name, large_path=large_path,
-                output_names=spec.get("output_names", ("logits", "probabilities")),
+                output_names=spec.get("output_names", GRAPH_OUTPUTS),
             )
         except Exception as exc:  # noqa: BLE001 - exporter internals raise many types; reported by name
             failures.append(f"{name} exporter failed: {_root_cause(exc)}")
@@ -744,6 +761,7 @@ def _parity(graph_source, parity_images: dict, reference: dict, tuned: dict, inp
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
         raise ExportError(f"{src}: ONNX Runtime cannot load the exported graph: {one_line(exc, 300)}") from None
     parity: list[ParityCheck] = []
+    reference, ref_features = reference
     for b, x in parity_images.items():
         feed = {"images": x.numpy()}
         if graph == GRAPH_SHARED:
@@ -751,8 +769,8 @@ def _parity(graph_source, parity_images: dict, reference: dict, tuned: dict, inp
                 feed["prompts"] = tuned["prompts"].numpy()
             feed["head_weight"] = tuned["head.weight"].numpy()
             feed["head_bias"] = tuned["head.bias"].numpy()
-        names = ["logits", "probabilities"] + (["heatmap"] if ref_maps is not None else [])
-        logits, probs, *maps = session.run(names, feed)
+        names = list(GRAPH_OUTPUTS) + (["heatmap"] if ref_maps is not None else [])
+        logits, probs, feats, *maps = session.run(names, feed)
         ref = reference[b]
         if logits.shape != (b, n_classes) or probs.shape != (b, n_classes):
             raise ExportError(f"{src}: the graph returned shapes {logits.shape}/{probs.shape} for a batch of {b}, "
@@ -762,6 +780,7 @@ def _parity(graph_source, parity_images: dict, reference: dict, tuned: dict, inp
             max_abs_logits=float(np.abs(logits.astype(np.float64) - ref).max()),
             max_abs_probabilities=float(np.abs(probs.astype(np.float64) - _softmax(ref)).max()),
             top1_agree=int((logits.argmax(1) == ref.argmax(1)).sum()),
+            max_rel_features=_relative_difference(feats, ref_features[b]),
         ))
         _check_parity(parity[-1], ref, logits, tol, precision, src)
         if ref_maps is not None:
@@ -769,11 +788,21 @@ def _parity(graph_source, parity_images: dict, reference: dict, tuned: dict, inp
     return parity
 
 
+def _ood_reference_bytes(src: Path, meta: PromptFileMeta, warn_list: list[str]) -> bytes | None:
+    """The unfamiliar-image reference beside the prompt file (:data:`vptcli.ood.OOD_FILE`) when it was
+    made for these prompt tensors, else None (and a warning when one is there but not usable)."""
+    ref, why = reference_for(src.parent, meta.tensors_sha256)
+    if why:
+        warn_list.append(f"not copied into the export: {why}")
+    return (src.parent / OOD_FILE).read_bytes() if ref is not None else None
+
+
 def _write_export(src: Path, out: Path, onnx_name: str, data: bytes | None, large_path, warn_list: list[str],
-                  int8_graph: bytes | None = None):
-    """Write the graph (and ``model.int8.onnx`` when given; else a stale one is removed) and the
-    prompt-file copy all-or-nothing: all are written in full under
-    temporary names before either is renamed into place (:func:`vptcli.fsutil.atomic_write_all`), so a
+                  ood_bytes: bytes | None = None, int8_graph: bytes | None = None):
+    """Write the graph, the prompt-file copy, the unfamiliar-image reference (when there is one;
+    a previous export's is removed otherwise) and ``model.int8.onnx`` (when given; else a stale one is
+    removed) all-or-nothing: all are written in full under
+    temporary names before any is renamed into place (:func:`vptcli.fsutil.atomic_write_all`), so a
     full disk leaves the folder as it was. Returns ``(prompt path, graph path, graph bytes incl.
     external data, prompt bytes)``."""
     out.mkdir(parents=True, exist_ok=True)
@@ -782,21 +811,41 @@ def _write_export(src: Path, out: Path, onnx_name: str, data: bytes | None, larg
     onnx_path = out / onnx_name
     stale_data = out / f"{onnx_name}.data"
     int8_path = out / INT8_ONNX_FILE
+    extra = {out / OOD_FILE: ood_bytes} if ood_bytes is not None else {}
+    if int8_graph:
+        extra[int8_path] = int8_graph
+    stale_ood = ood_bytes is None and (out / OOD_FILE).is_file() and out.resolve() != src.parent.resolve()
     if data is not None:
-        atomic_write_all({onnx_path: data, prompt_out: prompt_bytes, **({int8_path: int8_graph} if int8_graph else {})})
+        atomic_write_all({onnx_path: data, prompt_out: prompt_bytes, **extra})
+        if stale_ood:  # removed only once the new files are in place (a full disk leaves the folder as it was)
+            (out / OOD_FILE).unlink()
         if stale_data.exists():
             stale_data.unlink()
         if int8_graph is None and onnx_name == ONNX_FILE and int8_path.exists():
             int8_path.unlink()  # made from another prompt file
         return prompt_out, onnx_path, len(data), len(prompt_bytes)
     atomic_write_bytes(prompt_out, prompt_bytes)
+    for path, blob in extra.items():
+        atomic_write_bytes(path, blob)
     os.replace(f"{large_path}.data", stale_data)
     os.replace(large_path, onnx_path)
     os.rmdir(os.path.dirname(large_path))
     apply_umask_mode(stale_data)
     apply_umask_mode(onnx_path)
+    if stale_ood:
+        (out / OOD_FILE).unlink()
+    if int8_graph is None and int8_path.exists():
+        int8_path.unlink()  # made from another prompt file
     warn_list.append(f"weights exceed 2 GB: tensors are in {stale_data.name} beside {onnx_name}; keep both files together")
     return prompt_out, onnx_path, onnx_path.stat().st_size + stale_data.stat().st_size, len(prompt_bytes)
+
+
+def _relative_difference(got, ref) -> float:
+    """``max |got - ref| / max(1, max |ref|)``."""
+    import numpy as np
+
+    scale = max(1.0, float(np.abs(ref).max()))
+    return float(np.abs(got.astype(np.float64) - ref).max()) / scale
 
 
 def _softmax(logits):
@@ -836,6 +885,11 @@ def _check_parity(check: ParityCheck, ref, logits, tol: float, precision: str, s
             f"{src}: parity check failed ({precision}, batch {check.batch}): top-1 differs on "
             f"{int(bad.sum())} of {check.batch} images; the graph was not written"
         )
+    if not check.max_rel_features <= tol:  # also catches NaN
+        raise ExportError(
+            f"{src}: parity check failed ({precision}, batch {check.batch}): max relative |features ONNX - PyTorch| = "
+            f"{check.max_rel_features:.3g} > {tol:g}; the graph was not written"
+        )
 
 
 def _heatmap_reference(model, heatmap: str | None, parity_images: dict) -> dict | None:
@@ -850,7 +904,7 @@ def _heatmap_reference(model, heatmap: str | None, parity_images: dict) -> dict 
 
     from vptcli.explain import GRADIENT_FREE_METHODS, attention_heatmaps, check_method
 
-    check_method(heatmap, model)
+    check_method(heatmap, model, flag="--heatmap")
     if heatmap not in GRADIENT_FREE_METHODS:
         raise ExportError(f"--heatmap {heatmap}: a graph has no gradients; choose {' or '.join(GRADIENT_FREE_METHODS)}")
     with torch.inference_mode():

@@ -58,6 +58,7 @@ CPU_EP = "CPUExecutionProvider"
 STATUS_OK = "ok"
 STATUS_REVIEW = "review"
 STATUS_ERROR = "error"
+STATUS_UNFAMILIAR = "unfamiliar"
 OUTPUT_SUFFIXES = (".csv", ".jsonl")
 
 
@@ -83,6 +84,8 @@ class Predictor:
         classes: class names in index order (``C`` of them).
         source: human-readable description of what was loaded.
         warnings: messages the caller should show once (fallbacks, ``--force``).
+        ood: the unfamiliar-image reference found beside the prompt file or graph
+            (:class:`vptcli.ood.OodReference`), or None (then rows have no ``ood_score``).
     """
 
     backend: str = ""
@@ -93,6 +96,25 @@ class Predictor:
     def __init__(self) -> None:
         self.warnings: list[str] = []
         self._transform = None
+        self.ood = None
+
+    def set_ood_level(self, level: float | None) -> None:
+        """Put the unfamiliar-image threshold at ``level`` (None: keep the reference's own; see
+        :meth:`vptcli.ood.OodReference.at_level`). Without a reference nothing changes.
+
+        Raises:
+            VptError: ``level`` outside (0, 1).
+        """
+        if level is not None and self.ood is not None:
+            self.ood = self.ood.at_level(level)
+
+    def _find_reference(self, folder: Path) -> None:
+        """Set :attr:`ood` from ``folder`` when its reference belongs to this prompt file (else a warning)."""
+        from vptcli.ood import reference_for
+
+        self.ood, why = reference_for(folder, self.meta.tensors_sha256)
+        if why:
+            self.warnings.append(why)
 
     @property
     def classes(self) -> list[str]:
@@ -114,7 +136,17 @@ class Predictor:
     def predict_batch(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``images [N, 3, S, S]`` float32 in ``[0, 1]`` -> ``(logits [N, C], probabilities [N, C])``
         as float32 numpy arrays (probabilities = softmax(logits), applied once)."""
-        raise NotImplementedError
+        logits, probs, _ = self.forward_batch(images)
+        return logits, probs
+
+    def forward_batch(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """As :meth:`predict_batch`, plus the head's input ``features [N, F]`` float32 (None for an
+        ONNX graph exported without a ``features`` output). A subclass that only defines
+        :meth:`predict_batch` gets no features."""
+        if type(self).predict_batch is Predictor.predict_batch:
+            raise NotImplementedError
+        logits, probs = self.predict_batch(images)
+        return logits, probs, None
 
 
 class TorchPredictor(Predictor):
@@ -145,14 +177,16 @@ class TorchPredictor(Predictor):
         self.warnings.extend(warns)
         self.device = str(dev) if dev.type == "cpu" else f"{dev} ({_cuda_name(dev)})"
         self.source = str(resolve_prompt_path(model_path))
+        self._find_reference(Path(self.source).parent)
 
-    def predict_batch(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def forward_batch(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         import torch
 
         with torch.inference_mode():
-            logits = self.model(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(self._dev)).float()
+            feats = self.model.features(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(self._dev))
+            logits = self.model.head(feats).float()
             probs = torch.softmax(logits, dim=-1)
-        return logits.cpu().numpy(), probs.cpu().numpy()
+        return logits.cpu().numpy(), probs.cpu().numpy(), feats.float().cpu().numpy()
 
 
 def _cuda_name(dev) -> str:
@@ -221,11 +255,24 @@ class OnnxPredictor(Predictor):
             self._extra["head_weight"] = tensors["head.weight"].float().numpy()
             self._extra["head_bias"] = tensors["head.bias"].float().numpy()
         self.source = f"{self.onnx_path} + {self.prompt_path}" if kind == GRAPH_SHARED else str(self.onnx_path)
+        self.outputs = ["logits", "probabilities"]
+        if "features" in {o.name for o in self.session.get_outputs()}:
+            self.outputs.append("features")
+        self._find_reference(self.prompt_path.parent if self.prompt_path is not None else self.onnx_path.parent)
+        if self.ood is not None and "features" not in self.outputs:
+            self.ood = None
+            self.warnings.append(f"{self.onnx_path} has no features output (exported by an older vpt); ood_score not "
+                                 "computed: export it again")
+        elif self.ood is not None and gm.get("precision") == "int8":  # threshold calibrated on fp32 features
+            self.ood = None
+            self.warnings.append(f"{self.onnx_path} is the int8 graph: its features are quantised and the unfamiliar-image "
+                                 "threshold was calibrated in fp32, so ood_score is not computed; use model.onnx for it")
 
-    def predict_batch(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def forward_batch(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         feed = {"images": np.ascontiguousarray(images, dtype=np.float32), **self._extra}
-        logits, probs = self.session.run(["logits", "probabilities"], feed)
-        return logits.astype(np.float32, copy=False), probs.astype(np.float32, copy=False)
+        out = self.session.run(self.outputs, feed)
+        feats = out[2].astype(np.float32, copy=False) if len(out) > 2 else None
+        return out[0].astype(np.float32, copy=False), out[1].astype(np.float32, copy=False), feats
 
 
 def _check_graph_matches(gm: dict, meta: PromptFileMeta, onnx_path: Path, prompt_path: Path) -> None:
@@ -587,9 +634,11 @@ class PredictionRow:
     """One output row.
 
     ``label``: the predicted class for ``ok``; None for ``review`` (confidence under the threshold:
-    the top-k columns still show what the model thought) and ``error``. ``confidence``: top-1
-    probability. ``top_k``: ``[(class, probability)]`` best first. ``status``: ok | review | error.
-    ``reason``: why review / error ("" for ok).
+    the top-k columns still show what the model thought), ``unfamiliar`` (``ood_score`` above the
+    reference's threshold: the model has not learned to judge such an image) and ``error``.
+    ``confidence``: top-1 probability. ``top_k``: ``[(class, probability)]`` best first. ``status``:
+    ok | review | unfamiliar | error. ``reason``: why review / unfamiliar / error ("" for ok).
+    ``ood_score``: :mod:`vptcli.ood`'s score, None without a reference.
     """
 
     path: str
@@ -598,6 +647,7 @@ class PredictionRow:
     top_k: list[tuple[str, float]] = field(default_factory=list)
     status: str = STATUS_OK
     reason: str = ""
+    ood_score: float | None = None
 
     def to_json(self) -> dict:
         return {
@@ -605,6 +655,7 @@ class PredictionRow:
             "label": self.label,
             "confidence": self.confidence,
             "top_k": [{"label": c, "probability": p} for c, p in self.top_k],
+            "ood_score": self.ood_score,
             "status": self.status,
             "reason": self.reason,
         }
@@ -614,7 +665,7 @@ def csv_header(top_k: int) -> list[str]:
     cols = ["path", "label", "confidence"]
     for i in range(1, top_k + 1):
         cols += [f"top{i}_label", f"top{i}_probability"]
-    return cols + ["status", "reason"]
+    return cols + ["ood_score", "status", "reason"]
 
 
 def csv_row(row: PredictionRow, top_k: int) -> list[str]:
@@ -624,7 +675,7 @@ def csv_row(row: PredictionRow, top_k: int) -> list[str]:
             cells += [row.top_k[i][0], f"{row.top_k[i][1]:.6f}"]
         else:
             cells += ["", ""]
-    return cells + [row.status, row.reason]
+    return cells + ["" if row.ood_score is None else f"{row.ood_score:.6g}", row.status, row.reason]
 
 
 class RowWriter:
@@ -742,11 +793,12 @@ def _load_one(predictor: Predictor, path: Path, max_pixels: int | None, bit_dept
 
 
 def check_predict_options(*, batch_size: int = 32, top_k: int = 3, reject_below: float | None = None,
-                          out: str | os.PathLike | None = None) -> None:
+                          out: str | os.PathLike | None = None, ood_level: float | None = None) -> None:
     """Validate predict options before any model is loaded.
 
     Raises:
-        VptError: ``batch_size`` or ``top_k`` below 1, ``reject_below`` outside [0, 1], or an ``out``
+        VptError: ``batch_size`` or ``top_k`` below 1, ``reject_below`` outside [0, 1], ``ood_level``
+            outside (0, 1), or an ``out``
             file name that is not ``.csv`` / ``.jsonl``.
     """
     if batch_size < 1:
@@ -755,8 +807,61 @@ def check_predict_options(*, batch_size: int = 32, top_k: int = 3, reject_below:
         raise VptError(f"--top-k must be at least 1, got {top_k}")
     if reject_below is not None and not 0.0 <= reject_below <= 1.0:
         raise VptError(f"--reject-below must be a probability in [0, 1], got {reject_below}")
+    if ood_level is not None and not 0.0 < ood_level < 1.0:
+        raise VptError(f"--ood-level must be in (0, 1), got {ood_level}")
     if out is not None and Path(out).suffix.lower() not in OUTPUT_SUFFIXES:
         raise VptError(f"--out {out}: use a .csv or .jsonl file name (the extension picks the format)")
+
+
+@dataclass
+class FileOutput:
+    """The model's output for one file (:func:`forward_files`): ``probabilities [C]`` and
+    ``features [F]`` (None when the graph has no features output), or ``error`` (why it failed)."""
+
+    path: Path
+    probabilities: np.ndarray | None = None
+    features: np.ndarray | None = None
+    error: str | None = None
+
+
+def forward_files(predictor: Predictor, paths: list[Path], *, batch_size: int = 32, max_pixels: int | None = None,
+                  bit_depth: int | None = None, workers: int | None = None, on_batch=None) -> Iterator[FileOutput]:
+    """Yield one :class:`FileOutput` per path, in order.
+
+    Images are decoded and preprocessed in a thread pool, one batch ahead of the model, and dropped
+    after their batch; a file that cannot be decoded gets ``error`` (reason from
+    :class:`vptcli.images.ImageDecodeError`) and the batch continues with the others.
+    ``on_batch(n_files)`` is called after each batch (progress).
+    """
+    if workers is None:
+        from vptcli.cpus import default_workers
+
+        workers = default_workers()
+    batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        def submit(batch):
+            return [pool.submit(_load_one, predictor, p, max_pixels, bit_depth) for p in batch]
+
+        pending = submit(batches[0]) if batches else None
+        for bi, batch in enumerate(batches):
+            loaded = [f.result() for f in pending]
+            pending = submit(batches[bi + 1]) if bi + 1 < len(batches) else None  # decode ahead
+            good = [i for i, (x, _) in enumerate(loaded) if x is not None]
+            probs = feats = None
+            if good:
+                x = np.stack([loaded[i][0] for i in good])
+                _, probs, feats = predictor.forward_batch(x)
+                del x
+            row_of = {i: j for j, i in enumerate(good)}
+            for i, path in enumerate(batch):
+                if i not in row_of:
+                    yield FileOutput(path, error=loaded[i][1] or "unknown error")
+                else:
+                    j = row_of[i]
+                    yield FileOutput(path, probs[j], None if feats is None else feats[j])
+            del loaded, probs, feats
+            if on_batch is not None:
+                on_batch(len(batch))
 
 
 def predict_files(
@@ -774,10 +879,11 @@ def predict_files(
 ) -> Iterator[PredictionRow]:
     """Yield one :class:`PredictionRow` per path (in order), then one error row per ``problem``.
 
-    Images are decoded and preprocessed in a thread pool, one batch ahead of the model; a file that
-    cannot be decoded becomes an ``error`` row (reason from :class:`vptcli.images.ImageDecodeError`)
-    and the batch continues with the others. ``reject_below``: a top-1 probability under it gives
-    status ``review`` (no label). ``on_batch(n_files)`` is called after each batch (progress).
+    The model runs through :func:`forward_files` (a file that cannot be decoded becomes an ``error``
+    row). With an unfamiliar-image reference (:attr:`Predictor.ood`) every row gets an ``ood_score``,
+    and a score above the reference's threshold gives status ``unfamiliar`` (no label; it takes
+    precedence over ``review``). ``reject_below``: a top-1 probability under it gives status
+    ``review`` (no label).
 
     Raises:
         VptError: invalid ``batch_size`` / ``top_k`` / ``reject_below``.
@@ -785,47 +891,35 @@ def predict_files(
     check_predict_options(batch_size=batch_size, top_k=top_k, reject_below=reject_below)
     classes = predictor.classes
     k = min(top_k, len(classes))
-    if workers is None:
-        from vptcli.cpus import default_workers
-
-        workers = default_workers()
-    batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        def submit(batch):
-            return [pool.submit(_load_one, predictor, p, max_pixels, bit_depth) for p in batch]
-
-        pending = submit(batches[0]) if batches else None
-        for bi, batch in enumerate(batches):
-            loaded = [f.result() for f in pending]
-            pending = submit(batches[bi + 1]) if bi + 1 < len(batches) else None  # decode ahead
-            good = [i for i, (x, _) in enumerate(loaded) if x is not None]
-            probs = None
-            if good:
-                x = np.stack([loaded[i][0] for i in good])
-                _, probs = predictor.predict_batch(x)
-                del x
-            row_of = {i: j for j, i in enumerate(good)}
-            for i, path in enumerate(batch):
-                if i not in row_of:
-                    yield PredictionRow(str(path), None, None, [], STATUS_ERROR, loaded[i][1] or "unknown error")
-                    continue
-                p = probs[row_of[i]]
-                order = np.argsort(-p, kind="stable")[:k]
-                top = [(classes[j], float(p[j])) for j in order]
-                conf = top[0][1]
-                if reject_below is not None and conf < reject_below:
-                    yield PredictionRow(str(path), None, conf, top, STATUS_REVIEW,
-                                        f"confidence {conf:.3f} < {reject_below:g} (top-1 {top[0][0]})")
-                else:
-                    yield PredictionRow(str(path), top[0][0], conf, top, STATUS_OK, "")
-            del loaded, probs
-            if on_batch is not None:
-                on_batch(len(batch))
+    ref = predictor.ood
+    for res in forward_files(predictor, paths, batch_size=batch_size, max_pixels=max_pixels, bit_depth=bit_depth,
+                             workers=workers, on_batch=on_batch):
+        yield _row(res, classes, k, reject_below, ref)
     for arg, reason in problems:
         yield PredictionRow(str(arg), None, None, [], STATUS_ERROR, reason)
 
 
+def _row(res: FileOutput, classes: list[str], k: int, reject_below: float | None, ref) -> PredictionRow:
+    """The :class:`PredictionRow` of one :class:`FileOutput`."""
+    if res.error is not None:
+        return PredictionRow(str(res.path), None, None, [], STATUS_ERROR, res.error)
+    p = res.probabilities
+    order = np.argsort(-p, kind="stable")[:k]
+    top = [(classes[j], float(p[j])) for j in order]
+    conf = top[0][1]
+    score = float(ref.score(res.features[None])[0]) if ref is not None and res.features is not None else None
+    if score is not None and ref.unfamiliar(score):
+        return PredictionRow(str(res.path), None, conf, top, STATUS_UNFAMILIAR,
+                             f"ood_score {score:.6g} > {ref.threshold:.6g}: unlike the training images (top-1 {top[0][0]})",
+                             score)
+    if reject_below is not None and conf < reject_below:
+        return PredictionRow(str(res.path), None, conf, top, STATUS_REVIEW,
+                             f"confidence {conf:.3f} < {reject_below:g} (top-1 {top[0][0]})", score)
+    return PredictionRow(str(res.path), top[0][0], conf, top, STATUS_OK, "", score)
+
+
 __all__ = [
-    "ArtifactError", "OnnxPredictor", "PredictionRow", "Predictor", "PredictorError", "RowWriter",
-    "TorchPredictor", "create_session", "expand_inputs", "find_graph", "open_predictor", "predict_files",
+    "ArtifactError", "FileOutput", "OnnxPredictor", "PredictionRow", "Predictor", "PredictorError", "RowWriter",
+    "TorchPredictor", "create_session", "expand_inputs", "find_graph", "forward_files", "open_predictor",
+    "predict_files",
 ]

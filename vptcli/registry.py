@@ -44,10 +44,16 @@ OBJECTS = "objects"
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 60.0
 """How long a writer waits for another writer's transaction (seconds)."""
-SIDECAR_FILES = ("train_images.json",)
-"""Files beside a prompt file that are stored with it when present (the run's training images: the
-leakage check of the promotion gate reads them)."""
+SIDECAR_FILES = ("train_images.json", "ood_reference.safetensors")
+"""Files beside a prompt file that are stored with it when present: the run's training images (the
+leakage check of the promotion gate reads them) and its unfamiliar-image reference
+(:data:`vptcli.ood.OOD_FILE`, so that ``vpt predict --registry`` flags unfamiliar images too)."""
 GATE_METRIC = "macro_f1"
+
+
+def _is_prompt_file(rel: str) -> bool:
+    """Whether a stored file (path relative to the registry) is the version's prompt file, not a sidecar."""
+    return rel.endswith(".safetensors") and Path(rel).name not in SIDECAR_FILES
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);""",
@@ -134,7 +140,7 @@ class Version:
 
     def prompt_path(self, root: Path) -> Path:
         """The stored prompt file of this version under the registry folder ``root``."""
-        return Path(root) / next(p for p in self.files if p.endswith(".safetensors"))
+        return Path(root) / next(p for p in self.files if _is_prompt_file(p))
 
 
 @dataclass(frozen=True)
@@ -410,7 +416,7 @@ class Registry:
                     problems.append(f"{r['task']} v{r['version']}: {rel} is missing")
                 elif file_sha256(p) != digest:
                     problems.append(f"{r['task']} v{r['version']}: {rel} does not match its sha256 (modified or corrupt)")
-                elif p.suffix == ".safetensors":
+                elif _is_prompt_file(rel):
                     try:
                         read_prompt_file(p)
                     except ArtifactError as exc:

@@ -35,6 +35,8 @@ def parse_shard(text: str) -> tuple[int, int]:
     if not m:
         raise VptError(f"--shard {text!r}: write it as I/N, e.g. 0/4 for the first of four machines (I counts from 0)")
     i, n = int(m.group(1)), int(m.group(2))
+    if n < 1:
+        raise VptError(f"--shard {text}: N is the number of shards, at least 1")
     if not 0 <= i < n:
         raise VptError(f"--shard {text}: I must be in [0, {n - 1}] for N = {n} (I counts from 0)")
     return i, n
@@ -74,19 +76,33 @@ def merge_predictions(parts: list[str | os.PathLike], out: str | os.PathLike) ->
     Streams row by row; ``out`` is written atomically. Returns the number of rows.
 
     Raises:
-        VptError: no parts, a missing part, mixed or unsupported formats, ``out`` among the parts, or
-            CSV parts whose header differs (other ``--top-k``).
+        VptError: no parts, a missing part, mixed or unsupported formats, ``out`` among the parts,
+            CSV parts whose header differs (other ``--top-k``) or that are not ``vpt predict`` outputs
+            (no ``path`` column), or an image path in two parts (a part given twice, overlapping shards).
     """
+    import json
+
     out = Path(out)
     suffix = out.suffix.lower()
     _check_parts(parts, out, suffix)
     rows = 0
+    seen: dict[str, str] = {}
+
+    def once(path, part) -> None:
+        if path in seen:
+            raise VptError(f"{part}: {path} is also in {seen[path]}; give each shard's output once (vpt predict --shard I/N, I = 0..N-1)")
+        seen[path] = str(part)
+
     with AtomicFile(out, "w", encoding="utf-8", newline="") as fh:
         if suffix == ".jsonl":
             for p in parts:
                 with open(p, encoding="utf-8") as src:
                     for line in src:
                         if line.strip():
+                            try:
+                                once(json.loads(line)["path"], p)
+                            except (ValueError, KeyError, TypeError):
+                                raise VptError(f"{p}: not an output of vpt predict (a JSON row with a path)") from None
                             fh.write(line if line.endswith("\n") else line + "\n")
                             rows += 1
             return rows
@@ -97,12 +113,16 @@ def merge_predictions(parts: list[str | os.PathLike], out: str | os.PathLike) ->
                 first = next(reader, None)
                 if first is None:
                     raise VptError(f"{p}: empty (not an output of vpt predict)")
+                if "path" not in first:
+                    raise VptError(f"{p}: not an output of vpt predict (no path column)")
                 if header is None:
                     header = first
                     writer.writerow(header)
                 elif first != header:
                     raise VptError(f"{p}: its columns differ from {parts[0]}'s (another --top-k?); merge outputs of one setting")
+                col = first.index("path")
                 for row in reader:
+                    once(row[col] if col < len(row) else "", p)
                     writer.writerow(row)
                     rows += 1
     return rows

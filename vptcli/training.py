@@ -45,6 +45,7 @@ from vptcli.feature_cache import FeatureCache, estimate_bytes
 from vptcli.fsutil import atomic_save_safetensors, atomic_write_json, atomic_write_text
 from vptcli.losses import DAVPTLossConfig, class_to_proxy, da_vpt_metric_loss
 from vptcli.metrics import training_curves_png
+from vptcli.ood import OOD_FILE
 from vptcli.prompting import PromptConfig, PromptedViT
 from vptcli.train_config import CONFIG_JSON, TRAIN_IMAGES, TrainConfig, load_run_config
 from vptcli.train_report import TrainReporter
@@ -577,6 +578,9 @@ def load_checkpoint(run_dir: Path, model: PromptedViT, opt: Optimisation) -> Loo
         model.load_tuned_state({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
     except (KeyError, ValueError) as exc:
         raise VptError(f"{path}: the checkpoint does not fit the run's model ({exc}); start a new run") from None
+    if len(meta["optimizer_param_groups"]) != len(opt.optimizer.param_groups):  # written before the head had its own group
+        raise VptError(f"{path}: this checkpoint was written by an older vpt (one optimiser group for prompts and head); "
+                       "resume it with that version, or start a new run (--init-from can start from its prompt file)")
     opt_state = {"state": {}, "param_groups": meta["optimizer_param_groups"]}
     for key, val in tensors.items():
         if key.startswith("optim."):
@@ -701,8 +705,10 @@ def train(manifest, backbone, cfg: TrainConfig, run_dir: str | Path, *, resume: 
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_json(run_dir / TRAIN_IMAGES, train_images(manifest))
             atomic_write_json(run_dir / CONFIG_JSON, resolved_settings(s, backbone, manifest))
-    nothing_left = state.next_epoch >= cfg.epochs  # a resume of a finished run writes nothing
-    stopped_early = _fit(s, opt, state, run_dir, backbone, manifest, reporter, cache_builder)
+    nothing_left = state.next_epoch >= cfg.epochs  # a resume of a finished run writes nothing (but a missing reference)
+    stopped_early, caches = _fit(s, opt, state, run_dir, backbone, manifest, reporter, cache_builder)
+    if dist.is_main and (run_dir / PROMPT_FILE).is_file() and (not nothing_left or not (run_dir / OOD_FILE).is_file()):
+        write_ood_reference(s, run_dir, *caches, reporter=reporter)
     dist.barrier()  # rank 0's last writes are done before any rank lists the folder
     best_row = next((r for r in state.history if r["epoch"] == state.best_epoch), {})
     files = [] if nothing_left else sorted(p for p in run_dir.iterdir() if p.is_file() and not p.name.startswith("."))
@@ -711,12 +717,13 @@ def train(manifest, backbone, cfg: TrainConfig, run_dir: str | Path, *, resume: 
 
 
 def _fit(s: Setup, opt: Optimisation, state: LoopState, run_dir: Path, backbone, manifest,
-         reporter: TrainReporter, cache_builder) -> bool:
-    """The epoch loop from ``state.next_epoch``; returns whether it stopped early."""
+         reporter: TrainReporter, cache_builder) -> tuple[bool, tuple]:
+    """The epoch loop from ``state.next_epoch``; returns whether it stopped early and the
+    ``(train, val)`` feature caches (None when not cached)."""
     cfg = s.cfg
-    if state.next_epoch >= cfg.epochs:
-        return False
     train_cache = val_cache = None
+    if state.next_epoch >= cfg.epochs:
+        return False, (None, None)
     if s.use_cache:
         train_cache, val_cache = build_caches(s, backbone, reporter, cache_builder)
     # A warm start of the head (or, for the linear probe, its whole training): row "epoch 0".
@@ -731,7 +738,7 @@ def _fit(s: Setup, opt: Optimisation, state: LoopState, run_dir: Path, backbone,
         done = cfg.epochs if cfg.spec.head_fit else None  # the probe's fit is its whole training
         reporter.epoch_done(row, record_epoch(s, opt, state, row, run_dir, backbone, manifest, next_epoch=done))
         if done is not None:
-            return False
+            return False, (train_cache, val_cache)
     for epoch in range(state.next_epoch, cfg.epochs):
         with reporter.task(f"epoch {epoch + 1}/{cfg.epochs}", len(s.train_ds)) as update:
             fit = train_one_epoch(s, opt, epoch, train_cache, update)
@@ -740,8 +747,36 @@ def _fit(s: Setup, opt: Optimisation, state: LoopState, run_dir: Path, backbone,
         reporter.epoch_done(row, improved)
         if cfg.patience and state.bad_epochs >= cfg.patience:
             reporter.early_stop(cfg.patience, state.best_epoch)
-            return True
-    return False
+            return True, (train_cache, val_cache)
+    return False, (train_cache, val_cache)
+
+
+def write_ood_reference(s: Setup, run_dir: Path, train_cache: FeatureCache | None = None,
+                        val_cache: FeatureCache | None = None, reporter: TrainReporter | None = None) -> Path:
+    """Write the run's unfamiliar-image reference (:data:`vptcli.ood.OOD_FILE`) for its prompt file.
+
+    The best prompt file's tensors are loaded into ``s.model``; its head input
+    (:func:`head_features`) on every cached view of the training images gives the class means and the
+    shared covariance, the plain validation images give the threshold and the two-sample reference
+    (:func:`vptcli.ood.fit_reference`). Without caches the images are decoded (plain views). A
+    validation split too small for the threshold's level is said through ``reporter``.
+    """
+    from vptcli.artifacts import read_prompt_file
+    from vptcli.ood import fit_reference, save_reference
+
+    tensors, meta = read_prompt_file(run_dir / PROMPT_FILE)
+    s.model.load_tuned_state({k: v.to(s.device) for k, v in tensors.items()})
+    x, y = head_features(s, s.train_ds, train_cache)
+    xv, _ = head_features(s, s.val_ds, val_cache)
+    with torch.no_grad():
+        predicted = s.model.head(xv.to(s.device)).argmax(1).cpu().numpy()
+    ref = fit_reference(x.numpy(), y.numpy(), xv.numpy(), s.classes, val_predicted=predicted, seed=s.cfg.seed,
+                        prompt_sha256=meta.tensors_sha256, feature=f"head input ({s.model.config.head_input})")
+    if reporter is not None and ref.expected_false_alarm > 1 - ref.level + 1e-9:
+        reporter.warn(f"{len(xv)} validation images are too few for a {100 * (1 - ref.level):g} % unfamiliar-image threshold: "
+                      f"it is the largest validation score, so about {100 * ref.expected_false_alarm:.0f} % of familiar "
+                      "images will be flagged 'unfamiliar' by vpt predict; more validation images make it tighter")
+    return save_reference(run_dir / OOD_FILE, ref)
 
 
 # ----------------------------------------------------------------------------------------- helpers

@@ -23,10 +23,6 @@ from vptcli.fsutil import atomic_write_all, atomic_write_json
 from vptcli.train_config import TrainConfig
 from vptcli.train_report import TrainReporter
 
-DEFAULT_CANDIDATES = ("lr=3e-3", "lr=3e-3,head-lr-scale=0.1", "lr=1e-3,head-lr-scale=0.1")
-"""``--tune`` without ``--tune-try``: the method's learning rate with the head at full or a tenth
-of it (after the warm start the head is already a converged probe), and a lower learning rate."""
-
 TUNABLE = {"lr": "lr", "head-lr-scale": "head_lr_scale", "prompts": "num_prompts", "prompt-start-block": "prompt_start_block",
            "epochs": "epochs", "weight-decay": "weight_decay", "batch-size": "batch_size", "prompt-dropout": "prompt_dropout",
            "label-smoothing": "label_smoothing", "warmup-epochs": "warmup_epochs"}
@@ -66,7 +62,27 @@ def parse_candidate(text: str) -> Candidate:
         except ValueError:
             raise VptError(f"--tune-try {text!r}: {name} must be a number, got {value.strip()!r}") from None
         overrides[TUNABLE[name]] = int(number) if number.is_integer() and name not in ("lr", "head-lr-scale", "weight-decay") else number
+    if not overrides:
+        raise VptError(f"--tune-try {text!r}: give at least one SETTING=VALUE (settings: {', '.join(TUNABLE)})")
     return Candidate(text.strip(), overrides)
+
+
+def default_candidates(cfg: TrainConfig) -> list[Candidate]:
+    """``--tune`` without ``--tune-try``, relative to the run's settings (lr, head lr scale: the
+    given ones or the method's): as given; the head at a tenth of its rate (after the warm start the
+    head is already a converged probe); and both at a third of the learning rate with that head rate.
+
+    Raises:
+        VptError: a method whose head is fitted, not trained (the linear probe already chooses its
+            L2 strength on validation).
+    """
+    if cfg.spec.head_fit:
+        raise VptError(f"--tune: {cfg.method} is fitted to convergence with its L2 strength chosen on validation; "
+                       "there is no learning rate to tune")
+    lr, hls = cfg.resolved_lr(), cfg.resolved_head_lr_scale()
+    return [parse_candidate(t) for t in (f"lr={lr:g}", f"lr={lr:g},head-lr-scale={hls / 10:g}",
+                                         f"lr={lr / 3:.3g},head-lr-scale={hls / 10:g}")]
+
 
 
 def shared_cache_builder():
@@ -87,8 +103,9 @@ def shared_cache_builder():
 
 
 def _score(row: dict) -> tuple:
-    """Sort key: higher val macro-F1 first, then lower val loss."""
-    return (-row.get("val_macro_f1", float("-inf")), row.get("val_loss", float("inf")))
+    """Sort key: higher val macro-F1 first, then lower val loss (a missing figure sorts last)."""
+    f1, loss = row.get("val_macro_f1"), row.get("val_loss")
+    return (-f1 if f1 is not None else float("inf"), loss if loss is not None else float("inf"))
 
 
 def tune(manifest, backbone, cfg: TrainConfig, run_dir: str | Path, candidates: list[Candidate], *,
@@ -114,7 +131,7 @@ def tune(manifest, backbone, cfg: TrainConfig, run_dir: str | Path, candidates: 
     reporter = reporter or TrainReporter()
     run_dir = Path(run_dir)
     if not candidates or len({c.folder for c in candidates}) != len(candidates):
-        raise VptError("--tune needs at least one candidate, with different settings each")
+        raise VptError("--tune: give each --tune-try candidate once (two candidates have the same settings)")
     if run_dir.exists() and any(run_dir.iterdir()):
         raise VptError(f"{run_dir} is not empty; --tune starts a new run folder (choose another --out)")
     cfgs = [dataclasses.replace(cfg, **c.overrides) for c in candidates]  # every candidate checked before any work

@@ -16,7 +16,7 @@ def export(
     shared_backbone: Annotated[bool, typer.Option("--shared-backbone", help="Prompts and head become graph inputs: one graph serves every prompt file of this backbone.")] = False,
     weights: Annotated[str | None, typer.Option(help="Backbone weights to use instead of the file's own source (path or 'random').")] = None,
     force: Annotated[bool, typer.Option("--force", help="Accept other weights of the same architecture (warns).")] = False,
-    heatmap: Annotated[str | None, typer.Option("--heatmap", metavar="METHOD", help="Add a third output `heatmap` [N,h,w] (rollout | prompt-attention, gradient-free; `vpt predict --backend onnx --explain` shows it), parity-checked like the logits. Single graph only.")] = None,
+    heatmap: Annotated[str | None, typer.Option("--heatmap", metavar="METHOD", help="Add an output `heatmap` [N,h,w] beside logits, probabilities and features (rollout | prompt-attention, gradient-free; `vpt predict --backend onnx --explain` shows it), parity-checked like the logits. Single graph only.")] = None,
     int8: Annotated[bool, typer.Option("--int8", help="Also write model.int8.onnx (ONNX Runtime dynamic int8, per-channel weights; for CPUs), checked on validation images: top-1 agrees with PyTorch on >= 99 % and accuracy within 0.5 point, else nothing is written.")] = False,
     int8_data: Annotated[Path | None, typer.Option("--int8-data", help="Images the int8 check runs on: an ingested data set (its val split) or a class-per-folder tree (default: the run's validation images).")] = None,
     exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Write into an --out folder that holds other files (they are left as they are; by default only an empty folder or a previous export is accepted).")] = False,

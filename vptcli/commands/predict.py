@@ -19,6 +19,7 @@ def predict(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write all rows to FILE: .csv or .jsonl (default: CSV on stdout when it is not a terminal).")] = None,
     top_k: Annotated[int, typer.Option("--top-k", help="Class probabilities per row, best first.")] = 3,
     reject_below: Annotated[float | None, typer.Option("--reject-below", help="Mark predictions whose confidence is under P as 'review' instead of a class.")] = None,
+    ood_level: Annotated[float | None, typer.Option("--ood-level", help="Level of the 'unfamiliar' threshold, e.g. 0.99 flags about 1 % of images like the training ones (default: the run's, 0.95).")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
     onnx: Annotated[Path | None, typer.Option("--onnx", help="An ONNX graph from `vpt export`: a single graph predicts on its own; a shared-backbone graph needs --prompt-file.")] = None,
     prompt_file: Annotated[Path | None, typer.Option("--prompt-file", help="The prompt file to use (classes, preprocessing; prompts and head for a shared graph; not needed with a single graph).")] = None,
@@ -36,13 +37,13 @@ def predict(
     explain_class: Annotated[list[str] | None, typer.Option("--explain-class", metavar="CLASS", help="With --explain: the predicted classes to explain besides review rows (repeatable), e.g. the defect classes.")] = None,
     explain_method: Annotated[str | None, typer.Option("--explain-method", help="With --explain: gradcam (torch default) | rollout | prompt-attention; ONNX: the graph's own (`vpt export --heatmap`).")] = None,
 ) -> None:
-    """Predict classes of image files; one row per file (path, label, confidence, top-k, status, reason). Exit code 1 when any file failed."""
+    """Predict classes of image files; one row per file (path, label, confidence, top-k, ood_score, status, reason). Status 'unfamiliar': unlike the training images (the run's ood_reference.safetensors). Exit code 1 when any file failed."""
     from vptcli.commands.render import print_predictions
     from vptcli.console import console, warn
     from vptcli.inference import check_predict_options, open_predictor
     from vptcli.shards import parse_shard, take_shard
 
-    check_predict_options(batch_size=batch_size, top_k=top_k, reject_below=reject_below, out=out)
+    check_predict_options(batch_size=batch_size, top_k=top_k, reject_below=reject_below, out=out, ood_level=ood_level)
     provenance = None
     if registry is not None or task is not None:  # MODEL is then the first PATH
         prompt_file, provenance, backend = _registry_model(registry, task, onnx, prompt_file, backend)
@@ -55,6 +56,7 @@ def predict(
         console.print(f"shard {part[0]}/{part[1]}: {len(files)} of {n_all} files", soft_wrap=True)
     predictor = open_predictor(model_arg, backend=backend, device=device, onnx=onnx, prompts=prompt_file, weights=weights,
                                force=force, threads=threads, int8=int8)
+    predictor.set_ood_level(ood_level)
     for w in predictor.warnings:
         warn(w)
     method = _explain_method(predictor, explain, explain_class, explain_method)
@@ -179,7 +181,7 @@ def _predict_rows(predictor, files, out: Path | None, settings: dict, provenance
     if out is not None or to_stdout:
         writer = RowWriter(out, min(top_k, len(predictor.classes)) if top_k > 0 else top_k, stream=sys.stdout if to_stdout else None,
                            extra=provenance)
-    counts = {"ok": 0, "review": 0, "error": 0}
+    counts = {"ok": 0, "review": 0, "unfamiliar": 0, "error": 0}
     shown = []
     try:
         with Progress(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),

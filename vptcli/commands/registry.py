@@ -124,13 +124,15 @@ def rollback(
 
 def verify(registry: RegistryOpt) -> None:
     """Check every stored file against its sha256, every prompt file's tensors, the database and the audit chain. Exit code 1 on any problem."""
+    from rich.markup import escape
+
     from vptcli.console import console, out
     from vptcli.registry import open_registry
 
     reg = open_registry(registry)
     problems = reg.verify()
     for p in problems:
-        console.print(f"[bold red]problem:[/bold red] {p}", markup=True, soft_wrap=True)
+        console.print("[bold red]problem:[/bold red] " + escape(str(p)), markup=True, soft_wrap=True)  # a path may hold [...]
     if problems:
         raise typer.Exit(1)
     n = sum(t["versions"] for t in reg.tasks())

@@ -161,8 +161,11 @@ def print_tune_table(rows: list[dict]) -> None:
     for col in ("candidate", "best epoch", "val macro-F1", "val top-1", "val loss", ""):
         table.add_column(col, justify="left" if col == "candidate" else "right")
     for r in rows:
-        table.add_row(r["name"], str(r["best_epoch"]), f"{r['val_macro_f1']:.3f}", f"{100 * r['val_top1']:.2f}%",
-                      f"{r['val_loss']:.4f}", "chosen" if r["chosen"] else "")
+        def shown(key: str, fmt: str, scale: float = 1.0, r=r) -> str:
+            return "-" if r.get(key) is None else format(scale * r[key], fmt)
+
+        table.add_row(r["name"], str(r["best_epoch"]), shown("val_macro_f1", ".3f"), shown("val_top1", ".2f", 100.0) + "%",
+                      shown("val_loss", ".4f"), "chosen" if r["chosen"] else "")
     console.print(table)
 
 
@@ -192,7 +195,8 @@ def print_predictions(predictor, counts: dict[str, int], shown: list, out: Path 
                          soft_wrap=True)
     to_stdout = out is None and not stdout.is_terminal
     summary = (f"{total} file{'' if total == 1 else 's'}: {counts['ok']} ok, {counts['review']} review, "
-               f"{counts['error']} error; {predictor.backend} on {predictor.device}" + (f"; rows in {out}" if out else ""))
+               + (f"{counts['unfamiliar']} unfamiliar, " if getattr(predictor, "ood", None) is not None else "")
+               + f"{counts['error']} error; {predictor.backend} on {predictor.device}" + (f"; rows in {out}" if out else ""))
     (console if to_stdout else stdout).print(summary, soft_wrap=True)
 
 
@@ -209,10 +213,10 @@ def predictions_table(rows, predictor, width: int):
     from rich.table import Table
     from rich.text import Text
 
-    style = {"ok": "green", "review": "yellow", "error": "red"}
+    style = {"ok": "green", "review": "yellow", "unfamiliar": "magenta", "error": "red"}
     labels = [r.label or ("-" if r.status != "error" else "") for r in rows]
     label_w = max([5, *(len(x) for x in labels)])
-    fixed = label_w + len("confidence") + len("review") + 13  # columns, padding and borders
+    fixed = label_w + len("confidence") + len("unfamiliar") + 13  # columns, padding and borders
     file_w = max(8, width - fixed)
     t = Table(title=f"predictions ({predictor.backend}, {predictor.device})", title_justify="left")
     t.add_column("file", no_wrap=True, overflow="ellipsis", max_width=file_w)
@@ -411,3 +415,15 @@ def print_eval_report(report: Mapping[str, Any], console: Console) -> None:
         cells = [Text(str(int(v)), style="bold" if i == j else "") for j, v in enumerate(row)]
         cmt.add_row(Text(name), *cells)
     console.print(cmt)
+
+
+def print_drift(report: dict, written: list) -> None:
+    """``vpt drift``'s verdict and measures (stdout), and the files written."""
+    m, u = report["mmd"], report["unfamiliar"]
+    verdict = "[bold red]drift detected[/bold red]" if report["drift"] else "[green]no drift detected[/green]"
+    stdout.print(f"{verdict}: MMD p = {m['p_value']:.4g} (alpha {report['alpha']:g}); {report['n_images']} images, "
+                 f"{u['count']} unfamiliar ({100 * u['share']:.1f} %, {100 * u['expected_share']:.1f} % expected); "
+                 f"class-share shift (total variation) {report['class_shift_total_variation']:.3f}", soft_wrap=True, markup=True)
+    if report["n_errors"]:
+        stdout.print(f"{report['n_errors']} unreadable file(s) left out (listed in the report)", soft_wrap=True)
+    stdout.print("report: " + ", ".join(str(p) for p in written), soft_wrap=True, highlight=False)

@@ -88,7 +88,6 @@ def train(
     from vptcli.training import load_run_config
     from vptcli.training import train as run_training
 
-    candidates = _tune_candidates(tune, tune_try, resume)
     if resume:
         if init_from is not None:
             from vptcli.errors import VptError
@@ -108,6 +107,7 @@ def train(
         )
         if init_from is not None:
             cfg, resize = _init_settings(ctx, cfg, init_from, registry, resize)
+    candidates = _tune_candidates(tune, tune_try, resume, cfg)
     with_resize({}, resize)  # an unknown --resize fails before anything is loaded
     apply_torch_threads(threads)
     if not is_manifest_dir(data):  # a raw image folder: never write the run inside it
@@ -152,15 +152,17 @@ def _init_settings(ctx: typer.Context, cfg: TrainConfig, init_from: str, registr
             resize if "resize" in given else theirs["resize"])
 
 
-def _tune_candidates(tune: bool, tune_try: list[str] | None, resume: bool) -> list:
-    """The ``--tune`` candidates (``--tune-try`` ones, else the defaults); none without either.
+def _tune_candidates(tune: bool, tune_try: list[str] | None, resume: bool, cfg: TrainConfig) -> list:
+    """The ``--tune`` candidates (``--tune-try`` ones, else :func:`vptcli.tuning.default_candidates`
+    for ``cfg``); none without either.
 
     Raises:
-        VptError: ``--tune`` with ``--resume``, or a malformed ``--tune-try``.
+        VptError: ``--tune`` with ``--resume`` or under torchrun, a malformed ``--tune-try``, or a
+            method with nothing to tune.
     """
     from vptcli.distributed import env_context
     from vptcli.errors import VptError
-    from vptcli.tuning import DEFAULT_CANDIDATES, parse_candidate
+    from vptcli.tuning import default_candidates, parse_candidate
 
     if not (tune or tune_try):
         return []
@@ -168,7 +170,7 @@ def _tune_candidates(tune: bool, tune_try: list[str] | None, resume: bool) -> li
         raise VptError("--tune starts new runs; it cannot be combined with --resume (resume the chosen run without --tune)")
     if env_context().enabled:
         raise VptError("--tune runs in one process; under torchrun train the chosen settings without --tune")
-    return [parse_candidate(t) for t in (tune_try or DEFAULT_CANDIDATES)]
+    return [parse_candidate(t) for t in tune_try] if tune_try else default_candidates(cfg)
 
 
 FIELD_OF_PARAM = {"prompts": "num_prompts"}

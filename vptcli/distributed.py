@@ -72,10 +72,11 @@ class DistContext:
         return items[self.rank :: self.world_size]
 
     def span(self, n: int) -> range:
-        """This rank's contiguous share of ``range(n)`` (the first ``n % world_size`` ranks get one more)."""
-        base, extra = divmod(n, self.world_size)
-        start = self.rank * base + min(self.rank, extra)
-        return range(start, start + base + (1 if self.rank < extra else 0))
+        """This rank's contiguous share of ``range(n)`` (the first ``n % world_size`` ranks get one more):
+        :func:`vptcli.shards.shard_block`, the split ``vpt predict --shard`` uses."""
+        from vptcli.shards import shard_block
+
+        return shard_block(n, self.rank, self.world_size)
 
     def barrier(self) -> None:
         if self.enabled:

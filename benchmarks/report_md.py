@@ -14,17 +14,17 @@ from vptcli.methods import Method, spec
 
 def seed_summary(rows: list[dict]) -> str:
     """Mean ± sample std of test top-1 / macro-F1 over the seeds of each setting (regime, method, image
-    size, prompt start block, prompts, lr, head lr scale)."""
+    size, prompt start block, prompts, lr, head lr scale, prompt init, head input)."""
     import statistics
 
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         key = (r["regime"], r["method"], r.get("img_size"), r.get("prompt_start_block"), r.get("num_prompts"), r.get("lr"),
-               r.get("head_lr_scale", 1.0))
+               r.get("head_lr_scale", 1.0), r.get("prompt_init", "random"), r.get("head_input", "cls"))
         groups.setdefault(key, []).append(r)
-    out = ["| regime | method | px | k | prompts | lr | head lr × | seeds | test top-1 | macro-F1 | val macro-F1 |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for (reg, m, px, k, p, lr, hls), rs in groups.items():
+    out = ["| regime | method | px | k | prompts | prompt init | head input | lr | head lr × | seeds | test top-1 | macro-F1 | val macro-F1 |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (reg, m, px, k, p, lr, hls, init, head_input), rs in groups.items():
         if len(rs) < 2:
             continue
 
@@ -34,6 +34,7 @@ def seed_summary(rows: list[dict]) -> str:
 
         prompted = spec(m).has_prompts
         out.append(f"| {reg} | {spec(m).label} | {px} | {k if prompted else '–'} | {p if prompted else '–'} | "
+                   f"{init if prompted else '–'} | {head_input} | "
                    f"{f'{lr:g}' if not spec(m).head_fit else '–'} | {f'{hls:g}' if not spec(m).head_fit else '–'} | {len(rs)} | "
                    f"{ms('test_top1', 100.0)} % | {ms('test_macro_f1')} | {ms('best_val_macro_f1')} |")
     return "\n".join(out) if len(out) > 2 else ""
@@ -62,11 +63,12 @@ def elpv_tables(d: dict) -> str:
     tries = [r for r in rows if r["method"] == Method.VPT_DEEP.value and (r["group"] == "tries" or r["regime"] == "64-shot")]
     if tries:
         out.append("")
-        out.append("| regime | seed | lr | head lr × | prompts | epochs | k | val macro-F1 (selection) | best epoch | val top-1 | "
+        out.append("| regime | seed | px | lr | head lr × | prompts | prompt init | head input | epochs | k | val macro-F1 (selection) | best epoch | val top-1 | "
                    "test top-1 (information only) | test bal. acc. | test macro-F1 | train s/epoch |")
-        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in tries:
-            out.append(f"| {r['regime']} | {r.get('seed', 0)} | {r['lr']:g} | {r.get('head_lr_scale', 1.0):g} | {r['num_prompts']} | "
+            out.append(f"| {r['regime']} | {r.get('seed', 0)} | {r.get('img_size', 224)} | {r['lr']:g} | {r.get('head_lr_scale', 1.0):g} | {r['num_prompts']} | "
+                       f"{r.get('prompt_init', 'random')} | {r.get('head_input', 'cls')} | "
                        f"{r['epochs']} | {r['prompt_start_block']} | {r['best_val_macro_f1']:.3f} | {r['best_epoch']} | "
                        f"{100 * r['best_val_top1']:.1f} % | {100 * r['test_top1']:.2f} % | {100 * r['test_balanced_accuracy']:.2f} % | "
                        f"{r['test_macro_f1']:.3f} | {r['train_seconds_per_epoch']:.1f} |")

@@ -20,6 +20,8 @@ DEFAULT_BACKBONE = "vit_small_patch14_dinov2"
 
 CLASS_BALANCE = ("auto", "weighted", "sampler", "off")
 HEAD_INITS = ("probe", "random")
+PROMPT_INITS = ("random", "patch-kmeans")
+"""``--prompt-init``: VPT's uniform draw, or prototypes of the training images' patch tokens (:mod:`vptcli.prompt_init`)."""
 CPU_CACHE_VIEWS = 1
 """``--cache-views`` auto on a CPU: the plain image only (building each augmented view runs the frozen
 blocks once more per image, the largest cost of a CPU run); on CUDA: 4."""
@@ -53,7 +55,9 @@ class TrainConfig:
     and the last :data:`CPU_PROMPTED_BLOCKS` on a CPU (:meth:`resolved_start_block`);
     ``cache_views=None`` (auto) 4 on CUDA, :data:`CPU_CACHE_VIEWS` on a CPU (:meth:`resolved_views`);
     ``head_init="probe"`` starts the head from a converged linear probe on the run's initial
-    features (:mod:`vptcli.probe`), ``"random"`` from VPT's small random head. ``init_from``: a prompt
+    features (:mod:`vptcli.probe`), ``"random"`` from VPT's small random head. ``prompt_init``:
+    ``"random"`` (VPT's uniform draw) or ``"patch-kmeans"`` (prototypes of the training images' patch
+    tokens, :mod:`vptcli.prompt_init`). ``init_from``: a prompt
     file whose prompts and head the run starts from instead (:mod:`vptcli.warm_start`).
 
     Raises:
@@ -91,6 +95,7 @@ class TrainConfig:
     img_size: int | str | None = None
     head_input: str = "cls"
     head_init: str = "probe"
+    prompt_init: str = "random"
     init_from: str | None = None
 
     def __post_init__(self) -> None:
@@ -160,6 +165,9 @@ class TrainConfig:
              f"--img-size must be a positive number of pixels or auto, got {self.img_size!r}"),
             (self.head_input in HEAD_INPUTS, f"--head-input must be one of {', '.join(HEAD_INPUTS)}"),
             (self.head_init in HEAD_INITS, f"--head-init must be one of {', '.join(HEAD_INITS)}"),
+            (self.prompt_init in PROMPT_INITS, f"--prompt-init must be one of {', '.join(PROMPT_INITS)}"),
+            (self.prompt_init == "random" or (self.spec.has_prompts and self.init_from is None),
+             f"--prompt-init {self.prompt_init} needs a prompt method (VPT, DA-VPT) and no --init-from"),
             (self.init_from is None or (self.spec.has_prompts and not self.spec.tunes_backbone),
              f"--init-from needs a prompt method (VPT, DA-VPT), not {self.method}"),
         )

@@ -43,6 +43,10 @@ class TrainReporter(Reporter):
     def cache_built(self, start_block: int, views: int, nbytes: int, seconds: float) -> None:
         """The feature cache is ready (``start_block`` k: blocks ``0..k-1`` were computed once)."""
 
+    def prompts_initialised(self, info: dict) -> None:
+        """``--prompt-init``: the prompts were set from the data (:mod:`vptcli.prompt_init`): ``info``
+        holds ``method``, ``images`` (sampled), ``blocks`` and ``prompts`` (per block), ``seconds``."""
+
     def head_fitted(self, info: dict) -> None:
         """The head was fitted on the run's initial features (:mod:`vptcli.probe`): ``info`` holds
         ``features`` (rows fitted), ``dim``, ``c`` (chosen inverse L2 strength), ``seconds``."""

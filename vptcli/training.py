@@ -326,7 +326,31 @@ def build_caches(s: Setup, backbone, reporter: TrainReporter, builder=None) -> t
     return train_cache, val_cache
 
 
-# -------------------------------------------------------------------------------------- head fit
+# ------------------------------------------------------------------------------ prompt init, head fit
+
+
+@torch.no_grad()
+def init_prompts(s: Setup, train_cache: FeatureCache | None, reporter: TrainReporter) -> None:
+    """``--prompt-init patch-kmeans``: set the prompts to the k-means centres of the training images'
+    patch tokens entering each prompted block (:func:`vptcli.prompt_init.patch_prototypes`), from a
+    seeded sample of plain images: the cache's view 0, else decoded images. Under torchrun rank 0's
+    centres are broadcast, so every rank starts from the same prompts."""
+    from vptcli.prompt_init import patch_prototypes, sample_indices
+
+    t0 = time.perf_counter()
+    ix = sample_indices(len(s.train_ds), s.cfg.seed)
+    if train_cache is not None:
+        hidden = train_cache.batch(torch.zeros(len(ix), dtype=torch.long), ix, s.device)
+    else:
+        s.model.eval()
+        hidden = torch.cat([s.model.embed(torch.stack([s.train_ds.view(i, 0, False) for i in c]).to(s.device), s.start_block)
+                            for c in chunks(ix.tolist(), s.cfg.batch_size)])
+    prototypes = patch_prototypes(s.model, hidden, s.start_block, seed=s.cfg.seed, batch_size=s.cfg.batch_size)
+    if s.dist.enabled:
+        torch.distributed.broadcast(prototypes, src=0)
+    s.model.prompts.copy_(prototypes.to(s.model.prompts.dtype))
+    reporter.prompts_initialised({"method": s.cfg.prompt_init, "images": len(ix), "blocks": int(prototypes.shape[0]),
+                                  "prompts": int(prototypes.shape[1]), "seconds": time.perf_counter() - t0})
 
 
 @torch.no_grad()
@@ -728,6 +752,8 @@ def _fit(s: Setup, opt: Optimisation, state: LoopState, run_dir: Path, backbone,
         train_cache, val_cache = build_caches(s, backbone, reporter, cache_builder)
     # A warm start of the head (or, for the linear probe, its whole training): row "epoch 0".
     fit = None
+    if not state.history and cfg.prompt_init != "random":  # before the head fit: it reads the prompted features
+        init_prompts(s, train_cache, reporter)
     if not state.history and cfg.head_init == "probe" and not cfg.init_from:
         fit = fit_head(s, train_cache, val_cache, reporter)
     if cfg.init_from and not state.history:  # --init-from: prompts and head from that file instead

@@ -20,13 +20,16 @@ from pathlib import Path
 
 from vptcli.errors import VptError
 from vptcli.fsutil import atomic_write_all, atomic_write_json
-from vptcli.train_config import TrainConfig
+from vptcli.train_config import PROMPT_INITS, TrainConfig
 from vptcli.train_report import TrainReporter
 
 TUNABLE = {"lr": "lr", "head-lr-scale": "head_lr_scale", "prompts": "num_prompts", "prompt-start-block": "prompt_start_block",
            "epochs": "epochs", "weight-decay": "weight_decay", "batch-size": "batch_size", "prompt-dropout": "prompt_dropout",
            "label-smoothing": "label_smoothing", "warmup-epochs": "warmup_epochs"}
-"""Settings a candidate may change: flag name (without ``--``) -> :class:`TrainConfig` field."""
+"""Numeric settings a candidate may change: flag name (without ``--``) -> :class:`TrainConfig` field."""
+
+TUNABLE_CHOICES = {"prompt-init": ("prompt_init", PROMPT_INITS)}
+"""Settings with named values a candidate may change: flag name -> (field, allowed values)."""
 
 TRIALS_DIR = "trials"
 TUNE_JSON = "tune.json"
@@ -49,21 +52,27 @@ def parse_candidate(text: str) -> Candidate:
     """``"lr=1e-3,head-lr-scale=0.1"`` -> :class:`Candidate` (flags as ``vpt train`` spells them).
 
     Raises:
-        VptError: an unknown setting or a value that is not a number.
+        VptError: an unknown setting, a value that is not a number, or a name not allowed (prompt-init).
     """
     overrides = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, sep, value = part.partition("=")
         name = name.strip().removeprefix("--")
-        if not sep or name not in TUNABLE:
-            raise VptError(f"--tune-try {text!r}: each part must be SETTING=VALUE with SETTING one of {', '.join(TUNABLE)}")
+        if not sep or name not in TUNABLE | TUNABLE_CHOICES:
+            raise VptError(f"--tune-try {text!r}: each part must be SETTING=VALUE with SETTING one of {', '.join(TUNABLE | TUNABLE_CHOICES)}")
+        if name in TUNABLE_CHOICES:
+            field, allowed = TUNABLE_CHOICES[name]
+            if value.strip() not in allowed:
+                raise VptError(f"--tune-try {text!r}: {name} must be one of {', '.join(allowed)}, got {value.strip()!r}")
+            overrides[field] = value.strip()
+            continue
         try:
             number = float(value)
         except ValueError:
             raise VptError(f"--tune-try {text!r}: {name} must be a number, got {value.strip()!r}") from None
         overrides[TUNABLE[name]] = int(number) if number.is_integer() and name not in ("lr", "head-lr-scale", "weight-decay") else number
     if not overrides:
-        raise VptError(f"--tune-try {text!r}: give at least one SETTING=VALUE (settings: {', '.join(TUNABLE)})")
+        raise VptError(f"--tune-try {text!r}: give at least one SETTING=VALUE (settings: {', '.join(TUNABLE | TUNABLE_CHOICES)})")
     return Candidate(text.strip(), overrides)
 
 

@@ -102,6 +102,10 @@ class ConsoleTrainReporter(ConsoleReporter, TrainReporter):
         console.print(f"feature cache: {'embeddings' if start_block == 0 else f'blocks 0..{start_block - 1}'} computed once, "
                       f"{views} view(s)/image, {nbytes / 1024**2:.0f} MiB, built in {seconds:.1f}s")
 
+    def prompts_initialised(self, info: dict) -> None:
+        console.print(f"prompts: {info['prompts']} per block in {info['blocks']} block(s) set to k-means centres of the patch "
+                      f"tokens of {info['images']} training images ({info['method']}) in {info['seconds']:.1f}s")
+
     def head_fitted(self, info: dict) -> None:
         console.print(f"head: linear probe fitted on {info['features']:,} feature rows of {info['dim']} values "
                       f"(L-BFGS, C={info['c']:g} chosen on validation) in {info['seconds']:.1f}s")

@@ -188,6 +188,19 @@ def test_drift_in_distribution_and_shifted(trained, vpt, tmp_path):
     assert sorted(p.name for p in (trained / "same").iterdir()) == before
 
 
+def test_drift_names_unreadable_files_and_leaves_them_alone(trained, vpt, tmp_path):
+    folder = tmp_path / "recent"
+    shutil.copytree(trained / "same", folder)
+    bad = folder / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    code, out, err = vpt("drift", trained / "run", folder, "--out", tmp_path / "d")
+    assert code == 0, out + err
+    assert "broken.png" in " ".join(err.split()) and "1 unreadable file(s) left out" in out
+    rep = json.loads((tmp_path / "d" / "drift_report.json").read_text())
+    assert rep["n_errors"] == 1 and rep["errors"][0]["path"].endswith("broken.png") and rep["n_images"] == 30
+    assert bad.read_bytes() == b"\x89PNG\r\n\x1a\n truncated"
+
+
 def test_drift_refuses_a_model_without_reference(trained, vpt, tmp_path):
     run = tmp_path / "old"
     shutil.copytree(trained / "run", run)

@@ -217,7 +217,7 @@ def test_parallel_publishers_leave_a_consistent_registry(runs, tmp_path, vpt):
     assert code == 0 and "12 version(s)" in out, err
 
 
-def test_predict_with_registry_records_task_version_and_digest(runs, tmp_path, vpt):
+def test_predict_with_registry_records_task_version_and_digest(runs, tmp_path, vpt, monkeypatch):
     reg = tmp_path / "reg"
     assert vpt("registry", "publish", runs["good"], "--registry", reg, "--task", "t")[0] == 0
     assert vpt("registry", "publish", runs["good2"], "--registry", reg, "--task", "t")[0] == 0
@@ -234,3 +234,14 @@ def test_predict_with_registry_records_task_version_and_digest(runs, tmp_path, v
     assert {(r["task"], r["version"], r["prompt_sha256"]) for r in rows} == {("t", "2", digest)}
     code, _, err = vpt("predict", "--registry", reg, runs["accept"])
     assert code == 2 and "--task" in flat(err)
+    # TASK@VERSION picks a version that is not in production; VPT_REGISTRY stands for --registry
+    monkeypatch.setenv("VPT_REGISTRY", str(reg))
+    code, _, err = vpt("predict", "--task", "t@1", runs["accept"], "--out", tmp_path / "v1.csv", "--device", "cpu")
+    assert code == 0, err
+    assert {r["version"] for r in csv.DictReader((tmp_path / "v1.csv").open())} == {"1"}
+    code, _, err = vpt("predict", runs["good"], runs["accept"], "--out", tmp_path / "plain.csv", "--device", "cpu")
+    assert code == 0, err  # VPT_REGISTRY alone leaves a plain predict alone
+    assert "task" not in next(csv.DictReader((tmp_path / "plain.csv").open()))
+    for bad in ("t@x", "t@0", "@1"):
+        code, _, err = vpt("predict", "--registry", reg, "--task", bad, runs["accept"])
+        assert code == 2 and "TASK@VERSION" in flat(err)

@@ -507,6 +507,18 @@ class Registry:
         con.execute(f"INSERT INTO audit({', '.join(entry)}) VALUES ({', '.join('?' * len(entry))})", tuple(entry.values()))
 
 
+def parse_task_ref(value: str, flag: str) -> tuple[str, int | None]:
+    """``TASK`` -> ``(TASK, None)`` (its production version); ``TASK@VERSION`` -> ``(TASK, VERSION)``.
+
+    Raises:
+        VptError: a version that is not a positive whole number (the message names ``flag``).
+    """
+    task, sep, version = value.partition("@")
+    if not task or (sep and not (version.isdigit() and int(version) >= 1)):
+        raise VptError(f"{flag} {value}: give TASK (its production version) or TASK@VERSION (a version number)")
+    return task, int(version) if sep else None
+
+
 def open_registry(root: str | os.PathLike, create: bool = False) -> Registry:
     """:class:`Registry` at ``root`` (see its errors)."""
     return Registry(root, create=create)

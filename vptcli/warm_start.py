@@ -47,13 +47,11 @@ def resolve_init_from(value: str, registry: str | Path | None = None) -> Path:
 
     if registry is None:
         return resolve_prompt_path(value)
-    from vptcli.registry import open_registry
+    from vptcli.registry import open_registry, parse_task_ref
 
-    task, _, version = value.partition("@")
-    if version and not version.isdigit():
-        raise VptError(f"--init-from {value}: with --registry give TASK or TASK@VERSION (a number)")
+    task, version = parse_task_ref(value, "--init-from")
     reg = open_registry(registry)
-    return reg.version(task, int(version) if version else None).prompt_path(reg.root)
+    return reg.version(task, version).prompt_path(reg.root)
 
 
 def weights_option(source_label: str) -> str | None:

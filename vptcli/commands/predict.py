@@ -12,6 +12,7 @@ TABLE_ROWS = 50
 
 
 def predict(
+    ctx: typer.Context,
     model: Annotated[str, typer.Argument(metavar="MODEL", help="A run folder, prompt file (.safetensors) or export folder. With --onnx, omit it: every argument is a PATH.")],
     paths: Annotated[list[str] | None, typer.Argument(metavar="PATH...", help="Image files, folders (recursive: image files only) or glob patterns.")] = None,
     backend: Annotated[str, typer.Option(help="torch | onnx | auto (onnx for an export folder or --onnx, else torch).")] = "auto",
@@ -31,8 +32,8 @@ def predict(
     shard: Annotated[str | None, typer.Option("--shard", metavar="I/N", help="Predict only block I (0-based) of N of the sorted file list, e.g. 0/4 on the first of four machines; `vpt predict-merge` joins the N outputs into the rows of one run.")] = None,
     int8: Annotated[bool, typer.Option("--int8", help="ONNX backend on an export folder: use its model.int8.onnx (`vpt export --int8`) instead of model.onnx.")] = False,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="ONNX Runtime intra-op threads and PyTorch threads (default: the CPUs this process may use, container limits and affinity included).")] = None,
-    registry: Annotated[Path | None, typer.Option("--registry", help="A prompt registry (`vpt registry`): use --task's production version; omit MODEL (every argument is a PATH); rows record task, version and prompt sha256.")] = None,
-    task: Annotated[str | None, typer.Option("--task", help="With --registry: the task whose production version predicts.")] = None,
+    registry: Annotated[Path | None, typer.Option("--registry", envvar="VPT_REGISTRY", help="A prompt registry (`vpt registry`; or the environment variable VPT_REGISTRY, used with --task): --task's version predicts; omit MODEL (every argument is a PATH); rows record task, version and prompt sha256.")] = None,
+    task: Annotated[str | None, typer.Option("--task", help="With --registry: TASK (its production version predicts) or TASK@VERSION.")] = None,
     explain: Annotated[Path | None, typer.Option("--explain", metavar="DIR", help="Write heatmap overlays and index.html into DIR for every row flagged for review and every row predicted as an --explain-class (default: every predicted row).")] = None,
     explain_class: Annotated[list[str] | None, typer.Option("--explain-class", metavar="CLASS", help="With --explain: the predicted classes to explain besides review rows (repeatable), e.g. the defect classes.")] = None,
     explain_method: Annotated[str | None, typer.Option("--explain-method", help="With --explain: gradcam (torch default) | rollout | prompt-attention; ONNX: the graph's own (`vpt export --heatmap`).")] = None,
@@ -45,7 +46,9 @@ def predict(
 
     check_predict_options(batch_size=batch_size, top_k=top_k, reject_below=reject_below, out=out, ood_level=ood_level)
     provenance = None
-    if registry is not None or task is not None:  # MODEL is then the first PATH
+    from_env = getattr(ctx.get_parameter_source("registry"), "name", None) == "ENVIRONMENT"  # the click Typer bundles
+    if task is not None or (registry is not None and not from_env):
+        # registry mode (a VPT_REGISTRY in the environment alone does not switch it on): MODEL is then the first PATH
         prompt_file, provenance, backend = _registry_model(registry, task, onnx, prompt_file, backend)
         paths, model = [model, *(paths or [])], str(prompt_file)
     part = parse_shard(shard) if shard is not None else None
@@ -133,23 +136,24 @@ def _inputs(model: str, paths: list[str] | None, onnx: Path | None, prompt_file:
 
 
 def _registry_model(registry: Path | None, task: str | None, onnx: Path | None, prompt_file: Path | None, backend: str):
-    """``--registry DIR --task NAME``: ``(the production prompt file, row provenance, backend)``.
+    """``--registry DIR --task TASK[@VERSION]``: ``(the prompt file, row provenance, backend)``.
 
     Raises:
         VptError: one option without the other, with --onnx/--prompt-file or --backend onnx; see
             :meth:`vptcli.registry.Registry.version`.
     """
     from vptcli.errors import VptError
-    from vptcli.registry import open_registry
+    from vptcli.registry import open_registry, parse_task_ref
 
     if registry is None or task is None:
-        raise VptError("--registry and --task go together: the task's production version predicts")
+        raise VptError("--registry (or VPT_REGISTRY) and --task go together: the task's production version predicts")
     if onnx is not None or prompt_file is not None or backend == "onnx":
         raise VptError("--registry predicts with the task's stored prompt file (PyTorch backend); drop --onnx, "
                        "--prompt-file and --backend onnx")
+    name, version = parse_task_ref(task, "--task")
     reg = open_registry(registry)
-    v = reg.version(task)
-    return v.prompt_path(reg.root), {"task": task, "version": v.version, "prompt_sha256": v.digest}, "torch"
+    v = reg.version(name, version)
+    return v.prompt_path(reg.root), {"task": name, "version": v.version, "prompt_sha256": v.digest}, "torch"
 
 
 def _predict_rows(predictor, files, out: Path | None, settings: dict, provenance: dict | None = None, keep=None):

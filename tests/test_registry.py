@@ -66,6 +66,11 @@ def _log(reg: Path) -> list[dict]:
 
 def test_publish_list_show_promote_rollback_log_verify(runs, tmp_path, vpt):
     reg = tmp_path / "reg"
+    # a first publish that cannot work leaves no registry folder behind
+    (tmp_path / "not-a-run").mkdir()
+    for source, task in ((tmp_path / "not-a-run", "line1"), (runs["good"], "bad name!")):
+        code, _, err = vpt("registry", "publish", source, "--registry", reg, "--task", task)
+        assert code == 2 and not reg.exists(), err
     code, out, err = vpt("registry", "publish", runs["good"], "--registry", reg, "--task", "line1", "--note", "first")
     assert code == 0, err
     assert "published line1 version 1" in out and "first" in out

@@ -27,9 +27,12 @@ def publish(
     note: Annotated[str, typer.Option(help="A note stored with the version (why it was trained).")] = "",
 ) -> None:
     """Store a prompt file as the next version of TASK (content-addressed copy; metrics, data fingerprint, backbone, time, user)."""
+    from vptcli.artifacts import read_prompt_file, resolve_prompt_path
     from vptcli.commands.render import print_registry_version
-    from vptcli.registry import open_registry
+    from vptcli.registry import check_task_name, open_registry
 
+    check_task_name(task)  # a bad name or source fails before a new registry folder is created
+    read_prompt_file(resolve_prompt_path(model))
     v = open_registry(registry, create=True).publish(model, task, note=note)
     print_registry_version(v, title=f"published {v.task} version {v.version}")
 

@@ -52,6 +52,12 @@ def test_tune_refuses_resume_and_bad_candidates(ingested, tmp_path, vpt):
     assert code == 2 and "--resume" in err
     code, _, err = vpt("train", ingested, "--out", tmp_path / "r2", *TINY, "--tune-try", "lr=-1")
     assert code == 2 and "--lr must be > 0" in err and not (tmp_path / "r2").exists()
+    # --init-from fixes the prompts' shape: a candidate changing it is refused before any training
+    code, _, err = vpt("train", ingested, "--out", tmp_path / "first", *TINY, "--epochs", "1", "--prompt-start-block", "4")
+    assert code == 0, err
+    code, _, err = vpt("train", ingested, "--out", tmp_path / "r3", *TINY, "--init-from", tmp_path / "first",
+                       "--tune-try", "lr=1e-3", "--tune-try", "prompts=50")
+    assert code == 2 and "shape" in " ".join(err.split()) and not (tmp_path / "r3" / "trials").exists()
 
 
 def test_shared_cache_builder_builds_each_key_once(monkeypatch):

@@ -132,8 +132,9 @@ def tune(manifest, backbone, cfg: TrainConfig, run_dir: str | Path, candidates: 
         and one dict per candidate (name, overrides, best epoch, validation figures, chosen).
 
     Raises:
-        VptError: no candidate, duplicate names, a candidate's settings that do not validate, a
-            non-empty ``run_dir``, or every candidate failing.
+        VptError: no candidate, duplicate names, a candidate's settings that do not validate (or that
+            change the prompts' shape of an ``init_from`` file), a non-empty ``run_dir``, or every
+            candidate failing.
     """
     from vptcli.training import train
 
@@ -144,6 +145,10 @@ def tune(manifest, backbone, cfg: TrainConfig, run_dir: str | Path, candidates: 
     if run_dir.exists() and any(run_dir.iterdir()):
         raise VptError(f"{run_dir} is not empty; --tune starts a new run folder (choose another --out)")
     cfgs = [dataclasses.replace(cfg, **c.overrides) for c in candidates]  # every candidate checked before any work
+    shaped = [c.name for c in candidates if cfg.init_from and {"num_prompts", "prompt_start_block"} & set(c.overrides)]
+    if shaped:
+        raise VptError(f"--tune-try {shaped[0]!r}: with --init-from the prompts' shape (prompts, prompt-start-block) is the "
+                       "file's; tune other settings")
     builder = shared_cache_builder()
     rows, results = [], []
     for i, (cand, ccfg) in enumerate(zip(candidates, cfgs)):

@@ -42,7 +42,8 @@ def test_two_gloo_processes_train_what_one_process_trains(tmp_path, make_tree):
     # Cached (each rank caches its share of the images), 4 cached views with augmentation, class-weighted
     # loss off (balanced), probe warm start then 2 epochs; batch 4 over 13 images: 3 full global batches + 1 of 1.
     train = ["train", "data", *TINY, "--method", "vpt-deep", "--prompts", "2", "--epochs", "2", "--batch-size", "4",
-             "--lr", "3e-2", "--cache", "on", "--cache-views", "2", "--seed", "3", "--workers", "0"]
+             "--lr", "3e-2", "--cache", "on", "--cache-views", "2", "--seed", "3", "--workers", "0",
+             "--prompt-init", "patch-kmeans"]  # k-means on rank 0, broadcast
     one = _run(["-m", "vptcli", *train, "--out", "one"], tmp_path)
     assert one.returncode == 0, one.stderr
     two = _run(["-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from sklearn.cluster import KMeans
@@ -97,11 +96,12 @@ def tiny_manifest(tmp_path_factory, make_tree):
     return ingest_folder(root, val_fraction=0.2, test_fraction=0.2, seed=0, progress=False).manifest
 
 
-def test_training_starts_from_the_training_images_centres_cached_or_not(tiny_manifest, tmp_path):
+@pytest.mark.parametrize("head_input", ["cls", "last4+mean"])  # last4+mean: the cache stops at block 2, before k = 3
+def test_training_starts_from_the_training_images_centres_cached_or_not(tiny_manifest, tmp_path, head_input):
     bb = load_backbone("test_vit", weights="random", img_size=IMG)
     prompts = {}
     for cache in ("on", "off"):
-        train(tiny_manifest, bb, cfg(cache=cache), tmp_path / cache)
+        train(tiny_manifest, bb, cfg(cache=cache, head_input=head_input), tmp_path / cache)
         prompts[cache] = read_prompt_file(tmp_path / cache / "prompts.safetensors")[0]["prompts"]
         assert json.loads((tmp_path / cache / "config.json").read_text())["train"]["prompt_init"] == "patch-kmeans"
     # lr 1e-9: the prompts stay where they started: the centres of the training images' tokens
@@ -112,13 +112,15 @@ def test_training_starts_from_the_training_images_centres_cached_or_not(tiny_man
         expected = patch_prototypes(m, m.embed(images, 3), 3, seed=0)
     assert torch.allclose(prompts["on"], expected, atol=1e-4)
     assert torch.allclose(prompts["off"], expected, atol=1e-4)
+    if head_input != "cls":
+        return
     random_run = train(tiny_manifest, bb, cfg(prompt_init="random"), tmp_path / "random")
     random_prompts = read_prompt_file(random_run.prompt_file)[0]["prompts"]
     assert not torch.allclose(random_prompts, expected, atol=1e-2)
 
 
 def test_cli_option_tune_candidate_and_refusals(ingested, tmp_path, vpt):
-    code, out, err = vpt("train", ingested, "--out", tmp_path / "run", *TINY, "--epochs", "1", "--batch-size", "4",
+    code, _, err = vpt("train", ingested, "--out", tmp_path / "run", *TINY, "--epochs", "1", "--batch-size", "4",
                          "--no-augment", "--prompt-start-block", "4", "--prompts", "2", "--prompt-init", "patch-kmeans")
     assert code == 0, err
     assert "set to k-means centres of the patch tokens" in err
@@ -132,3 +134,7 @@ def test_cli_option_tune_candidate_and_refusals(ingested, tmp_path, vpt):
             cfg(**kw)
     code, _, err = vpt("train", ingested, "--out", tmp_path / "lp", *TINY, "--method", "linear-probe", "--prompt-init", "patch-kmeans")
     assert code == 2 and "--prompt-init" in err and not (tmp_path / "lp").exists()
+    # more prompts than the sampled images have patch tokens: one line, not a traceback
+    code, _, err = vpt("train", ingested, "--out", tmp_path / "many", *TINY, "--prompt-start-block", "4", "--prompts", "500",
+                       "--prompt-init", "patch-kmeans")
+    assert code == 2 and "fewer --prompts" in " ".join(err.split())

@@ -95,7 +95,7 @@ def test_an_added_class_gets_a_new_head_row_the_others_are_copied(source, tmp_pa
     assert float(dent.norm()) == pytest.approx(float(t_src["head.weight"].norm(dim=1).mean()), rel=1e-4)
 
 
-def test_init_from_a_registry_version(source, tmp_path, vpt):
+def test_init_from_a_registry_version(source, tmp_path, vpt, monkeypatch):
     reg = tmp_path / "reg"
     assert vpt("registry", "publish", source["run"], "--registry", reg, "--task", "line")[0] == 0
     code, _, err = vpt("train", source["data"], "--out", tmp_path / "w0", "--init-from", "line", "--registry", reg)
@@ -108,3 +108,11 @@ def test_init_from_a_registry_version(source, tmp_path, vpt):
     assert str(reg.resolve()) in stored and "objects" in stored
     code, _, err = vpt("train", source["data"], "--out", tmp_path / "w2", "--init-from", "line@7", "--registry", reg)
     assert code == 2 and "no version 7" in flat(err)
+    # VPT_REGISTRY in the environment: a task name goes to the registry, an existing run folder stays a folder
+    monkeypatch.setenv("VPT_REGISTRY", str(reg))
+    common = ("--epochs", "1", "--batch-size", "4", "--no-augment")
+    code, _, err = vpt("train", source["data"], "--out", tmp_path / "w3", "--init-from", "line@1", *common)
+    assert code == 0, err
+    code, _, err = vpt("train", source["data"], "--out", tmp_path / "w4", "--init-from", source["run"], *common)
+    assert code == 0, err
+    assert json.loads((tmp_path / "w4" / "config.json").read_text())["train"]["init_from"].startswith(str(source["run"].resolve()))

@@ -31,7 +31,8 @@ What each rank does (hooks in :mod:`vptcli.training`):
   silent reporter. A resume reads the run folder's checkpoint on every rank (a folder shared by the
   nodes, as ``--out``).
 - The warm start of the head (the linear probe's L-BFGS fit) runs on every rank on the same features:
-  deterministic and small next to the cache.
+  deterministic and small next to the cache. ``--prompt-init patch-kmeans`` runs k-means on rank 0 only
+  and broadcasts the prompts (:func:`broadcast_`).
 
 Source: PyTorch distributed overview and ``torchrun`` documentation (environment variables,
 ``init_process_group(init_method="env://")``).
@@ -161,6 +162,15 @@ def all_reduce_grads(ctx: DistContext, params) -> None:
         n = p.numel()
         p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
         offset += n
+
+
+def broadcast_(ctx: DistContext, tensor: torch.Tensor, src: int = 0) -> None:
+    """Overwrite ``tensor`` on every rank with rank ``src``'s, in place (nothing in one process)."""
+    if not ctx.enabled:
+        return
+    t = tensor.to(_comm_device())
+    torch.distributed.broadcast(t, src=src)
+    tensor.copy_(t)
 
 
 def all_reduce_sum(ctx: DistContext, values: list[float]) -> list[float]:

@@ -37,6 +37,9 @@ DRIFT_EXIT_CODE = 3
 MAX_ROWS = 512
 """At most this many new images enter the two-sample test (a seeded random subsample)."""
 
+MAX_LISTED_ERRORS = 50
+"""Unreadable files listed by name in the drift report (all are counted)."""
+
 
 def measure_drift(predictor: Predictor, paths: list[Path], *, alpha: float = 0.05, permutations: int = 1000,
                   max_rows: int = MAX_ROWS, seed: int = 0, batch_size: int = 32, workers: int | None = None,
@@ -83,7 +86,7 @@ def measure_drift(predictor: Predictor, paths: list[Path], *, alpha: float = 0.0
         "format": "vptcli-drift-report",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model": predictor.source, "backend": predictor.backend, "device": predictor.device,
-        "n_images": len(x_new), "n_errors": len(errors), "errors": errors[:50],
+        "n_images": len(x_new), "n_errors": len(errors), "errors": errors[:MAX_LISTED_ERRORS],
         "drift": bool(test.p_value < alpha), "alpha": alpha,
         "mmd": {"mmd2": test.mmd2, "p_value": test.p_value, "bandwidth": test.bandwidth, "permutations": test.permutations,
                 "n_reference": test.n_x, "n_new": test.n_y, "kernel": "rbf, median heuristic (Gretton et al. 2012)"},

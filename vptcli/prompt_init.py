@@ -5,11 +5,12 @@ arXiv 2402.02382, github WangYZ1608/Self-Prompt-Tuning) observes that trained pr
 close to the patch tokens they attend with, and starts them there: the prompts of a block are the
 k-means centres of the patch tokens entering that block, computed on the downstream training images
 with the frozen backbone. Random prompts (VPT's uniform initialisation) start far from that
-distribution, which matters most for self-supervised backbones such as DINOv2.
+distribution; the paper reports the largest gains over VPT on self-supervised backbones (MAE, MoCo v3),
+and DINOv2 is one too (an expectation here, measured on ELPV in docs/benchmarks.md).
 
-Here: ``prompt_init="patch-kmeans"`` (``vpt train --prompt-init``, :data:`vptcli.train_config.PROMPT_INITS`). The hidden states entering the
-first prompted block ``k`` (plain images, no prompts: the feature cache's view 0 when there is one)
-are run through the frozen blocks ``k .. depth-1`` without prompts; at each prompted block the patch
+Here: ``prompt_init="patch-kmeans"`` (``vpt train --prompt-init``, :data:`vptcli.train_config.PROMPT_INITS`).
+The hidden states entering the first prompted block ``k`` (plain images, no prompts: the feature
+cache's view 0 when there is one) are run through the frozen blocks ``k .. depth-1`` without prompts; at each prompted block the patch
 tokens of those images are sampled (at most :data:`MAX_TOKENS`) and clustered with scikit-learn's
 ``KMeans`` into ``num_prompts`` centres. VPT-shallow uses block k's centres only.
 """

@@ -514,7 +514,7 @@ def parse_task_ref(value: str, flag: str) -> tuple[str, int | None]:
         VptError: a version that is not a positive whole number (the message names ``flag``).
     """
     task, sep, version = value.partition("@")
-    if not task or (sep and not (version.isdigit() and int(version) >= 1)):
+    if not task or (sep and not (version.isascii() and version.isdigit() and int(version) >= 1)):
         raise VptError(f"{flag} {value}: give TASK (its production version) or TASK@VERSION (a version number)")
     return task, int(version) if sep else None
 

@@ -333,24 +333,35 @@ def build_caches(s: Setup, backbone, reporter: TrainReporter, builder=None) -> t
 def init_prompts(s: Setup, train_cache: FeatureCache | None, reporter: TrainReporter) -> None:
     """``--prompt-init patch-kmeans``: set the prompts to the k-means centres of the training images'
     patch tokens entering each prompted block (:func:`vptcli.prompt_init.patch_prototypes`), from a
-    seeded sample of plain images: the cache's view 0, else decoded images. Under torchrun rank 0's
-    centres are broadcast, so every rank starts from the same prompts."""
+    seeded sample of plain images: the cache's view 0, else decoded images. Under torchrun rank 0
+    computes them and broadcasts them (:func:`vptcli.distributed.broadcast_`).
+
+    Raises:
+        VptError: fewer patch tokens in the sample than ``--prompts`` (few, small training images).
+    """
+    from vptcli.distributed import broadcast_
     from vptcli.prompt_init import patch_prototypes, sample_indices
 
     t0 = time.perf_counter()
     ix = sample_indices(len(s.train_ds), s.cfg.seed)
-    if train_cache is not None:
-        hidden = train_cache.batch(torch.zeros(len(ix), dtype=torch.long), ix, s.device)
-    else:
-        s.model.eval()
-        hidden = torch.cat([s.model.embed(torch.stack([s.train_ds.view(i, 0, False) for i in c]).to(s.device), s.start_block)
-                            for c in chunks(ix.tolist(), s.cfg.batch_size)])
-    prototypes = patch_prototypes(s.model, hidden, s.start_block, seed=s.cfg.seed, batch_size=s.cfg.batch_size)
-    if s.dist.enabled:
-        torch.distributed.broadcast(prototypes, src=0)
-    s.model.prompts.copy_(prototypes.to(s.model.prompts.dtype))
-    reporter.prompts_initialised({"method": s.cfg.prompt_init, "images": len(ix), "blocks": int(prototypes.shape[0]),
-                                  "prompts": int(prototypes.shape[1]), "seconds": time.perf_counter() - t0})
+    if s.dist.is_main:
+        if train_cache is not None:
+            hidden = train_cache.batch(torch.zeros(len(ix), dtype=torch.long), ix, s.device)
+        else:
+            hidden = torch.cat([_plain_hidden(s, s.train_ds, c) for c in chunks(ix.tolist(), s.cfg.batch_size)])
+        try:
+            s.model.prompts.copy_(patch_prototypes(s.model, hidden, s.start_block, seed=s.cfg.seed, batch_size=s.cfg.batch_size))
+        except ValueError as exc:  # too few tokens for the prompts asked
+            raise VptError(f"--prompt-init {s.cfg.prompt_init}: {exc}; use fewer --prompts or --prompt-init random") from None
+    broadcast_(s.dist, s.model.prompts.data)
+    depth, n, _ = s.model.prompts.shape
+    reporter.prompts_initialised({"method": s.cfg.prompt_init, "images": len(ix), "blocks": depth, "prompts": n,
+                                  "seconds": time.perf_counter() - t0})
+
+
+def _plain_hidden(s: Setup, ds: ManifestDataset, ix) -> torch.Tensor:
+    """``[B, L, D]`` hidden states entering ``s.start_block`` of the plain (unaugmented) images ``ix`` of ``ds``."""
+    return s.model.embed(torch.stack([ds.view(i, 0, False) for i in ix]).to(s.device), s.start_block)
 
 
 @torch.no_grad()
@@ -368,7 +379,7 @@ def head_features(s: Setup, ds: ManifestDataset, cache: FeatureCache | None) -> 
                 if cache is not None:
                     hidden = cache.batch(torch.full((len(ix),), v, dtype=torch.long), ix_t, s.device)
                 else:
-                    hidden = model.embed(torch.stack([ds.view(i, 0, False) for i in ix]).to(s.device), k)
+                    hidden = _plain_hidden(s, ds, ix)
                 feats.append(model.forward_from(hidden, k)[0].float().cpu())
             labels.append(y_all[ix_t])
     return torch.cat(feats), torch.cat(labels)

@@ -31,6 +31,9 @@ TUNABLE = {"lr": "lr", "head-lr-scale": "head_lr_scale", "prompts": "num_prompts
 TUNABLE_CHOICES = {"prompt-init": ("prompt_init", PROMPT_INITS)}
 """Settings with named values a candidate may change: flag name -> (field, allowed values)."""
 
+SETTINGS = [*TUNABLE, *TUNABLE_CHOICES]
+"""Every setting a candidate may change, as ``vpt train`` spells it."""
+
 TRIALS_DIR = "trials"
 TUNE_JSON = "tune.json"
 
@@ -58,8 +61,8 @@ def parse_candidate(text: str) -> Candidate:
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, sep, value = part.partition("=")
         name = name.strip().removeprefix("--")
-        if not sep or name not in TUNABLE | TUNABLE_CHOICES:
-            raise VptError(f"--tune-try {text!r}: each part must be SETTING=VALUE with SETTING one of {', '.join(TUNABLE | TUNABLE_CHOICES)}")
+        if not sep or name not in SETTINGS:
+            raise VptError(f"--tune-try {text!r}: each part must be SETTING=VALUE with SETTING one of {', '.join(SETTINGS)}")
         if name in TUNABLE_CHOICES:
             field, allowed = TUNABLE_CHOICES[name]
             if value.strip() not in allowed:
@@ -72,7 +75,7 @@ def parse_candidate(text: str) -> Candidate:
             raise VptError(f"--tune-try {text!r}: {name} must be a number, got {value.strip()!r}") from None
         overrides[TUNABLE[name]] = int(number) if number.is_integer() and name not in ("lr", "head-lr-scale", "weight-decay") else number
     if not overrides:
-        raise VptError(f"--tune-try {text!r}: give at least one SETTING=VALUE (settings: {', '.join(TUNABLE | TUNABLE_CHOICES)})")
+        raise VptError(f"--tune-try {text!r}: give at least one SETTING=VALUE (settings: {', '.join(SETTINGS)})")
     return Candidate(text.strip(), overrides)
 
 

@@ -139,7 +139,8 @@ def _registry_model(registry: Path | None, task: str | None, onnx: Path | None, 
     """``--registry DIR --task TASK[@VERSION]``: ``(the prompt file, row provenance, backend)``.
 
     Raises:
-        VptError: one option without the other, with --onnx/--prompt-file or --backend onnx; see
+        VptError: one option without the other, with --onnx/--prompt-file or --backend onnx, a
+            malformed TASK@VERSION (:func:`vptcli.registry.parse_task_ref`); see
             :meth:`vptcli.registry.Registry.version`.
     """
     from vptcli.errors import VptError

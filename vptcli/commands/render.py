@@ -429,8 +429,10 @@ def print_drift(report: dict, written: list) -> None:
                  f"{u['count']} unfamiliar ({100 * u['share']:.1f} %, {100 * u['expected_share']:.1f} % expected); "
                  f"class-share shift (total variation) {report['class_shift_total_variation']:.3f}", soft_wrap=True, markup=True)
     if report["n_errors"]:
-        for e in report["errors"][:10]:
+        shown = report["errors"][:10]
+        for e in shown:
             warn(f"{e['path']}: {e['reason']} (left out of the drift test)")
-        stdout.print(f"{report['n_errors']} unreadable file(s) left out" + (" (the first 50 listed in the report)" if report["n_errors"] > 10
-                                                                          else ""), soft_wrap=True)
+        more = report["n_errors"] - len(shown)
+        stdout.print(f"{report['n_errors']} unreadable file(s) left out"
+                     + (f" (the first {len(shown)} named above; {len(report['errors'])} in the report)" if more else ""), soft_wrap=True)
     stdout.print("report: " + ", ".join(str(p) for p in written), soft_wrap=True, highlight=False)

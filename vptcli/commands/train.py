@@ -145,6 +145,8 @@ def _init_settings(ctx: typer.Context, cfg: TrainConfig, init_from: str, registr
     from vptcli.artifacts import read_prompt_file
     from vptcli.warm_start import resolve_init_from, settings_from
 
+    if getattr(ctx.get_parameter_source("registry"), "name", None) == "ENVIRONMENT" and Path(init_from).exists():
+        registry = None  # a VPT_REGISTRY in the environment does not turn an existing run or file into a task name
     path = resolve_init_from(init_from, registry)
     theirs = settings_from(read_prompt_file(path)[1])
     given = {name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", "") in ("COMMANDLINE", "ENVIRONMENT")}

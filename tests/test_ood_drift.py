@@ -188,7 +188,7 @@ def test_drift_in_distribution_and_shifted(trained, vpt, tmp_path):
     assert sorted(p.name for p in (trained / "same").iterdir()) == before
 
 
-def test_drift_names_unreadable_files_and_leaves_them_alone(trained, vpt, tmp_path):
+def test_drift_names_unreadable_files_and_leaves_them_alone(trained, vpt, tmp_path, monkeypatch):
     folder = tmp_path / "recent"
     shutil.copytree(trained / "same", folder)
     bad = folder / "broken.png"
@@ -199,6 +199,19 @@ def test_drift_names_unreadable_files_and_leaves_them_alone(trained, vpt, tmp_pa
     rep = json.loads((tmp_path / "d" / "drift_report.json").read_text())
     assert rep["n_errors"] == 1 and rep["errors"][0]["path"].endswith("broken.png") and rep["n_images"] == 30
     assert bad.read_bytes() == b"\x89PNG\r\n\x1a\n truncated"
+    # the report never lands inside the folder it checks (explicitly, or by default from inside it)
+    code, out, err = vpt("drift", trained / "run", folder, "--out", folder / "report")
+    assert code == 2 and "inside" in " ".join((out + err).split()) and not (folder / "report").exists()
+    monkeypatch.chdir(folder)
+    code, out, err = vpt("drift", trained / "run", ".")
+    assert code == 2 and "--out outside" in " ".join((out + err).split())
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*(p.name for p in (trained / "same").iterdir()), "broken.png"])
+    # too few readable images: the unreadable ones are named
+    only_bad = tmp_path / "only-bad"
+    only_bad.mkdir()
+    shutil.copy(bad, only_bad / "broken.png")
+    code, out, err = vpt("drift", trained / "run", only_bad, "--out", tmp_path / "d2")
+    assert code == 2 and "broken.png" in "".join((out + err).split())  # rich may wrap inside a long path
 
 
 def test_drift_refuses_a_model_without_reference(trained, vpt, tmp_path):

@@ -138,3 +138,4 @@ def test_cli_option_tune_candidate_and_refusals(ingested, tmp_path, vpt):
     code, _, err = vpt("train", ingested, "--out", tmp_path / "many", *TINY, "--prompt-start-block", "4", "--prompts", "500",
                        "--prompt-init", "patch-kmeans")
     assert code == 2 and "fewer --prompts" in " ".join(err.split())
+    assert not (tmp_path / "many").exists()  # refused before the run wrote anything: the same --out works next

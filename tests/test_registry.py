@@ -71,6 +71,13 @@ def test_publish_list_show_promote_rollback_log_verify(runs, tmp_path, vpt):
     for source, task in ((tmp_path / "not-a-run", "line1"), (runs["good"], "bad name!")):
         code, _, err = vpt("registry", "publish", source, "--registry", reg, "--task", task)
         assert code == 2 and not reg.exists(), err
+    # a file, or a folder of other files, is not made into a registry
+    (tmp_path / "a-file.txt").write_text("x")
+    for where, message in ((tmp_path / "a-file.txt", "a file"), (tmp_path / "not-a-run", "holds other files")):
+        (tmp_path / "not-a-run" / "keep.txt").write_text("keep")
+        code, _, err = vpt("registry", "publish", runs["good"], "--registry", where, "--task", "line1")
+        assert code == 2 and message in flat(err) and "--registry" in flat(err)
+    assert sorted(p.name for p in (tmp_path / "not-a-run").iterdir()) == ["keep.txt"]
     code, out, err = vpt("registry", "publish", runs["good"], "--registry", reg, "--task", "line1", "--note", "first")
     assert code == 0, err
     assert "published line1 version 1" in out and "first" in out

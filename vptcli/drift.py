@@ -73,7 +73,9 @@ def measure_drift(predictor: Predictor, paths: list[Path], *, alpha: float = 0.0
             feats.append(res.features)
             probs.append(res.probabilities)
     if len(feats) < 2:
-        raise VptError(f"fewer than 2 readable images ({len(feats)} of {len(paths)}); a drift test needs more")
+        bad = "; ".join(f"{e['path']}: {e['reason']}" for e in errors[:3]) + ("; ..." if len(errors) > 3 else "")
+        raise VptError(f"fewer than 2 readable images ({len(feats)} of {len(paths)}); a drift test needs more"
+                       + (f" (unreadable: {bad})" if errors else ""))
     x_new = np.stack(feats)
     scores = ref.score(x_new)
     rng = np.random.default_rng(seed)
@@ -102,14 +104,18 @@ def measure_drift(predictor: Predictor, paths: list[Path], *, alpha: float = 0.0
     return report, scores
 
 
-def check_report_dir(out_dir: str | Path) -> None:
-    """Refuse an ``--out`` that is a file or a folder holding anything but an earlier drift report
+def check_report_dir(out_dir: str | Path, folder: str | Path | None = None) -> None:
+    """Refuse an ``--out`` that is a file, lies inside the checked ``folder`` (the report's image would
+    be read as a new image next time), or is a folder holding anything but an earlier drift report
     (an image folder, an export, a gallery): the report never lands among the user's files.
 
     Raises:
         VptError: naming the folder and a few of its other files.
     """
     out = Path(out_dir)
+    if folder is not None and out.resolve().is_relative_to(Path(folder).resolve()):
+        raise VptError(f"the drift report {out} would lie inside {folder}, the folder it checks; "
+                       "pass --out outside it (or run vpt drift from another folder)")
     if out.exists() and not out.is_dir():
         raise VptError(f"--out {out}: exists and is not a folder")
     if out.is_dir():

@@ -183,6 +183,11 @@ class Registry:
             if not create:
                 raise RegistryError(f"{self.root}: no prompt registry here (no {DB_FILE}); publish a first version "
                                     "with `vpt registry publish ... --registry DIR`, which creates it")
+            if self.root.exists() and not self.root.is_dir():
+                raise RegistryError(f"--registry {self.root}: a file, not a registry folder")
+            if self.root.is_dir() and any(p for p in self.root.iterdir() if not p.name.startswith(".")):
+                raise RegistryError(f"--registry {self.root}: holds other files and no {DB_FILE}; "
+                                    "a new registry needs a new or empty folder")
             self.root.mkdir(parents=True, exist_ok=True)
         self._db = db
 

@@ -359,6 +359,17 @@ def init_prompts(s: Setup, train_cache: FeatureCache | None, reporter: TrainRepo
                                   "seconds": time.perf_counter() - t0})
 
 
+def check_prompt_init(s: Setup) -> None:
+    """Raise VptError when the sampled training images have fewer patch tokens than ``--prompts``
+    (``--prompt-init patch-kmeans`` needs a centre per prompt), before the run writes anything."""
+    from vptcli.prompt_init import MAX_IMAGES
+
+    n_tokens = min(len(s.train_ds), MAX_IMAGES) * s.model.backbone.patch_embed.num_patches
+    if n_tokens < s.model.config.num_prompts:
+        raise VptError(f"--prompt-init {s.cfg.prompt_init}: {n_tokens} patch tokens of the training images cannot give "
+                       f"{s.model.config.num_prompts} prompt prototypes; use fewer --prompts or --prompt-init random")
+
+
 def _plain_hidden(s: Setup, ds: ManifestDataset, ix) -> torch.Tensor:
     """``[B, L, D]`` hidden states entering ``s.start_block`` of the plain (unaugmented) images ``ix`` of ``ds``."""
     return s.model.embed(torch.stack([ds.view(i, 0, False) for i in ix]).to(s.device), s.start_block)
@@ -726,6 +737,8 @@ def train(manifest, backbone, cfg: TrainConfig, run_dir: str | Path, *, resume: 
         from vptcli.warm_start import load_init
 
         load_init(cfg.init_from, backbone, s.model.config)
+    if cfg.prompt_init != "random" and not resume:  # so do too many prompts for the patch tokens
+        check_prompt_init(s)
     opt = make_optimisation(cfg, s.model, len(s.train_ds), s.dtype)
     reporter.run_started(run_info(s, backbone))
     s.proxy_of_class = da_vpt_proxies(s)

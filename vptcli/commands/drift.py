@@ -34,8 +34,8 @@ def drift(
             raise VptError(f"{what} {given}: no such file or folder")
     if not folder.is_dir():
         raise VptError(f"FOLDER {folder}: not a folder; pass the folder of recent images")
-    if out is not None:
-        check_report_dir(out)  # before any image is read
+    out = out if out is not None else default_out(folder)
+    check_report_dir(out, folder)  # before any image is read
     files, _problems, _skipped = expand_inputs([folder])
     if not files:
         raise VptError(f"no image files found in {folder}")
@@ -44,8 +44,7 @@ def drift(
     for w in predictor.warnings:
         warn(w)
     report, scores = measure_drift(predictor, files, alpha=alpha, permutations=permutations, seed=seed, batch_size=batch_size)
-    out_dir = out if out is not None else default_out(folder)
-    written = write_report(out_dir, report, predictor.ood.val_scores, scores, folder=str(folder))
+    written = write_report(out, report, predictor.ood.val_scores, scores, folder=str(folder))
     print_drift(report, written)
     if report["drift"]:
         raise typer.Exit(code=DRIFT_EXIT_CODE)

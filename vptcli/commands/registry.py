@@ -21,7 +21,7 @@ RegistryOpt = Annotated[Path, typer.Option(
 
 
 def publish(
-    model: Annotated[Path, typer.Argument(metavar="EXPORT_OR_PROMPT", help="A run folder, export folder or prompt file (.safetensors).")],
+    model: Annotated[Path, typer.Argument(metavar="RUN_OR_EXPORT_OR_PROMPT", help="A run folder, export folder or prompt file (.safetensors).")],
     registry: RegistryOpt,
     task: Annotated[str, typer.Option(help="Task name (a product or line); created on first use.")],
     note: Annotated[str, typer.Option(help="A note stored with the version (why it was trained).")] = "",

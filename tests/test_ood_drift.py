@@ -184,8 +184,12 @@ def test_drift_in_distribution_and_shifted(trained, vpt, tmp_path):
     assert vpt("drift", trained / "run", trained / "shifted", "--out", tmp_path / "d1", "--alpha", "0.01")[0] == 3
     before = sorted(p.name for p in (trained / "same").iterdir())
     code, out, err = vpt("drift", trained / "run", trained / "same", "--out", trained / "same")
+    assert code == 2 and "inside" in " ".join((out + err).split())
+    shifted = sorted(p.name for p in (trained / "shifted").iterdir())
+    code, out, err = vpt("drift", trained / "run", trained / "same", "--out", trained / "shifted")  # another image folder
     assert code == 2 and "holds other files" in " ".join((out + err).split())
     assert sorted(p.name for p in (trained / "same").iterdir()) == before
+    assert sorted(p.name for p in (trained / "shifted").iterdir()) == shifted
 
 
 def test_drift_names_unreadable_files_and_leaves_them_alone(trained, vpt, tmp_path, monkeypatch):

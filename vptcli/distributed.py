@@ -40,6 +40,7 @@ Source: PyTorch distributed overview and ``torchrun`` documentation (environment
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 from dataclasses import dataclass
@@ -128,7 +129,16 @@ def init_from_env(device_type: str) -> DistContext:
         # Rank 0 alone writes the run's last files (the unfamiliar-image reference decodes the images
         # when there is no cache) while the others wait at a barrier: a generous timeout, not NCCL's 10 min.
         dist.init_process_group(backend=backend, init_method="env://", timeout=datetime.timedelta(hours=2))
+        # Leave the group while the interpreter is still whole: without it gloo's worker threads can
+        # abort the process at exit ("terminate called without an active exception", pytorch#190489).
+        atexit.register(_leave)
     return ctx
+
+
+def _leave() -> None:
+    """Destroy the process group this module joined (at exit; nothing when it is gone already)."""
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def device_for(ctx: DistContext, device: torch.device) -> torch.device:

@@ -185,7 +185,8 @@ class Registry:
                                     "with `vpt registry publish ... --registry DIR`, which creates it")
             if self.root.exists() and not self.root.is_dir():
                 raise RegistryError(f"--registry {self.root}: a file, not a registry folder")
-            if self.root.is_dir() and any(p for p in self.root.iterdir() if not p.name.startswith(".")):
+            own = (DB_FILE, f"{DB_FILE}-journal", OBJECTS)  # another process creating the same registry right now
+            if self.root.is_dir() and any(p for p in self.root.iterdir() if not p.name.startswith(".") and p.name not in own):
                 raise RegistryError(f"--registry {self.root}: holds other files and no {DB_FILE}; "
                                     "a new registry needs a new or empty folder")
             self.root.mkdir(parents=True, exist_ok=True)

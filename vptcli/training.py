@@ -334,11 +334,8 @@ def init_prompts(s: Setup, train_cache: FeatureCache | None, reporter: TrainRepo
     """``--prompt-init patch-kmeans``: set the prompts to the k-means centres of the training images'
     patch tokens entering each prompted block (:func:`vptcli.prompt_init.patch_prototypes`), from a
     seeded sample of plain images: the cache's view 0, else decoded images. Under torchrun rank 0
-    computes them and broadcasts them (:func:`vptcli.distributed.broadcast_`).
-
-    Raises:
-        VptError: fewer patch tokens in the sample than ``--prompts`` (few, small training images).
-    """
+    computes them and broadcasts them (:func:`vptcli.distributed.broadcast_`). :func:`train` has
+    refused too many prompts for the sampled patch tokens already (:func:`check_prompt_init`)."""
     from vptcli.distributed import broadcast_
     from vptcli.prompt_init import patch_prototypes, sample_indices
 
@@ -349,10 +346,7 @@ def init_prompts(s: Setup, train_cache: FeatureCache | None, reporter: TrainRepo
             hidden = train_cache.batch(torch.zeros(len(ix), dtype=torch.long), ix, s.device)
         else:
             hidden = torch.cat([_plain_hidden(s, s.train_ds, c) for c in chunks(ix.tolist(), s.cfg.batch_size)])
-        try:
-            s.model.prompts.copy_(patch_prototypes(s.model, hidden, s.start_block, seed=s.cfg.seed, batch_size=s.cfg.batch_size))
-        except ValueError as exc:  # too few tokens for the prompts asked
-            raise VptError(f"--prompt-init {s.cfg.prompt_init}: {exc}; use fewer --prompts or --prompt-init random") from None
+        s.model.prompts.copy_(patch_prototypes(s.model, hidden, s.start_block, seed=s.cfg.seed, batch_size=s.cfg.batch_size))
     broadcast_(s.dist, s.model.prompts.data)
     depth, n, _ = s.model.prompts.shape
     reporter.prompts_initialised({"method": s.cfg.prompt_init, "images": len(ix), "blocks": depth, "prompts": n,
@@ -737,7 +731,7 @@ def train(manifest, backbone, cfg: TrainConfig, run_dir: str | Path, *, resume: 
         from vptcli.warm_start import load_init
 
         load_init(cfg.init_from, backbone, s.model.config)
-    if cfg.prompt_init != "random" and not resume:  # so do too many prompts for the patch tokens
+    if cfg.prompt_init != "random":  # so do too many prompts for the patch tokens (a resume may start over)
         check_prompt_init(s)
     opt = make_optimisation(cfg, s.model, len(s.train_ds), s.dtype)
     reporter.run_started(run_info(s, backbone))

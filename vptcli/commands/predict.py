@@ -39,6 +39,7 @@ def predict(
     explain_method: Annotated[str | None, typer.Option("--explain-method", help="With --explain: gradcam (torch default) | rollout | prompt-attention; ONNX: the graph's own (`vpt export --heatmap`).")] = None,
 ) -> None:
     """Predict classes of image files; one row per file (path, label, confidence, top-k, ood_score, status, reason). Status 'unfamiliar': unlike the training images (the run's ood_reference.safetensors). Exit code 1 when any file failed."""
+    from vptcli.commands import param_source
     from vptcli.commands.render import print_predictions
     from vptcli.console import console, warn
     from vptcli.inference import check_predict_options, open_predictor
@@ -46,8 +47,7 @@ def predict(
 
     check_predict_options(batch_size=batch_size, top_k=top_k, reject_below=reject_below, out=out, ood_level=ood_level)
     provenance = None
-    from_env = getattr(ctx.get_parameter_source("registry"), "name", None) == "ENVIRONMENT"  # the click Typer bundles
-    if task is not None or (registry is not None and not from_env):
+    if task is not None or (registry is not None and param_source(ctx, "registry") != "ENVIRONMENT"):
         # registry mode (a VPT_REGISTRY in the environment alone does not switch it on): MODEL is then the first PATH
         prompt_file, provenance, backend = _registry_model(registry, task, onnx, prompt_file, backend)
         paths, model = [model, *(paths or [])], str(prompt_file)

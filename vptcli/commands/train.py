@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from vptcli.commands import param_source
 from vptcli.methods import HEAD_INPUTS, Method, methods_help
 from vptcli.train_config import (
     CACHE_DTYPES,
@@ -145,11 +146,11 @@ def _init_settings(ctx: typer.Context, cfg: TrainConfig, init_from: str, registr
     from vptcli.artifacts import read_prompt_file
     from vptcli.warm_start import resolve_init_from, settings_from
 
-    if getattr(ctx.get_parameter_source("registry"), "name", None) == "ENVIRONMENT" and Path(init_from).exists():
+    if param_source(ctx, "registry") == "ENVIRONMENT" and Path(init_from).exists():
         registry = None  # a VPT_REGISTRY in the environment does not turn an existing run or file into a task name
     path = resolve_init_from(init_from, registry)
     theirs = settings_from(read_prompt_file(path)[1])
-    given = {name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", "") in ("COMMANDLINE", "ENVIRONMENT")}
+    given = {name for name in ctx.params if param_source(ctx, name) in ("COMMANDLINE", "ENVIRONMENT")}
     param_of = {v: k for k, v in FIELD_OF_PARAM.items()}
     taken = {name: value for name, value in theirs.items() if name != "resize" and param_of.get(name, name) not in given}
     return (replace(cfg, **taken, init_from=str(path.resolve())),
@@ -209,7 +210,7 @@ def _check_resume_options(ctx: typer.Context, cfg: TrainConfig, out: Path) -> No
     saved = {f.name: getattr(cfg, f.name) for f in fields(TrainConfig)}  # ``auto`` values as the run resolved them
     as_started = json.loads((Path(out) / "config.json").read_text(encoding="utf-8")).get("train", {})  # ``auto`` as given
     for name, value in ctx.params.items():
-        if name in NOT_COMPARED or getattr(ctx.get_parameter_source(name), "name", "") != "COMMANDLINE":
+        if name in NOT_COMPARED or param_source(ctx, name) != "COMMANDLINE":
             continue
         given = _given_value(name, value)
         field = FIELD_OF_PARAM.get(name, name)

@@ -93,7 +93,7 @@ def test_publish_list_show_promote_rollback_log_verify(runs, tmp_path, vpt):
     assert code == 2 and "no acceptance set" in flat(err)
     code, out, err = vpt("registry", "set-acceptance", "line1", runs["accept"], "--registry", reg)
     assert code == 0, err
-    assert "12 images" in out
+    assert "12 images" in out and "warning" not in flat(err)
     code, out, err = vpt("registry", "promote", "line1", "1", "--registry", reg, "--device", "cpu")
     assert code == 0, err
     assert "gate passed" in out and "production version 1" in out
@@ -129,6 +129,12 @@ def test_gate_refuses_a_worse_candidate_and_logs_a_forced_promotion(runs, tmp_pa
     assert vpt("registry", "set-acceptance", "t", runs["root"] / "src", "--registry", reg)[0] == 0
     code, _, err = vpt("registry", "promote", "t", "1", "--registry", reg, "--device", "cpu")
     assert code == 2 and "were used to train or select version 1" in flat(err)
+    # a class that no version knows (a misnamed folder?) is pinned with a warning
+    misnamed = tmp_path / "misnamed"
+    shutil.copytree(runs["accept"], misnamed)
+    (misnamed / "scratch").rename(misnamed / "Scratch")
+    code, _, err = vpt("registry", "set-acceptance", "t", misnamed, "--registry", reg)
+    assert code == 0 and "Scratch of the acceptance set: no version of t knows them" in flat(err)
     assert vpt("registry", "set-acceptance", "t", runs["accept"], "--registry", reg, "--reason", "held out")[0] == 0
     assert vpt("registry", "promote", "t", "1", "--registry", reg, "--device", "cpu")[0] == 0
     code, _, err = vpt("registry", "promote", "t", "2", "--registry", reg, "--device", "cpu")
@@ -263,3 +269,10 @@ def test_predict_with_registry_records_task_version_and_digest(runs, tmp_path, v
     for bad in ("t@x", "t@0", "@1"):
         code, _, err = vpt("predict", "--registry", reg, "--task", bad, runs["accept"])
         assert code == 2 and "TASK@VERSION" in flat(err)
+    # no PATH, or a run folder given as a PATH (its plots would be read as images): said plainly
+    code, _, err = vpt("predict", "--task", "t")
+    assert code == 2 and "no PATH given" in flat(err) and "after --task" in flat(err)
+    code, _, err = vpt("predict", "--task", "t", runs["good"], runs["accept"])
+    assert code == 2 and "is a run or export folder" in flat(err) and "--registry/--task" in flat(err)
+    code, _, err = vpt("predict")
+    assert code == 2 and "no MODEL given" in flat(err)

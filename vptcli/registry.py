@@ -170,7 +170,8 @@ def current_user() -> str:
 
 
 class Registry:
-    """A registry folder (:func:`open_registry`; ``create=True`` makes a new one).
+    """A registry folder (:func:`open_registry`; ``create=True`` makes a new one at its first write, so a
+    failed first publish leaves nothing behind).
 
     Raises:
         RegistryError: no registry at ``root`` (without ``create``), or a newer schema.
@@ -181,21 +182,31 @@ class Registry:
         db = self.root / DB_FILE
         if not db.is_file():
             if not create:
-                raise RegistryError(f"{self.root}: no prompt registry here (no {DB_FILE}); publish a first version "
-                                    "with `vpt registry publish ... --registry DIR`, which creates it")
+                raise self._missing()
             if self.root.exists() and not self.root.is_dir():
                 raise RegistryError(f"--registry {self.root}: a file, not a registry folder")
             own = (DB_FILE, f"{DB_FILE}-journal", OBJECTS)  # another process creating the same registry right now
             if self.root.is_dir() and any(p for p in self.root.iterdir() if not p.name.startswith(".") and p.name not in own):
                 raise RegistryError(f"--registry {self.root}: holds other files and no {DB_FILE}; "
                                     "a new registry needs a new or empty folder")
-            self.root.mkdir(parents=True, exist_ok=True)
         self._db = db
+
+    def _missing(self) -> RegistryError:
+        return RegistryError(f"{self.root}: no prompt registry here (no {DB_FILE}); publish a first version "
+                             "with `vpt registry publish ... --registry DIR`, which creates it")
 
     @contextlib.contextmanager
     def connect(self, write: bool = False) -> Iterator[sqlite3.Connection]:
         """A connection; ``write``: inside one ``BEGIN IMMEDIATE`` transaction, committed on success and
-        rolled back on any error."""
+        rolled back on any error; the first write creates the registry folder.
+
+        Raises:
+            RegistryError: reading a registry not created yet, a database error.
+        """
+        if write:
+            self.root.mkdir(parents=True, exist_ok=True)
+        elif not self._db.is_file():
+            raise self._missing()
         con = sqlite3.connect(self._db, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         con.row_factory = sqlite3.Row
         try:
@@ -263,17 +274,24 @@ class Registry:
         class-per-folder tree (every image). Its fingerprint (class and pixel sha256 of every image) is
         kept; a promotion refuses data that no longer matches it.
 
+        Returns:
+            What was pinned (path, split, fingerprint, images, classes) and ``unknown_classes``: the
+            acceptance classes that no version of the task knows (often a misnamed folder; their
+            images count as misses for every version, see :func:`acceptance_scores`).
+
         Raises:
             RegistryError: unknown task. VptError: no usable images (see :func:`vptcli.evaluation.load_eval_data`).
         """
         from vptcli.evaluation import load_eval_data
         from vptcli.train_report import Reporter
 
+        known = {c for v in self.versions(task) for c in v.classes}  # unknown task: refused before any image is read
         ev = load_eval_data(data, split, Reporter())
         if not ev.records:
             raise RegistryError(f"{data}: no usable images to accept versions of {task!r} on")
+        classes = sorted({r.label for r in ev.records})
         pinned = {"path": str(Path(data).resolve()), "split": ev.split, "fingerprint": images_fingerprint(ev.records),
-                  "images": len(ev.records), "classes": sorted({r.label for r in ev.records})}
+                  "images": len(ev.records), "classes": classes, "unknown_classes": [c for c in classes if c not in known]}
         with self.connect(write=True) as con:
             self._task_row(con, task)
             con.execute("UPDATE tasks SET acceptance_path=?, acceptance_split=?, acceptance_fingerprint=?, "

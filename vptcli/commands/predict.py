@@ -13,7 +13,7 @@ TABLE_ROWS = 50
 
 def predict(
     ctx: typer.Context,
-    model: Annotated[str, typer.Argument(metavar="MODEL", help="A run folder, prompt file (.safetensors) or export folder. With --onnx, omit it: every argument is a PATH.")],
+    model: Annotated[str | None, typer.Argument(metavar="MODEL", show_default=False, help="A run folder, prompt file (.safetensors) or export folder. With --onnx or --registry/--task, omit it: every argument is a PATH.")] = None,
     paths: Annotated[list[str] | None, typer.Argument(metavar="PATH...", help="Image files, folders (recursive: image files only) or glob patterns.")] = None,
     backend: Annotated[str, typer.Option(help="torch | onnx | auto (onnx for an export folder or --onnx, else torch).")] = "auto",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda (onnx: cuda requires CUDAExecutionProvider).")] = "auto",
@@ -50,9 +50,9 @@ def predict(
     if task is not None or (registry is not None and param_source(ctx, "registry") != "ENVIRONMENT"):
         # registry mode (a VPT_REGISTRY in the environment alone does not switch it on): MODEL is then the first PATH
         prompt_file, provenance, backend = _registry_model(registry, task, onnx, prompt_file, backend)
-        paths, model = [model, *(paths or [])], str(prompt_file)
+        paths, model = [*([model] if model is not None else []), *(paths or [])], str(prompt_file)
     part = parse_shard(shard) if shard is not None else None
-    model_arg, files, problems = _inputs(model, paths, onnx, prompt_file)
+    model_arg, files, problems = _inputs(model, paths, onnx, prompt_file, registry_mode=provenance is not None)
     if part is not None:
         n_all = len(files)
         files, problems = take_shard(files, problems, *part)
@@ -104,13 +104,17 @@ def _explain_keeper(selected: list, classes: list[str] | None):
     return lambda row: selected.extend(predict_selection([row], classes or None))
 
 
-def _inputs(model: str, paths: list[str] | None, onnx: Path | None, prompt_file: Path | None = None):
-    """``(MODEL or None, image files, problems)`` from the arguments (with ``--onnx`` MODEL is a PATH).
+def _inputs(model: str | None, paths: list[str] | None, onnx: Path | None, prompt_file: Path | None = None,
+            registry_mode: bool = False):
+    """``(MODEL or None, image files, problems)`` from the arguments (with ``--onnx`` MODEL is a PATH;
+    in registry mode ``model`` is the registry version's prompt file and ``paths`` are all PATHs).
 
     Raises:
-        VptError: no PATH, a MODEL / --onnx / --prompt-file that does not exist (said before any
-            folder is scanned), or no image file in the PATHs given.
+        VptError: no MODEL, no PATH, a MODEL / --onnx / --prompt-file that does not exist (said before
+            any folder is scanned), a PATH that is a run or export folder (it would be read as images),
+            or no image file in the PATHs given.
     """
+    from vptcli.artifacts import PROMPT_FILE
     from vptcli.console import console
     from vptcli.errors import VptError
     from vptcli.inference import expand_inputs
@@ -118,10 +122,19 @@ def _inputs(model: str, paths: list[str] | None, onnx: Path | None, prompt_file:
     args = list(paths or [])
     model_arg: str | None = model
     if onnx is not None:  # MODEL is optional with --onnx: the first argument is then a PATH
-        args.insert(0, model)
+        args[:0] = [model] if model is not None else []
         model_arg = None
+    elif model is None:
+        raise VptError("no MODEL given: pass a run folder, export folder or prompt file, then image PATHs "
+                       "(or --onnx GRAPH, or --registry DIR --task TASK, then only PATHs)")
     if not args:
-        raise VptError("no PATH given: pass image files, folders or glob patterns after MODEL")
+        where = "after --task" if registry_mode else "after --onnx" if onnx is not None else "after MODEL"
+        raise VptError(f"no PATH given: pass image files, folders or glob patterns {where}")
+    for a in args:  # a model folder among the PATHs: its plots would be predicted as images
+        if Path(a).is_dir() and (Path(a) / PROMPT_FILE).is_file():
+            hint = ("with --registry/--task the registry's version predicts: every argument is an image PATH"
+                    if registry_mode else "a model goes first, as MODEL, and only once")
+            raise VptError(f"PATH {a} is a run or export folder (it holds {PROMPT_FILE}), not images: {hint}")
     for what, given in (("MODEL", model_arg), ("--onnx", onnx), ("--prompt-file", prompt_file)):
         if given is not None and not Path(given).exists():  # before any folder is scanned
             raise VptError(f"{what} {given}: no such file or folder; pass a run folder, export folder, prompt "

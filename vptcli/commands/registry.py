@@ -27,12 +27,9 @@ def publish(
     note: Annotated[str, typer.Option(help="A note stored with the version (why it was trained).")] = "",
 ) -> None:
     """Store a prompt file as the next version of TASK (content-addressed copy; metrics, data fingerprint, backbone, time, user)."""
-    from vptcli.artifacts import read_prompt_file, resolve_prompt_path
     from vptcli.commands.render import print_registry_version
-    from vptcli.registry import check_task_name, open_registry
+    from vptcli.registry import open_registry
 
-    check_task_name(task)  # a bad name or source fails before a new registry folder is created
-    read_prompt_file(resolve_prompt_path(model))
     v = open_registry(registry, create=True).publish(model, task, note=note)
     print_registry_version(v, title=f"published {v.task} version {v.version}")
 
@@ -45,10 +42,13 @@ def set_acceptance(
     reason: Annotated[str, typer.Option(help="Why (logged).")] = "",
 ) -> None:
     """Pin the acceptance set of TASK (its image fingerprint is kept; promote refuses changed data)."""
-    from vptcli.console import out
+    from vptcli.console import out, warn
     from vptcli.registry import open_registry
 
     pinned = open_registry(registry).set_acceptance(task, data, split=split, reason=reason)
+    if pinned["unknown_classes"]:
+        warn(f"class(es) {', '.join(pinned['unknown_classes'])} of the acceptance set: no version of {task} knows them, "
+             "so their images count as misses for every version (a misnamed folder?)")
     out.print(f"acceptance set of {task}: {pinned['images']} images ({', '.join(pinned['classes'])}), split "
               f"{pinned['split']}, fingerprint {pinned['fingerprint'][:12]}", soft_wrap=True)
 

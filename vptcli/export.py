@@ -584,19 +584,18 @@ def _int8_graph(int8_set, fp32_graph: bytes | None, model, meta: PromptFileMeta,
     """
     import onnx
 
-    from vptcli.quantize import QuantizeError, check_int8, load_images, quantize_int8, torch_probabilities
+    from vptcli.quantize import QuantizeError, check_int8, quantize_int8
 
     if fp32_graph is None:
         raise QuantizeError(f"{src}: --int8 is not made for graphs over 2 GB (external data)")
     paths, labels, source = int8_set
-    images = load_images(paths, meta.data_config)
     proto = onnx.load_from_string(quantize_int8(fp32_graph))
     for entry in proto.metadata_props:
         if entry.key == META_PREFIX + "precision":
             entry.value = "int8"
     proto.doc_string = proto.doc_string.replace("fp32)", "int8: dynamic, per-channel weights, first block fp32)")
     graph = proto.SerializeToString()
-    return graph, check_int8(graph, torch_probabilities(model, images), images, labels, source, what=f"{src}: the int8 graph")
+    return graph, check_int8(graph, model, paths, labels, meta.data_config, source, what=f"{src}: the int8 graph")
 
 
 EXPORT_FOLDER_FILES = ("prompts.safetensors", OOD_FILE, ONNX_FILE, SHARED_ONNX_FILE, f"{ONNX_FILE}.data", f"{SHARED_ONNX_FILE}.data",

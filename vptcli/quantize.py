@@ -42,6 +42,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,8 +134,9 @@ def check_images(prompt_path: Path, data: str | os.PathLike | None, classes: lis
     return [p for p, _ in pairs], np.array([y for _, y in pairs], dtype=np.int64), source
 
 
-def load_images(paths: list[Path], data_config: dict) -> np.ndarray:
-    """``[N, 3, S, S]`` float32 in ``[0, 1]``: each file decoded (:func:`vptcli.images.decode_image`) and
+def image_batches(paths: list[Path], data_config: dict, batch_size: int = CHECK_BATCH) -> Iterator[np.ndarray]:
+    """``[B, 3, S, S]`` float32 batches in ``[0, 1]``, decoded one batch at a time (memory: one batch,
+    whatever the number of images): each file decoded (:func:`vptcli.images.decode_image`) and
     preprocessed with the model's eval transform (:func:`vptcli.datasets.eval_transform`), as
     ``vpt predict`` does.
 
@@ -145,13 +147,14 @@ def load_images(paths: list[Path], data_config: dict) -> np.ndarray:
     from vptcli.images import ImageDecodeError, decode_image
 
     transform = eval_transform(data_config)
-    out = []
-    for p in paths:
-        try:
-            out.append(transform(decode_image(p).pixels).numpy())
-        except (ImageDecodeError, OSError) as exc:
-            raise QuantizeError(f"{p}: cannot read this validation image for the int8 check ({one_line(exc, 200)})") from None
-    return np.stack(out).astype(np.float32, copy=False)
+    for i in range(0, len(paths), batch_size):
+        out = []
+        for p in paths[i : i + batch_size]:
+            try:
+                out.append(transform(decode_image(p).pixels).numpy())
+            except (ImageDecodeError, OSError) as exc:
+                raise QuantizeError(f"{p}: cannot read this validation image for the int8 check ({one_line(exc, 200)})") from None
+        yield np.stack(out).astype(np.float32, copy=False)
 
 
 # ----------------------------------------------------------------------------------- quantising
@@ -209,38 +212,33 @@ def _quiet_quantizer():
 
 
 def torch_probabilities(model, images: np.ndarray) -> np.ndarray:
-    """``[N, C]`` float64 softmax of the fp32 PyTorch ``model`` (CPU) on ``images [N, 3, S, S]``."""
+    """``[B, C]`` float64 softmax of the fp32 PyTorch ``model`` (CPU) on ``images [B, 3, S, S]``."""
     import torch
 
-    out = []
     with torch.inference_mode():
-        for i in range(0, len(images), CHECK_BATCH):
-            logits = model(torch.from_numpy(images[i : i + CHECK_BATCH])).double()
-            out.append(torch.softmax(logits, dim=-1).numpy())
-    return np.concatenate(out)
+        return torch.softmax(model(torch.from_numpy(images)).double(), dim=-1).numpy()
 
 
-def onnx_probabilities(graph: bytes | str, images: np.ndarray) -> np.ndarray:
-    """``[N, C]`` float64 ``probabilities`` output of a single graph in ONNX Runtime (CPU)."""
+def check_int8(int8_graph: bytes, model, paths: list[Path], labels: np.ndarray, data_config: dict, source: str,
+               what: str = "the int8 graph") -> Int8Check:
+    """Compare the int8 graph (ONNX Runtime, CPU; its ``probabilities`` output) with the fp32 PyTorch
+    ``model`` on the images ``paths`` (labels ``[N]`` class indices), read a batch at a time
+    (:func:`image_batches`).
+
+    Raises:
+        QuantizeError: an unreadable image, top-1 agreement below :data:`MIN_TOP1_AGREEMENT`, or accuracy
+            changed by more than :data:`MAX_ACCURACY_CHANGE` (figures in the message).
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
-    out = [session.run(["probabilities"], {"images": images[i : i + CHECK_BATCH]})[0]
-           for i in range(0, len(images), CHECK_BATCH)]
-    return np.concatenate(out).astype(np.float64)
-
-
-def check_int8(int8_graph: bytes, torch_probs: np.ndarray, images: np.ndarray, labels: np.ndarray, source: str,
-               what: str = "the int8 graph") -> Int8Check:
-    """Compare the int8 graph with the fp32 PyTorch probabilities ``torch_probs [N, C]`` on ``images``.
-
-    Raises:
-        QuantizeError: top-1 agreement below :data:`MIN_TOP1_AGREEMENT`, or accuracy changed by more than
-            :data:`MAX_ACCURACY_CHANGE` (figures in the message).
-    """
-    probs = onnx_probabilities(int8_graph, images)
+    session = ort.InferenceSession(int8_graph, opts, providers=["CPUExecutionProvider"])
+    torch_p, int8_p = [], []
+    for images in image_batches(paths, data_config):
+        torch_p.append(torch_probabilities(model, images))
+        int8_p.append(session.run(["probabilities"], {"images": images})[0].astype(np.float64))
+    torch_probs, probs = np.concatenate(torch_p), np.concatenate(int8_p)
     top_t, top_q = torch_probs.argmax(1), probs.argmax(1)
     check = Int8Check(
         images=len(labels), top1_agree=int((top_t == top_q).sum()),
@@ -261,5 +259,5 @@ def check_int8(int8_graph: bytes, torch_probs: np.ndarray, images: np.ndarray, l
 
 __all__ = [
     "CHECK_BATCH", "FP32_LEADING_MATMULS", "MAX_ACCURACY_CHANGE", "MIN_TOP1_AGREEMENT", "Int8Check", "QuantizeError",
-    "check_images", "check_int8", "load_images", "onnx_probabilities", "quantize_int8", "torch_probabilities", "weight_matmuls",
+    "check_images", "check_int8", "image_batches", "quantize_int8", "torch_probabilities", "weight_matmuls",
 ]

@@ -49,6 +49,7 @@ from vptcli.ood import OOD_FILE
 from vptcli.prompting import PromptConfig, PromptedViT
 from vptcli.train_config import CONFIG_JSON, TRAIN_IMAGES, TrainConfig, load_run_config
 from vptcli.train_report import TrainReporter
+from vptcli.warm_start import InitSource
 
 LAST_CKPT = "last.ckpt.safetensors"
 LEGACY_LAST_STATE = "last.state.json"  # runs written before the one-file checkpoint
@@ -108,6 +109,8 @@ class Setup:
     proxy_of_class: torch.Tensor | None = None
     dist: DistContext = SINGLE
     """This process's rank in a ``torchrun`` job (:mod:`vptcli.distributed`); one process: ``SINGLE``."""
+    init: InitSource | None = None
+    """``--init-from``'s prompt file as read when the run started, or None."""
 
 
 @dataclass
@@ -421,7 +424,7 @@ def warm_start(s: Setup, backbone, train_cache: FeatureCache | None, reporter: T
     from vptcli.warm_start import load_init, merge_head
 
     t0 = time.perf_counter()
-    init = load_init(s.cfg.init_from, backbone, s.model.config)
+    init = s.init or load_init(s.cfg.init_from, backbone, s.model.config)  # a resume reads it here
     with torch.no_grad():
         if s.model.prompts is not None:
             s.model.prompts.copy_(init.tensors["prompts"].to(s.device))
@@ -730,7 +733,7 @@ def train(manifest, backbone, cfg: TrainConfig, run_dir: str | Path, *, resume: 
     if cfg.init_from and not resume:  # a source that does not fit fails before anything is written
         from vptcli.warm_start import load_init
 
-        load_init(cfg.init_from, backbone, s.model.config)
+        s.init = load_init(cfg.init_from, backbone, s.model.config)
     if cfg.prompt_init != "random":  # so do too many prompts for the patch tokens (a resume may start over)
         check_prompt_init(s)
     opt = make_optimisation(cfg, s.model, len(s.train_ds), s.dtype)

@@ -63,6 +63,10 @@ def parse_args(argv=None):
     p.add_argument("--k-fewshot", type=int, default=11, help="prompt start block of prompt methods, few-shot (default 11, vpt train's CPU default)")
     p.add_argument("--k-full", type=int, default=11, help="prompt start block of prompt methods, full data (default 11, vpt train's CPU default)")
     p.add_argument("--prompts", type=int, default=10)
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate of the frozen-backbone rows (default: vpt train's, 3e-3); tries set their own")
+    p.add_argument("--head-lr-scale", type=float, default=None,
+                   help="vpt train --head-lr-scale of the frozen-backbone rows (default: vpt train's)")
     p.add_argument("--cache-views", type=int, default=4, help="cached augmented views per image (default 4, as vpt train)")
     p.add_argument("--class-balance", default="auto", help="vpt train --class-balance (default auto)")
     p.add_argument("--tries", action="store_true", help="VPT-deep settings table on the --tries-regime regime")
@@ -139,14 +143,15 @@ def main(argv=None) -> int:
     tries = []
     for seed in args.seed:
         b = dict(base, seed=seed)
+        frozen = dict(b, lr=args.lr, hls=args.head_lr_scale)  # full fine-tuning keeps its own rates
         if "full" in args.regimes:
             for m in args.methods_full:
                 if not spec(m).tunes_backbone:
-                    jobs.append((f"full/{m}{sid(seed)}", "full", m, dict(b, epochs=args.epochs_full), "main"))
+                    jobs.append((f"full/{m}{sid(seed)}", "full", m, dict(frozen, epochs=args.epochs_full), "main"))
         for reg in fewshot:
             for m in args.methods:
                 if not spec(m).tunes_backbone:
-                    jobs.append((f"{reg}-shot/{m}{sid(seed)}", reg, m, dict(b, epochs=args.epochs_fewshot), "main"))
+                    jobs.append((f"{reg}-shot/{m}{sid(seed)}", reg, m, dict(frozen, epochs=args.epochs_fewshot), "main"))
         if args.tries and args.tries_regime in args.regimes:
             tr = args.tries_regime
             for t in args.tries_grid:

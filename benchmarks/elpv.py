@@ -64,7 +64,8 @@ def parse_args(argv=None):
     p.add_argument("--k-full", type=int, default=11, help="prompt start block of prompt methods, full data (default 11, vpt train's CPU default)")
     p.add_argument("--prompts", type=int, default=10)
     p.add_argument("--lr", type=float, default=None,
-                   help="learning rate of the frozen-backbone rows (default: vpt train's, 3e-3); tries set their own")
+                   help="learning rate of the frozen-backbone main rows (default: vpt train's, 3e-3); tries ignore it and "
+                        "--head-lr-scale (theirs: lr 3e-3 and the default scale unless the try sets lr= / hls=)")
     p.add_argument("--head-lr-scale", type=float, default=None,
                    help="vpt train --head-lr-scale of the frozen-backbone rows (default: vpt train's)")
     p.add_argument("--cache-views", type=int, default=4, help="cached augmented views per image (default 4, as vpt train)")

@@ -759,3 +759,17 @@ def test_summary_says_one_file(export_a, tmp_path, capsys, monkeypatch):
     code, out, err = run_cli(["predict", export_a.out_dir, path, "--out", tmp_path / "p.csv"], capsys, monkeypatch)
     assert code == 0, err
     assert "1 file: 1 ok" in out and "1 files" not in out
+
+
+def test_predict_says_what_is_missing_and_refuses_a_model_folder_as_images(export_a, tmp_path, capsys, monkeypatch):
+    write_images(tmp_path / "imgs", 2)
+    cases = (([], "no MODEL given"),
+             ([export_a.out_dir], "no PATH given: pass image files, folders or glob patterns after MODEL"),
+             (["--onnx", export_a.onnx_path], "no PATH given: pass image files, folders or glob patterns with --onnx GRAPH"),
+             ([export_a.out_dir, tmp_path / "imgs", export_a.out_dir], "is a run or export folder"),
+             (["--onnx", export_a.onnx_path, export_a.out_dir], "with --onnx the graph predicts"))
+    for args, message in cases:
+        code, _, err = run_cli(["predict", *args], capsys, monkeypatch)
+        assert code == 2 and message in " ".join(err.split()), (args, err)
+    code, _, err = run_cli(["predict", export_a.out_dir, tmp_path / "imgs", "--out", tmp_path / "p.csv"], capsys, monkeypatch)
+    assert code == 0 and len(read_rows(tmp_path / "p.csv")) == 2, err

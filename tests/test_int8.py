@@ -97,3 +97,26 @@ def test_int8_check_data_and_refusals(run, tmp_path):
         from vptcli.inference import open_predictor
 
         open_predictor(run / "run", backend="torch", int8=True)
+
+
+def test_int8_check_names_missing_and_unreadable_images(run, tmp_path):
+    import json
+    import shutil
+
+    # the data set moved since training: refused before quantising, naming a listed image
+    shutil.copytree(run / "run", tmp_path / "moved")
+    listing = tmp_path / "moved" / "train_images.json"
+    info = json.loads(listing.read_text())
+    listing.write_text(json.dumps({**info, "manifest_root": str(tmp_path / "gone")}))
+    with pytest.raises(QuantizeError, match=r"gone.*missing \(6 of the 6 validation images"):
+        export_onnx(tmp_path / "moved", tmp_path / "exp", int8=True)
+    # a file that cannot be decoded is named; images are read one batch at a time
+    good = sorted((run / "src").rglob("*.png"))[:3]
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    data_config = load_backbone("test_vit", weights="random", img_size=IMG).data_config
+    batches = quantize.image_batches([*good, bad], data_config, batch_size=2)
+    first = next(batches)
+    assert first.shape == (2, 3, IMG, IMG) and first.dtype == np.float32
+    with pytest.raises(QuantizeError, match="bad.png: cannot read"):
+        next(batches)

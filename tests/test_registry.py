@@ -134,7 +134,7 @@ def test_gate_refuses_a_worse_candidate_and_logs_a_forced_promotion(runs, tmp_pa
     shutil.copytree(runs["accept"], misnamed)
     (misnamed / "scratch").rename(misnamed / "Scratch")
     code, _, err = vpt("registry", "set-acceptance", "t", misnamed, "--registry", reg)
-    assert code == 0 and "Scratch of the acceptance set: no version of t knows them" in flat(err)
+    assert code == 0 and "Scratch of the acceptance set: no published version of t knows them yet" in flat(err)
     assert vpt("registry", "set-acceptance", "t", runs["accept"], "--registry", reg, "--reason", "held out")[0] == 0
     assert vpt("registry", "promote", "t", "1", "--registry", reg, "--device", "cpu")[0] == 0
     code, _, err = vpt("registry", "promote", "t", "2", "--registry", reg, "--device", "cpu")
@@ -271,8 +271,19 @@ def test_predict_with_registry_records_task_version_and_digest(runs, tmp_path, v
         assert code == 2 and "TASK@VERSION" in flat(err)
     # no PATH, or a run folder given as a PATH (its plots would be read as images): said plainly
     code, _, err = vpt("predict", "--task", "t")
-    assert code == 2 and "no PATH given" in flat(err) and "after --task" in flat(err)
+    assert code == 2 and "no PATH given" in flat(err) and "with --task TASK" in flat(err)
     code, _, err = vpt("predict", "--task", "t", runs["good"], runs["accept"])
     assert code == 2 and "is a run or export folder" in flat(err) and "--registry/--task" in flat(err)
     code, _, err = vpt("predict")
     assert code == 2 and "no MODEL given" in flat(err)
+
+
+def test_a_new_registry_is_made_at_its_first_write(tmp_path):
+    from vptcli.registry import RegistryError, open_registry
+
+    reg = open_registry(tmp_path / "reg", create=True)
+    with pytest.raises(RegistryError, match="no prompt registry here"):
+        reg.tasks()
+    with pytest.raises(RegistryError, match="no prompt registry here"):
+        reg.versions("t")
+    assert not (tmp_path / "reg").exists()

@@ -580,7 +580,7 @@ def _int8_graph(int8_set, fp32_graph: bytes | None, model, meta: PromptFileMeta,
     stamped ``precision: int8`` and checked against PyTorch on the validation images.
 
     Raises:
-        QuantizeError: a graph over 2 GB, the quantiser fails, or the check fails.
+        QuantizeError: a graph over 2 GB, the quantiser fails, an unreadable validation image, or the check fails.
     """
     import onnx
 

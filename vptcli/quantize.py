@@ -101,8 +101,8 @@ def check_images(prompt_path: Path, data: str | os.PathLike | None, classes: lis
     classes the model does not know are left out.
 
     Raises:
-        QuantizeError: no ``data`` and no ``train_images.json`` beside the prompt file, or no image of
-            the model's classes.
+        QuantizeError: no ``data`` and no ``train_images.json`` beside the prompt file, no image of
+            the model's classes, or a listed image that is missing (named).
     """
     index = {c: i for i, c in enumerate(classes)}
     if data is not None:
@@ -131,6 +131,10 @@ def check_images(prompt_path: Path, data: str | os.PathLike | None, classes: lis
     pairs = [(p, index[label]) for p, label in pairs if label in index]
     if not pairs:
         raise QuantizeError(f"no validation image of the model's classes in {source}; pass --int8-data DATA")
+    missing = [p for p, _ in pairs if not Path(p).is_file()]  # a moved data set fails before quantising, not after
+    if missing:
+        raise QuantizeError(f"{missing[0]}: missing ({len(missing)} of the {len(pairs)} validation images listed in {source} "
+                            "are); restore the data set or pass --int8-data DATA")
     return [p for p, _ in pairs], np.array([y for _, y in pairs], dtype=np.int64), source
 
 

@@ -171,7 +171,7 @@ def current_user() -> str:
 
 class Registry:
     """A registry folder (:func:`open_registry`; ``create=True`` makes a new one at its first write, so a
-    failed first publish leaves nothing behind).
+    first publish refused before anything is copied, for a bad task name or source, leaves nothing behind).
 
     Raises:
         RegistryError: no registry at ``root`` (without ``create``), or a newer schema.
@@ -276,8 +276,9 @@ class Registry:
 
         Returns:
             What was pinned (path, split, fingerprint, images, classes) and ``unknown_classes``: the
-            acceptance classes that no version of the task knows (often a misnamed folder; their
-            images count as misses for every version, see :func:`acceptance_scores`).
+            acceptance classes that no published version of the task knows yet (a misnamed folder, or
+            a class a coming version adds; their images count as misses for any version without them,
+            see :func:`acceptance_scores`).
 
         Raises:
             RegistryError: unknown task. VptError: no usable images (see :func:`vptcli.evaluation.load_eval_data`).

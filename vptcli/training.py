@@ -424,7 +424,7 @@ def warm_start(s: Setup, backbone, train_cache: FeatureCache | None, reporter: T
     from vptcli.warm_start import load_init, merge_head
 
     t0 = time.perf_counter()
-    init = s.init or load_init(s.cfg.init_from, backbone, s.model.config)  # a resume reads it here
+    init = s.init if s.init is not None else load_init(s.cfg.init_from, backbone, s.model.config)
     with torch.no_grad():
         if s.model.prompts is not None:
             s.model.prompts.copy_(init.tensors["prompts"].to(s.device))
@@ -730,7 +730,7 @@ def train(manifest, backbone, cfg: TrainConfig, run_dir: str | Path, *, resume: 
         reporter = TrainReporter()  # rank 0 alone prints
     dist.barrier()  # every rank checked --out before rank 0 writes into it
     s = setup(manifest, backbone, cfg, reporter, dist)
-    if cfg.init_from and not resume:  # a source that does not fit fails before anything is written
+    if cfg.init_from and (not resume or not has_checkpoint(run_dir)):  # a source that does not fit fails before anything is written
         from vptcli.warm_start import load_init
 
         s.init = load_init(cfg.init_from, backbone, s.model.config)

@@ -128,12 +128,13 @@ def _inputs(model: str | None, paths: list[str] | None, onnx: Path | None, promp
         raise VptError("no MODEL given: pass a run folder, export folder or prompt file, then image PATHs "
                        "(or --onnx GRAPH, or --registry DIR --task TASK, then only PATHs)")
     if not args:
-        where = "after --task" if registry_mode else "after --onnx" if onnx is not None else "after MODEL"
+        where = "with --task TASK" if registry_mode else "with --onnx GRAPH" if onnx is not None else "after MODEL"
         raise VptError(f"no PATH given: pass image files, folders or glob patterns {where}")
-    for a in args:  # a model folder among the PATHs: its plots would be predicted as images
+    for a in args:  # a model folder given as a PATH (not one found inside a PATH): its plots would be read as images
         if Path(a).is_dir() and (Path(a) / PROMPT_FILE).is_file():
             hint = ("with --registry/--task the registry's version predicts: every argument is an image PATH"
-                    if registry_mode else "a model goes first, as MODEL, and only once")
+                    if registry_mode else "with --onnx the graph predicts: every argument is an image PATH"
+                    if onnx is not None else "a model goes first, as MODEL, and only once")
             raise VptError(f"PATH {a} is a run or export folder (it holds {PROMPT_FILE}), not images: {hint}")
     for what, given in (("MODEL", model_arg), ("--onnx", onnx), ("--prompt-file", prompt_file)):
         if given is not None and not Path(given).exists():  # before any folder is scanned

@@ -47,8 +47,9 @@ def set_acceptance(
 
     pinned = open_registry(registry).set_acceptance(task, data, split=split, reason=reason)
     if pinned["unknown_classes"]:
-        warn(f"class(es) {', '.join(pinned['unknown_classes'])} of the acceptance set: no version of {task} knows them, "
-             "so their images count as misses for every version (a misnamed folder?)")
+        warn(f"class(es) {', '.join(pinned['unknown_classes'])} of the acceptance set: no published version of {task} "
+             "knows them yet, so their images count as misses for any version without them (a misnamed folder, or a "
+             "class a coming version adds?)")
     out.print(f"acceptance set of {task}: {pinned['images']} images ({', '.join(pinned['classes'])}), split "
               f"{pinned['split']}, fingerprint {pinned['fingerprint'][:12]}", soft_wrap=True)
 

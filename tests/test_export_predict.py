@@ -773,3 +773,24 @@ def test_predict_says_what_is_missing_and_refuses_a_model_folder_as_images(expor
         assert code == 2 and message in " ".join(err.split()), (args, err)
     code, _, err = run_cli(["predict", export_a.out_dir, tmp_path / "imgs", "--out", tmp_path / "p.csv"], capsys, monkeypatch)
     assert code == 0 and len(read_rows(tmp_path / "p.csv")) == 2, err
+    # an image given as MODEL is said to be one
+    code, _, err = run_cli(["predict", tmp_path / "imgs" / "img_00.png", tmp_path / "imgs"], capsys, monkeypatch)
+    assert code == 2 and "an image, not a model" in " ".join(err.split()), err
+
+
+def test_predict_out_replaces_only_an_earlier_predict_output(export_a, tmp_path, capsys, monkeypatch):
+    write_images(tmp_path / "imgs", 2)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("file,label\na.png,ok\n")
+    notes = tmp_path / "notes.jsonl"
+    notes.write_text('{"note": 1}\n')
+    (tmp_path / "a-folder.csv").mkdir()
+    for other in (labels, notes, tmp_path / "a-folder.csv"):
+        before = other.read_text() if other.is_file() else None
+        code, _, err = run_cli(["predict", export_a.out_dir, tmp_path / "imgs", "--out", other], capsys, monkeypatch)
+        assert code == 2 and "not an earlier output of vpt predict" in " ".join(err.split()), err
+        assert before is None or other.read_text() == before  # kept as it was
+    for name in ("p.csv", "p.jsonl"):
+        for _ in range(2):  # the second run replaces the first one's rows
+            code, _, err = run_cli(["predict", export_a.out_dir, tmp_path / "imgs", "--out", tmp_path / name], capsys, monkeypatch)
+            assert code == 0 and len(read_rows(tmp_path / name)) == 2, err

@@ -610,3 +610,19 @@ def test_flat_folder_with_a_csv_points_to_labels_option(tmp_path, monkeypatch, c
     code, _out, err = vpt("ingest", src, "--out", tmp_path / "out")
     assert code == 2
     assert "holds labels.csv" in flat(err) and "--labels" in flat(err)
+
+
+def test_cli_out_with_other_files_is_refused_and_an_earlier_ingest_replaced(tmp_path, vpt):
+    src = tmp_path / "src"
+    make_class(src, "a", 4, 0)
+    make_class(src, "b", 4, 10)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "manifest.csv").write_text("someone else's\n")
+    (other / "notes.txt").write_text("keep\n")
+    code, _, stderr = vpt("ingest", src, "--out", other)
+    assert code == 2 and "holds other files (notes.txt)" in flat(stderr)
+    assert (other / "manifest.csv").read_text() == "someone else's\n"
+    assert vpt("ingest", src, "--out", tmp_path / "data")[0] == 0
+    code, _, stderr = vpt("ingest", src, "--out", tmp_path / "data", "--seed", "1")  # an earlier ingest: replaced
+    assert code == 0, stderr

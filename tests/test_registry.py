@@ -68,7 +68,7 @@ def test_publish_list_show_promote_rollback_log_verify(runs, tmp_path, vpt):
     reg = tmp_path / "reg"
     # a first publish that cannot work leaves no registry folder behind
     (tmp_path / "not-a-run").mkdir()
-    for source, task in ((tmp_path / "not-a-run", "line1"), (runs["good"], "bad name!")):
+    for source, task in ((tmp_path / "not-a-run", "line1"), (runs["good"], "bad name!"), (runs["good"], "-x")):
         code, _, err = vpt("registry", "publish", source, "--registry", reg, "--task", task)
         assert code == 2 and not reg.exists(), err
     # a file, or a folder of other files, is not made into a registry

@@ -118,9 +118,14 @@ def resolve_prompt_path(path: str | Path) -> Path:
     """A run dir, an export dir or a prompt file -> the prompt file's path.
 
     Raises:
-        ArtifactError: nothing usable at ``path``.
+        ArtifactError: nothing usable at ``path`` (an image file is said to be one).
     """
+    from vptcli.images import IMAGE_SUFFIXES
+
     p = Path(path)
+    if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+        raise ArtifactError(f"{p}: an image, not a model; give a run folder, export folder or prompt file "
+                            "(.safetensors) first, then the images")
     if p.is_dir():
         if (p / PROMPT_FILE).is_file():
             return p / PROMPT_FILE

@@ -798,8 +798,8 @@ def check_predict_options(*, batch_size: int = 32, top_k: int = 3, reject_below:
 
     Raises:
         VptError: ``batch_size`` or ``top_k`` below 1, ``reject_below`` outside [0, 1], ``ood_level``
-            outside (0, 1), or an ``out``
-            file name that is not ``.csv`` / ``.jsonl``.
+            outside (0, 1), an ``out`` file name that is not ``.csv`` / ``.jsonl``, or an existing
+            ``out`` that is not an earlier output of ``vpt predict`` (:func:`is_predict_output`).
     """
     if batch_size < 1:
         raise VptError(f"--batch-size must be at least 1, got {batch_size}")
@@ -811,6 +811,30 @@ def check_predict_options(*, batch_size: int = 32, top_k: int = 3, reject_below:
         raise VptError(f"--ood-level must be in (0, 1), got {ood_level}")
     if out is not None and Path(out).suffix.lower() not in OUTPUT_SUFFIXES:
         raise VptError(f"--out {out}: use a .csv or .jsonl file name (the extension picks the format)")
+    if out is not None and (Path(out).is_dir() or (Path(out).exists() and not is_predict_output(out))):
+        raise VptError(f"--out {out}: exists and is not an earlier output of vpt predict (it is replaced only then); "
+                       "choose another file name")
+
+
+def is_predict_output(path: str | os.PathLike) -> bool:
+    """Whether the file ``path`` is empty or was written by ``vpt predict``: a CSV whose header has the
+    ``path`` and ``status`` columns, or JSON lines whose first row has those keys. Only such a file
+    may be replaced by ``--out``: any other (a data set's ``labels.csv``, ...) is kept."""
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            first = next((line for line in fh if line.strip()), None)
+    except (OSError, UnicodeDecodeError):
+        return False
+    if first is None:
+        return True
+    if Path(path).suffix.lower() == ".jsonl":
+        try:
+            row = json.loads(first)
+        except ValueError:
+            return False
+        return isinstance(row, dict) and {"path", "status"} <= row.keys()
+    header = next(csv.reader([first]), [])
+    return header[:1] == ["path"] and "status" in header
 
 
 @dataclass
@@ -920,6 +944,6 @@ def _row(res: FileOutput, classes: list[str], k: int, reject_below: float | None
 
 __all__ = [
     "ArtifactError", "FileOutput", "OnnxPredictor", "PredictionRow", "Predictor", "PredictorError", "RowWriter",
-    "TorchPredictor", "create_session", "expand_inputs", "find_graph", "forward_files", "open_predictor",
-    "predict_files",
+    "TorchPredictor", "check_predict_options", "create_session", "expand_inputs", "find_graph", "forward_files",
+    "is_predict_output", "open_predictor", "predict_files",
 ]

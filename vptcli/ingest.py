@@ -59,6 +59,7 @@ from vptcli.images import (
     pixel_sha256,
 )
 from vptcli.manifest import (
+    CLASSES_FILE,
     MANIFEST_CSV,
     MANIFEST_JSON,
     SPLITS,
@@ -361,7 +362,9 @@ def _bit_depth_warnings(wide: list[_Probe], low_bit: list[_Probe], bit_depth: in
 def check_out_dir(src: str | os.PathLike, out_dir: str | os.PathLike,
                   class_dirs: list[Path] | None = None) -> Path:
     """Refuse an output folder inside SRC (ingest never writes there, and it would be scanned as a
-    class) or inside a scanned class folder, or one that is an existing file. Returns ``out_dir``."""
+    class) or inside a scanned class folder, one that is an existing file, or one that holds other
+    files than an earlier ingest's (they would be mixed with or replace someone else's
+    ``manifest.csv``). Returns ``out_dir``."""
     out = Path(out_dir)
     out_real = Path(os.path.realpath(out))
     src_real = Path(os.path.realpath(src))
@@ -375,6 +378,11 @@ def check_out_dir(src: str | os.PathLike, out_dir: str | os.PathLike,
             )
     if out.exists() and not out.is_dir():
         raise VptError(f"--out {out} is a file; give a folder for manifest.csv and its companions")
+    own = {MANIFEST_CSV, MANIFEST_JSON, CLASSES_FILE, REPORT_FILE}
+    other = sorted(p.name for p in out.iterdir() if not p.name.startswith(".") and p.name not in own) if out.is_dir() else []
+    if other:
+        raise VptError(f"--out {out} holds other files ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}); "
+                       "give a new or empty folder, or an earlier ingest's to replace it")
     return out
 
 

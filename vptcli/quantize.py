@@ -133,8 +133,8 @@ def check_images(prompt_path: Path, data: str | os.PathLike | None, classes: lis
         raise QuantizeError(f"no validation image of the model's classes in {source}; pass --int8-data DATA")
     missing = [p for p, _ in pairs if not Path(p).is_file()]  # a moved data set fails before quantising, not after
     if missing:
-        raise QuantizeError(f"{missing[0]}: missing ({len(missing)} of the {len(pairs)} validation images listed in {source} "
-                            "are); restore the data set or pass --int8-data DATA")
+        raise QuantizeError(f"{len(missing)} of the {len(pairs)} validation images listed in {source} are missing, e.g. "
+                            f"{missing[0]} (the data set moved?); restore it or pass --int8-data DATA")
     return [p for p, _ in pairs], np.array([y for _, y in pairs], dtype=np.int64), source
 
 

@@ -550,14 +550,17 @@ def open_registry(root: str | os.PathLike, create: bool = False) -> Registry:
 
 
 def check_task_name(task: str) -> None:
-    """A task name: letters, digits, ``-``, ``_``, ``.``; 1-100 characters.
+    """A task name: ASCII letters and digits, ``-``, ``_``, ``.``, starting with a letter or digit (so
+    it is never read as an option or a hidden name); 1-100 characters.
 
     Raises:
         RegistryError: another name.
     """
-    ok = 0 < len(task) <= 100 and all(c.isalnum() or c in "-_." for c in task) and not task.startswith(".")
+    ok = (0 < len(task) <= 100 and task.isascii() and task[0].isalnum()
+          and all(c.isalnum() or c in "-_." for c in task))
     if not ok:
-        raise RegistryError(f"task name {task!r}: use letters, digits, '-', '_' or '.' (at most 100 characters)")
+        raise RegistryError(f"task name {task!r}: start with a letter or digit, then use ASCII letters, digits, '-', "
+                            "'_' or '.' (at most 100 characters)")
 
 
 def images_fingerprint(records) -> str:

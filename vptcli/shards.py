@@ -69,6 +69,11 @@ def _check_parts(parts: list, out: Path, suffix: str) -> None:
             raise VptError(f"{p}: no such file")
         if p.resolve() == out.resolve():
             raise VptError(f"{out} is also one of the parts; write the merge to another file")
+    from vptcli.inference import is_predict_output
+
+    if out.is_dir() or (out.exists() and not is_predict_output(out)):
+        raise VptError(f"--out {out}: exists and is not an earlier output of vpt predict (it is replaced only then); "
+                       "choose another file name")
 
 
 def merge_predictions(parts: list[str | os.PathLike], out: str | os.PathLike) -> int:
@@ -76,7 +81,8 @@ def merge_predictions(parts: list[str | os.PathLike], out: str | os.PathLike) ->
     Streams row by row; ``out`` is written atomically. Returns the number of rows.
 
     Raises:
-        VptError: no parts, a missing part, mixed or unsupported formats, ``out`` among the parts,
+        VptError: no parts, a missing part, mixed or unsupported formats, ``out`` among the parts or an
+            existing file that is not a ``vpt predict`` output,
             CSV parts whose header differs (other ``--top-k``) or that are not ``vpt predict`` outputs
             (no ``path`` column), or an image path in two parts (a part given twice, overlapping shards).
     """

@@ -84,7 +84,14 @@ def test_int8_check_data_and_refusals(run, tmp_path):
     r = export_onnx(run / "run" / "prompts.safetensors", tmp_path / "a", int8=True, int8_data=run / "data")
     assert r.int8_check.images == 6 and r.int8_check.source.startswith(str(run / "data"))
     r = export_onnx(run / "run", tmp_path / "b", int8=True, int8_data=run / "src")  # a plain tree: every image
-    assert r.int8_check.images == 20
+    assert r.int8_check.images == 20 and "left out" not in r.int8_check.source
+    import shutil
+
+    shutil.copytree(run / "src", tmp_path / "renamed")
+    first = min(p for p in (tmp_path / "renamed").iterdir() if p.is_dir())
+    first.rename(first.with_name("Renamed"))
+    r = export_onnx(run / "run", tmp_path / "b2", int8=True, int8_data=tmp_path / "renamed")
+    assert r.int8_check.images == 10 and "left out: class(es) Renamed, not the model's" in r.int8_check.source
     lone = tmp_path / "lone.safetensors"
     lone.write_bytes((run / "run" / "prompts.safetensors").read_bytes())
     with pytest.raises(QuantizeError, match="train_images.json"):

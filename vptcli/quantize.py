@@ -128,6 +128,9 @@ def check_images(prompt_path: Path, data: str | os.PathLike | None, classes: lis
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise QuantizeError(f"{listing}: unreadable ({one_line(exc, 200)}); pass --int8-data DATA") from None
         source = f"{listing} (val)"
+    unknown = sorted({label for _, label in pairs if label not in index})
+    if unknown:  # said in the check's source line, which export prints
+        source += f"; left out: class(es) {', '.join(unknown)}, not the model's"
     pairs = [(p, index[label]) for p, label in pairs if label in index]
     if not pairs:
         raise QuantizeError(f"no validation image of the model's classes in {source}; pass --int8-data DATA")

@@ -52,7 +52,7 @@ def export(
         stdout.print(
             f"int8 check on {c.images} validation images: top-1 agrees with PyTorch {c.top1_agree}/{c.images}, accuracy "
             f"{100 * c.accuracy_int8:.1f} % (PyTorch {100 * c.accuracy_torch:.1f} %), max |probabilities| "
-            f"{c.max_abs_probabilities:.2e}", soft_wrap=True)
+            f"{c.max_abs_probabilities:.2e}; images from {c.source}", soft_wrap=True)
         stdout.print(f"int8 onnx: {r.int8_path} ({r.int8_bytes / 2**20:.1f} MiB; `vpt predict {r.out_dir} --int8` uses it)",
                      soft_wrap=True)
     stdout.print(f"prompt file: {r.prompt_path} ({r.prompt_bytes / 1024:.1f} KiB)", soft_wrap=True)

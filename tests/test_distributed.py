@@ -160,5 +160,8 @@ def test_predict_shards_merged_equal_one_run(tmp_path, vpt):
     (tmp_path / "labels.csv").write_text("file,label\na.png,good\n")
     code, _, err = vpt("predict-merge", "--out", tmp_path / "m2.csv", tmp_path / "labels.csv")
     assert code == 2 and "not an output of vpt predict" in " ".join(err.split())
+    code, _, err = vpt("predict-merge", "--out", tmp_path / "labels.csv", tmp_path / "s0.csv")  # not replaced
+    assert code == 2 and "not an earlier output of vpt predict" in " ".join(err.split())
+    assert (tmp_path / "labels.csv").read_text() == "file,label\na.png,good\n"
     code, _, err = vpt(*args, "--shard", "0/0")
     assert code == 2 and "at least 1" in " ".join(err.split())

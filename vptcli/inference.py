@@ -811,7 +811,17 @@ def check_predict_options(*, batch_size: int = 32, top_k: int = 3, reject_below:
         raise VptError(f"--ood-level must be in (0, 1), got {ood_level}")
     if out is not None and Path(out).suffix.lower() not in OUTPUT_SUFFIXES:
         raise VptError(f"--out {out}: use a .csv or .jsonl file name (the extension picks the format)")
-    if out is not None and (Path(out).is_dir() or (Path(out).exists() and not is_predict_output(out))):
+    if out is not None:
+        check_replaceable(out)
+
+
+def check_replaceable(out: str | os.PathLike) -> None:
+    """Refuse an ``--out`` of rows that exists and is not an earlier ``vpt predict`` output (:func:`is_predict_output`).
+
+    Raises:
+        VptError: naming ``out``.
+    """
+    if Path(out).is_dir() or (Path(out).exists() and not is_predict_output(out)):
         raise VptError(f"--out {out}: exists and is not an earlier output of vpt predict (it is replaced only then); "
                        "choose another file name")
 
@@ -944,6 +954,6 @@ def _row(res: FileOutput, classes: list[str], k: int, reject_below: float | None
 
 __all__ = [
     "ArtifactError", "FileOutput", "OnnxPredictor", "PredictionRow", "Predictor", "PredictorError", "RowWriter",
-    "TorchPredictor", "check_predict_options", "create_session", "expand_inputs", "find_graph", "forward_files",
+    "TorchPredictor", "check_predict_options", "check_replaceable", "create_session", "expand_inputs", "find_graph", "forward_files",
     "is_predict_output", "open_predictor", "predict_files",
 ]

@@ -69,11 +69,9 @@ def _check_parts(parts: list, out: Path, suffix: str) -> None:
             raise VptError(f"{p}: no such file")
         if p.resolve() == out.resolve():
             raise VptError(f"{out} is also one of the parts; write the merge to another file")
-    from vptcli.inference import is_predict_output
+    from vptcli.inference import check_replaceable
 
-    if out.is_dir() or (out.exists() and not is_predict_output(out)):
-        raise VptError(f"--out {out}: exists and is not an earlier output of vpt predict (it is replaced only then); "
-                       "choose another file name")
+    check_replaceable(out)
 
 
 def merge_predictions(parts: list[str | os.PathLike], out: str | os.PathLike) -> int:

@@ -147,3 +147,25 @@ def test_run_without_its_image_list_warns_or_falls_back_to_the_data(trained, tmp
     assert "leakage between training and evaluated images cannot be checked" in " ".join(err.split())
     code, _, err = vpt("eval", old, trained / "data", "--split", "val", "--out", tmp_path / "v")
     assert code == 2 and "were used to train or select this model" in " ".join(err.split())
+
+
+def test_damaged_image_list_is_named_by_eval_and_the_int8_check(trained, tmp_path, vpt):
+    from vptcli.errors import VptError
+    from vptcli.train_config import read_train_images
+
+    rows = read_train_images(trained / "run")[2]
+    assert {r.split for r in rows} == {"train", "val"} and len({r.sha256 for r in rows}) == len(rows)
+    assert read_train_images(tmp_path) is None
+    damaged = tmp_path / "damaged"
+    shutil.copytree(trained / "run", damaged)
+    (damaged / "train_images.json").write_text('{"images": [{"sha256": 1', encoding="utf-8")
+    with pytest.raises(VptError, match="train_images.json: unreadable"):
+        read_train_images(damaged)
+    lot = build_tree(tmp_path / "lot", n_per_class=2, seed=13, names=("good", "scratch"))
+    code, _, err = vpt("eval", damaged, lot, "--out", tmp_path / "e")
+    err = "".join(err.split())  # rich wraps long paths anywhere
+    assert code == 2 and "train_images.json:unreadable" in err and "leakagecannotbechecked" in err
+    assert not (tmp_path / "e").exists()
+    code, _, err = vpt("export", damaged, "--out", tmp_path / "x", "--int8")
+    err = "".join(err.split())
+    assert code == 2 and "train_images.json:unreadable" in err and "--int8-data" in err

@@ -142,17 +142,14 @@ def trained_hashes(prompt_path: Path, meta, manifest) -> tuple[set[str] | None, 
     """The pixel hashes of the images the model was trained or selected on, and where they come from:
     the run's ``train_images.json`` next to the prompt file, else the data set itself when it is the
     one the model was trained on (same manifest fingerprint). ``(None, "")`` when unknown."""
-    import json
+    from vptcli.train_config import read_train_images
 
-    from vptcli.train_config import TRAIN_IMAGES
-
-    listed = Path(prompt_path).parent / TRAIN_IMAGES
-    if listed.is_file():
-        try:
-            rows = json.loads(listed.read_text(encoding="utf-8"))["images"]
-            return {r["sha256"] for r in rows}, str(listed)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise VptError(f"{listed}: unreadable ({exc}); leakage cannot be checked: restore the file") from None
+    try:
+        listed = read_train_images(Path(prompt_path).parent)
+    except VptError as exc:
+        raise VptError(f"{exc}; leakage cannot be checked: restore the file") from None
+    if listed is not None:
+        return {r.sha256 for r in listed[2]}, str(listed[0])
     if manifest.fingerprint() == meta.data_fingerprint:
         return {r.sha256 for r in manifest.usable() if r.split in ("train", "val")}, "the data set's own train/val splits"
     return None, ""

@@ -38,7 +38,6 @@ fp32 PyTorch model on at least :data:`MIN_TOP1_AGREEMENT` of the images and its 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import tempfile
@@ -114,19 +113,20 @@ def check_images(prompt_path: Path, data: str | os.PathLike | None, classes: lis
         pairs = [(resolve_image_path(ev.manifest, r), r.label) for r in ev.records]
         source = f"{data} ({ev.split})"
     else:
-        listing = Path(prompt_path).parent / "train_images.json"
-        if not listing.is_file():
+        from vptcli.train_config import TRAIN_IMAGES, read_train_images
+
+        try:
+            listed = read_train_images(Path(prompt_path).parent)
+        except VptError as exc:
+            raise QuantizeError(f"{exc}; pass --int8-data DATA") from None
+        if listed is None:
             raise QuantizeError(
-                f"{prompt_path}: --int8 is checked on validation images, and no train_images.json is beside this prompt "
+                f"{prompt_path}: --int8 is checked on validation images, and no {TRAIN_IMAGES} is beside this prompt "
                 "file; export the run folder of `vpt train`, or pass --int8-data DATA (an ingested data set: its val "
                 "split, or a class-per-folder image tree)"
             )
-        try:
-            info = json.loads(listing.read_text(encoding="utf-8"))
-            root = Path(info["manifest_root"])
-            pairs = [(root.joinpath(*r["path"].split("/")), r["label"]) for r in info["images"] if r["split"] == "val"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise QuantizeError(f"{listing}: unreadable ({one_line(exc, 200)}); pass --int8-data DATA") from None
+        listing, root, rows = listed
+        pairs = [(root.joinpath(*r.path.split("/")), r.label) for r in rows if r.split == "val"]
         source = f"{listing} (val)"
     unknown = sorted({label for _, label in pairs if label not in index})
     if unknown:  # said in the check's source line, which export prints

@@ -619,15 +619,15 @@ def _check_held_out(root: Path, v: Version, records, data: Path) -> None:
     Raises:
         RegistryError: naming the number of shared images.
     """
-    from vptcli.train_config import TRAIN_IMAGES
+    from vptcli.train_config import read_train_images
 
-    listed = v.prompt_path(root).parent / TRAIN_IMAGES
-    if not listed.is_file():
-        return
     try:
-        trained = {r["sha256"] for r in json.loads(listed.read_text(encoding="utf-8"))["images"]}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise RegistryError(f"{listed}: unreadable ({exc}); run `vpt registry verify`") from None
+        listed = read_train_images(v.prompt_path(root).parent)
+    except VptError as exc:
+        raise RegistryError(f"{exc}; run `vpt registry verify`") from None
+    if listed is None:
+        return
+    trained = {r.sha256 for r in listed[2]}
     shared = sum(r.sha256 in trained for r in records)
     if shared:
         raise RegistryError(f"acceptance set {data}: {shared} of {len(records)} images were used to train or select "

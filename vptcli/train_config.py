@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from vptcli.errors import VptError
+from vptcli.errors import VptError, one_line
 from vptcli.methods import DEFAULT_METHOD, HEAD_INPUTS, METHODS, Method, MethodSpec, spec
 
 DEFAULT_BACKBONE = "vit_small_patch14_dinov2"
@@ -205,3 +205,35 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
         return TrainConfig.from_dict(train)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise VptError(f"{path}: cannot read the run's settings ({exc})") from None
+
+
+@dataclass(frozen=True)
+class ListedImage:
+    """One row of a run's :data:`TRAIN_IMAGES`: ``sha256`` of the decoded pixels, ``path`` relative to
+    the data set's root (``/``-separated), class ``label`` and ``split`` (``train`` or ``val``)."""
+
+    sha256: str
+    path: str
+    label: str
+    split: str
+
+
+def read_train_images(folder: str | Path) -> tuple[Path, Path, list[ListedImage]] | None:
+    """The images a run was trained and selected on, from ``folder / train_images.json``.
+
+    Returns:
+        ``(listing path, data set root, rows)``, or ``None`` when the folder has no listing (a prompt
+        file outside a run folder, or a run older than the listing).
+
+    Raises:
+        VptError: the listing exists but cannot be read, naming the file; callers add what to do.
+    """
+    path = Path(folder) / TRAIN_IMAGES
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        rows = [ListedImage(str(r["sha256"]), str(r["path"]), str(r["label"]), str(r["split"])) for r in info["images"]]
+        return path, Path(info["manifest_root"]), rows
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise VptError(f"{path}: unreadable ({one_line(exc, 200)})") from None

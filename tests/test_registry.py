@@ -129,6 +129,8 @@ def test_gate_refuses_a_worse_candidate_and_logs_a_forced_promotion(runs, tmp_pa
     assert vpt("registry", "set-acceptance", "t", runs["root"] / "src", "--registry", reg)[0] == 0
     code, _, err = vpt("registry", "promote", "t", "1", "--registry", reg, "--device", "cpu")
     assert code == 2 and "were used to train or select version 1" in flat(err)
+    refused = _log(reg)[-1]  # a refusal without scores is logged too
+    assert refused["action"] == "promote-refused" and "were used to train" in json.loads(refused["detail"])["message"]
     # a class that no version knows (a misnamed folder?) is pinned with a warning
     misnamed = tmp_path / "misnamed"
     shutil.copytree(runs["accept"], misnamed)
@@ -146,6 +148,8 @@ def test_gate_refuses_a_worse_candidate_and_logs_a_forced_promotion(runs, tmp_pa
     assert code == 0 and "production version 2" in out
     log = _log(reg)
     assert [r["action"] for r in log[-3:]] == ["promote", "promote-refused", "force-promote"]
+    code, out, _ = vpt("registry", "log", "--registry", reg)
+    assert code == 0 and "reason: held out" in out and "were used to train or select version 1" in flat(out)
     last = log[-1]
     assert last["action"] == "force-promote" and last["version"] == 2
     detail = json.loads(last["detail"])

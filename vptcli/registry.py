@@ -308,7 +308,8 @@ class Registry:
         The gate (:func:`gate`) scores the candidate and the current production version on the task's
         acceptance set; it refuses when the candidate's macro-F1 is lower by more than ``max_drop``
         (a fraction, 0.01 = one point). ``force`` with a ``reason`` overrides a refusal (and a missing
-        acceptance set); the override is logged with the scores.
+        acceptance set); the override is logged with the scores, and so is every refusal (with the reason
+        when there is no score: acceptance images used in training, missing or changed).
 
         Returns:
             The gate's result (scores, drop, passed, forced).
@@ -325,7 +326,12 @@ class Registry:
         prod = self.production(task)
         if prod is not None and prod.version == version:
             raise RegistryError(f"version {version} is already the production version of {task!r}")
-        result = self.gate(task, cand, prod, max_drop=max_drop, device=device, reporter=reporter, allow_missing=force)
+        try:
+            result = self.gate(task, cand, prod, max_drop=max_drop, device=device, reporter=reporter, allow_missing=force)
+        except RegistryError as exc:  # no score (acceptance images used in training, missing or changed): refused, logged
+            with self.connect(write=True) as con:
+                self._audit(con, "promote-refused", task, version, {"from": prod.version if prod else None, "message": str(exc)})
+            raise
         result["forced"] = bool(force and not result["passed"])
         gate_log = {k: v for k, v in result.items() if k != "message"}
         if not result["passed"] and not force:

@@ -291,12 +291,16 @@ def print_registry_log(entries: list) -> None:
             parts.append(f"from {d.get('from') or '-'}")
             if score is not None:
                 parts.append(f"macro-F1 {score:.4f}" + (f" vs {prod:.4f}" if prod is not None else ""))
+            elif e.action == "promote-refused" and d.get("message"):
+                parts.append(d["message"])
             if d.get("reason"):
                 parts.append(f"reason: {d['reason']}")
         elif e.action == "rollback":
             parts.append(f"from {d.get('from')}" + (f", reason: {d['reason']}" if d.get("reason") else ""))
         elif e.action == "set-acceptance":
             parts.append(f"{d.get('images')} images ({d.get('split')}), fingerprint {str(d.get('fingerprint'))[:12]}")
+            if d.get("reason"):
+                parts.append(f"reason: {d['reason']}")
         version = f" v{e.version}" if e.version is not None else ""
         stdout.print(f"{e.id:>4}  {e.time}  {e.user}  {e.action:<15} {e.task or ''}{version}  {'; '.join(parts)}",
                      soft_wrap=True, markup=False)

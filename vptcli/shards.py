@@ -57,7 +57,10 @@ def take_shard(files: list, problems: list, index: int, count: int) -> tuple[lis
 
 
 def _check_parts(parts: list, out: Path, suffix: str) -> None:
-    """Raise VptError unless every part exists, has ``suffix`` and is not ``out``."""
+    """Raise VptError unless every part exists, has ``suffix``, is not ``out`` and is a ``vpt predict``
+    output (:func:`vptcli.inference.is_predict_output`, the test that also guards ``out``)."""
+    from vptcli.inference import check_replaceable, is_predict_output
+
     if not parts:
         raise VptError("give the shard outputs to merge, in shard order (0/N first)")
     if suffix not in (".csv", ".jsonl"):
@@ -69,8 +72,8 @@ def _check_parts(parts: list, out: Path, suffix: str) -> None:
             raise VptError(f"{p}: no such file")
         if p.resolve() == out.resolve():
             raise VptError(f"{out} is also one of the parts; write the merge to another file")
-    from vptcli.inference import check_replaceable
-
+        if not is_predict_output(p):
+            raise VptError(f"{p}: not an output of vpt predict (no path and status columns)")
     check_replaceable(out)
 
 
@@ -82,7 +85,7 @@ def merge_predictions(parts: list[str | os.PathLike], out: str | os.PathLike) ->
         VptError: no parts, a missing part, mixed or unsupported formats, ``out`` among the parts or an
             existing file that is not a ``vpt predict`` output,
             CSV parts whose header differs (other ``--top-k``) or that are not ``vpt predict`` outputs
-            (no ``path`` column), or an image path in two parts (a part given twice, overlapping shards).
+            (:func:`vptcli.inference.is_predict_output`), or an image path in two parts (a part given twice, overlapping shards).
     """
     import json
 
@@ -117,8 +120,6 @@ def merge_predictions(parts: list[str | os.PathLike], out: str | os.PathLike) ->
                 first = next(reader, None)
                 if first is None:
                     raise VptError(f"{p}: empty (not an output of vpt predict)")
-                if "path" not in first:
-                    raise VptError(f"{p}: not an output of vpt predict (no path column)")
                 if header is None:
                     header = first
                     writer.writerow(header)

@@ -230,17 +230,22 @@ class HiddenMemo:
         self.derived = 0
         self.seconds = 0.0
 
-    def _key(self, ds, i: int, k: int, v: int, aug: bool) -> tuple:
+    def _key(self, ds, i: int, k: int, v: int, aug: bool, dihedral: bool = False) -> tuple:
         r = ds.records[i]
-        # An augmented view depends on (seed, view, index in the dataset) and the pixels.
-        return (self.ident, r.sha256, k, (v, i, ds.seed) if aug else 0)
+        # An augmented view depends on (seed, view, index in the dataset) and the pixels; a dihedral
+        # view (test-time augmentation) on the pixels and the view alone.
+        # Dihedral view 0 is the plain image.
+        return (self.ident, r.sha256, k, ("dihedral", v) if dihedral and v else (v, i, ds.seed) if aug else 0)
 
     @torch.no_grad()
-    def get(self, model, ds, k: int, v: int, aug: bool, batch_size: int = 32) -> torch.Tensor:
-        """``[N, L, D]`` hidden states entering block k of view v for every image of ``ds``."""
+    def get(self, model, ds, k: int, v: int, aug: bool, batch_size: int = 32, dihedral: bool = False) -> torch.Tensor:
+        """``[N, L, D]`` hidden states entering block k of view v for every image of ``ds`` (``dihedral``:
+        view v is ``vptcli.tta.dihedral_view`` v of the plain image, as ``FeatureCache.build`` makes it)."""
+        from vptcli.tta import dihedral_view
+
         t0 = time.perf_counter()
         n = len(ds)
-        keys = [self._key(ds, i, k, v, aug) for i in range(n)]
+        keys = [self._key(ds, i, k, v, aug, dihedral) for i in range(n)]
         missing = [i for i in range(n) if keys[i] not in self.store]
         # Derive from the largest stored k0 < k where possible.
         by_src: dict[int, list[int]] = {}
@@ -248,7 +253,7 @@ class HiddenMemo:
         for i in missing:
             src = None
             for k0 in sorted((x for x in self.ks if x < k), reverse=True):
-                if self._key(ds, i, k0, v, aug) in self.store:
+                if self._key(ds, i, k0, v, aug, dihedral) in self.store:
                     src = k0
                     break
             (by_src.setdefault(src, []) if src is not None else from_pixels).append(i)
@@ -256,7 +261,10 @@ class HiddenMemo:
         mean, std = model.mean, model.std
         for s in range(0, len(from_pixels), batch_size):
             idx = from_pixels[s : s + batch_size]
-            images = torch.stack([ds.view(i, v, aug) for i in idx])
+            if dihedral:
+                images = dihedral_view(torch.stack([ds.view(i, 0, False) for i in idx]), v)
+            else:
+                images = torch.stack([ds.view(i, v, aug) for i in idx])
             x = (images - mean) / std
             x = bb.patch_embed(x)
             x = bb._pos_embed(x)
@@ -267,7 +275,7 @@ class HiddenMemo:
                 x = blk(x)
             if k0 < k:
                 for j, i in enumerate(idx):
-                    self.store[self._key(ds, i, k0, v, aug)] = x[j].clone()
+                    self.store[self._key(ds, i, k0, v, aug, dihedral)] = x[j].clone()
                 self.ks.add(k0)
                 for blk in bb.blocks[k0:k]:
                     x = blk(x)
@@ -277,7 +285,7 @@ class HiddenMemo:
         for k0, items in by_src.items():
             for s in range(0, len(items), batch_size):
                 idx = items[s : s + batch_size]
-                x = torch.stack([self.store[self._key(ds, i, k0, v, aug)] for i in idx])
+                x = torch.stack([self.store[self._key(ds, i, k0, v, aug, dihedral)] for i in idx])
                 for blk in bb.blocks[k0:k]:
                     x = blk(x)
                 for j, i in enumerate(idx):
@@ -288,7 +296,7 @@ class HiddenMemo:
         return torch.stack([self.store[key] for key in keys])
 
     def build(self, model, dataset, *, start_block, views, augment, key, dtype="float32", batch_size=32, device="cpu",
-              progress=None, **_ignored):
+              progress=None, cache_dir=None, dihedral=False):
         """``FeatureCache.build``'s signature, served from the memo (``train(cache_builder=memo.build)``);
         ignores ``cache_dir`` (the memo replaces the on-disk cache inside one benchmark process)."""
         from vptcli import feature_cache
@@ -298,7 +306,7 @@ class HiddenMemo:
             raise VptError("--cache-views must be >= 1")
         if model.backbone is not self.backbone.model:
             raise RuntimeError("HiddenMemo used with another backbone object")
-        per_view = [self.get(model, dataset, start_block, v, augment and v > 0, batch_size) for v in range(views)]
+        per_view = [self.get(model, dataset, start_block, v, augment and v > 0, batch_size, dihedral) for v in range(views)]
         hidden = torch.stack(per_view).to(feature_cache.DTYPES[dtype])
         if progress is not None:
             progress(views * len(dataset))
@@ -323,16 +331,17 @@ def load_trained(run_dir: Path, backbone):
 def predicted_probs(model, ds, memo: HiddenMemo | None, batch_size: int = 32) -> np.ndarray:
     """Softmax probabilities on ``ds`` (plain eval transform) via ``vptcli.evaluation.predict_probs``.
     Methods with a frozen prefix reuse the memo (hidden states entering the method's first trained
-    block); the others run on images."""
+    block; with test-time augmentation those of every view it averages); the others run on images."""
     from vptcli.evaluation import chunks, predict_probs
+    from vptcli.tta import tta_views
 
     cfg = model.config
     if not cfg.spec.uses_cache or memo is None:
         batches = ((torch.stack([ds[i][0] for i in ix]), None, None) for ix in chunks(range(len(ds)), batch_size))
     else:
-        k = model.frozen_blocks
-        hidden = memo.get(model, ds, k, 0, False, batch_size)
-        batches = ((hidden[ix[0] : ix[-1] + 1], None, k) for ix in chunks(range(len(ds)), batch_size))
+        k, views = model.frozen_blocks, tta_views(cfg.tta)
+        hidden = torch.stack([memo.get(model, ds, k, v, False, batch_size, dihedral=views > 1) for v in range(views)])
+        batches = ((hidden[:, ix[0] : ix[-1] + 1], None, k) for ix in chunks(range(len(ds)), batch_size))
     return predict_probs(model, batches)[0]
 
 

@@ -70,6 +70,8 @@ def parse_args(argv=None):
                    help="vpt train --head-lr-scale of the frozen-backbone rows (default: vpt train's)")
     p.add_argument("--cache-views", type=int, default=4, help="cached augmented views per image (default 4, as vpt train)")
     p.add_argument("--class-balance", default="auto", help="vpt train --class-balance (default auto)")
+    p.add_argument("--tta", default="none", choices=["none", "dihedral"],
+                   help="vpt train --tta: test-time augmentation in validation (selection) and on test (default none)")
     p.add_argument("--tries", action="store_true", help="VPT-deep settings table on the --tries-regime regime")
     p.add_argument("--tries-regime", default="64", help="regime of the tries: a few-shot size or 'full' (default 64)")
     p.add_argument("--tries-grid", nargs="*", default=["lr=1e-2", "lr=1e-3", "p=50"],
@@ -199,7 +201,7 @@ def main(argv=None) -> int:
                           backbone=backbone.identity.name, cache_max_gb=16.0, head_input=args.head_input,
                           head_init=args.head_init, img_size=backbone.img_size, head_lr_scale=s["hls"],
                           prompt_init=s["init"] if spec(method).has_prompts else "random",
-                          class_balance=args.class_balance)
+                          class_balance=args.class_balance, tta=args.tta)
         bb = backbone
         run_dir = runs_root / jid.replace("/", "_").replace(":", "_").replace("=", "")
         con.rule(f"{jid}  (k={k}, epochs {cfg.epochs}, batch {cfg.batch_size}, lr {cfg.resolved_lr():g}, prompts {s['prompts']})")
@@ -232,7 +234,7 @@ def main(argv=None) -> int:
             "prompt_start_block": k if spec(method).has_prompts else None,
             "num_prompts": s["prompts"] if spec(method).has_prompts else 0,
             "lr": cfg.resolved_lr(), "head_lr_scale": cfg.resolved_head_lr_scale(), "class_balance": args.class_balance,
-            "prompt_init": cfg.prompt_init,
+            "prompt_init": cfg.prompt_init, "tta": cfg.tta,
             "epochs": cfg.epochs, "batch_size": cfg.batch_size, "augment": augment,
             "cache_views": (cfg.cache_views if augment else 1) if spec(method).uses_cache else 0,
             "n_train": len(m.usable("train")), "n_val": len(m.usable("val")), "n_test": len(test_ds),

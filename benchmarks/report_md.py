@@ -52,7 +52,8 @@ def elpv_tables(d: dict) -> str:
         auc = "–" if r["test_roc_auc"] is None else f"{r['test_roc_auc']:.3f}"
         size = r["prompt_file_bytes"]
         size_s = f"{size / 1024:.0f} KiB" if size < 1024**2 else f"{size / 1024**2:.0f} MiB"
-        out.append(f"| {r['regime']} | {spec(r['method']).label} | {r.get('img_size', d.get('img_size'))} | {r.get('seed', 0)} | {k} | "
+        label = spec(r["method"]).label + (f", TTA {r['tta']}" if r.get("tta", "none") != "none" else "")
+        out.append(f"| {r['regime']} | {label} | {r.get('img_size', d.get('img_size'))} | {r.get('seed', 0)} | {k} | "
                    f"{'fit' if spec(r['method']).head_fit and r.get('head_init') == 'probe' else r['epochs']} | {100 * r['test_top1']:.2f} % | "
                    f"{100 * r['test_balanced_accuracy']:.2f} % | {r['test_macro_f1']:.3f} | {auc} | {r['test_ece']:.3f} | "
                    f"{r['tuned_parameters']:,} ({r['tuned_percent']:.3f} %) | {size_s} | {r['train_seconds_per_epoch']:.1f} | "

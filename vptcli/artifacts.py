@@ -28,10 +28,11 @@ from vptcli.errors import VptError
 from vptcli.fsutil import atomic_save_safetensors
 from vptcli.prompting import PromptConfig, PromptedViT
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """The newest prompt-file format this vptcli reads. 2: the head may read more than the class token
-(``prompt.head_input``); a file whose head reads the class token alone is still written as 1, so
-older vptcli versions keep reading it."""
+(``prompt.head_input``). 3: the model averages test-time augmented views (``prompt.tta``). A file is
+written with the lowest version that holds it (:func:`format_version_of`), so older vptcli versions
+keep reading the files they can use and refuse the ones they would run differently."""
 METADATA_KEY = "vptcli"
 PROMPT_FILE = "prompts.safetensors"
 
@@ -82,11 +83,18 @@ class PromptFileMeta:
         }
 
 
+def format_version_of(config: PromptConfig) -> int:
+    """The lowest prompt-file format that holds ``config`` (see :data:`FORMAT_VERSION`)."""
+    if config.tta != "none":
+        return 3
+    return 1 if config.head_input == "cls" else 2
+
+
 def make_meta(model: PromptedViT, backbone, classes: list[str], *, data_fingerprint: str = "", metrics: dict | None = None) -> PromptFileMeta:
     """Metadata for ``model`` trained on ``backbone`` (a :class:`vptcli.backbones.LoadedBackbone`)."""
     dc = backbone.data_config
     return PromptFileMeta(
-        format_version=1 if model.config.head_input == "cls" else 2,
+        format_version=format_version_of(model.config),
         method=model.config.method,
         prompt=model.config.to_dict(),
         backbone=backbone.identity.to_dict(),

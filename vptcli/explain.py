@@ -137,9 +137,10 @@ def attention_probs(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def capture_attention(model) -> Iterator[list[torch.Tensor]]:
+def capture_attention(model, rows: int | None = None) -> Iterator[list[torch.Tensor]]:
     """While active, every forward of ``model`` appends each block's attention weights
-    ``[B, heads, T_i, T_i]`` (in block order) to the yielded list.
+    ``[B, heads, T_i, T_i]`` (in block order) to the yielded list; with ``rows`` those of the first
+    ``rows`` inputs only (the plain view under test-time augmentation, :mod:`vptcli.tta`).
 
     Raises:
         ExplainError: a backbone whose blocks have no timm ``Attention`` with a ``qkv`` projection.
@@ -151,7 +152,7 @@ def capture_attention(model) -> Iterator[list[torch.Tensor]]:
             attn = getattr(blk, "attn", None)
             if attn is None or not hasattr(attn, "qkv"):
                 raise ExplainError("attention maps need timm ViT blocks with a qkv projection; this backbone has none")
-            handles.append(attn.register_forward_hook(lambda mod, args, out: found.append(attention_probs(mod, args[0]))))
+            handles.append(attn.register_forward_hook(lambda mod, args, out: found.append(attention_probs(mod, args[0][:rows]))))
         yield found
     finally:
         for h in handles:
@@ -209,7 +210,8 @@ def prompt_attention_maps(attentions: list[torch.Tensor], model) -> torch.Tensor
 
 def attention_heatmaps(model, images: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One forward pass: ``(logits [B, C], maps [B, h, w] in [0, 1], features [B, F])`` for a
-    gradient-free method (features: the head's input).
+    gradient-free method (features: the head's input). With test-time augmentation (:mod:`vptcli.tta`)
+    logits and features are the model's (the mean over the views) and the maps are the plain view's.
 
     Raises:
         ExplainError: ``method`` is not gradient-free or does not apply to ``model``.
@@ -217,8 +219,8 @@ def attention_heatmaps(model, images: torch.Tensor, method: str) -> tuple[torch.
     check_method(method, model)
     if method not in GRADIENT_FREE_METHODS:
         raise ExplainError(f"{method} needs gradients; gradient-free methods: {', '.join(GRADIENT_FREE_METHODS)}")
-    with capture_attention(model) as attentions:
-        feats = model.features(images)
+    with capture_attention(model, rows=images.shape[0]) as attentions:  # the plain view's (view 0, vptcli.tta)
+        feats = model.features(images)  # with test-time augmentation: the mean over the views, as predict gives
         logits = model.head(feats)
     attentions = [a.float() for a in attentions]
     raw = rollout_maps(attentions, model) if method == "rollout" else prompt_attention_maps(attentions, model)
@@ -238,7 +240,9 @@ def gradcam_maps(model, images: torch.Tensor, targets: torch.Tensor | None = Non
             layers. Default :data:`GRADCAM_BLOCKS`.
 
     Returns:
-        ``(logits [B, C], maps [B, h, w] in [0, 1], targets [B])``.
+        ``(logits [B, C], maps [B, h, w] in [0, 1], targets [B])``. With test-time augmentation
+        (:mod:`vptcli.tta`) the logits are the model's (the mean over the views) and the maps are those
+        of the plain view, whose share of the gradient they show.
     """
     n_blocks = len(model.backbone.blocks)
     order = sorted({b % n_blocks for b in blocks})  # forward order
@@ -268,8 +272,8 @@ def gradcam_maps(model, images: torch.Tensor, targets: torch.Tensor | None = Non
     layout = prompts_per_block(model)
     cams = []
     for i, grad in zip(order, grads):
-        act = store[i].detach()
-        grad = torch.zeros_like(act) if grad is None else grad
+        act = store[i].detach()[: images.shape[0]]  # the plain view's (view 0 under test-time augmentation)
+        grad = torch.zeros_like(act) if grad is None else grad[: images.shape[0]]
         skip = model.num_prefix_tokens + layout[i][0]
         act, grad = act[:, skip:].float(), grad[:, skip:].float()
         weights = grad.mean(dim=1, keepdim=True)  # [B, 1, D]: gradients averaged over the grid

@@ -243,8 +243,9 @@ def _graph_modules():
 
 def shared_structure(meta: PromptFileMeta) -> dict:
     """What a shared-backbone graph fixes besides the backbone: deep or shallow prompts, prompt count,
-    first prompted block (VPT-deep and DA-VPT have the same structure) and, when it is not the class
-    token alone, the head input (so graphs exported before that option still match)."""
+    first prompted block (VPT-deep and DA-VPT have the same structure) and, when they are not the
+    defaults, the head input and the test-time augmentation (so graphs exported before those options
+    still match)."""
     cfg = meta.prompt_config
     n = int(cfg.num_prompts) if cfg.spec.has_prompts else 0
     structure = {
@@ -255,6 +256,8 @@ def shared_structure(meta: PromptFileMeta) -> dict:
     }
     if cfg.head_input != "cls":
         structure["head_input"] = cfg.head_input
+    if cfg.tta != "none":
+        structure["tta"] = cfg.tta
     return structure
 
 

@@ -6,7 +6,8 @@ once per image and *view* and reused every epoch, so later epochs run only block
 and backward. With augmentation on, a fixed number of augmented views per image is cached (view 0 is
 the plain image, views 1.. are augmented draws keyed by the view number) and each epoch picks one
 view per image: the training data is the cached views, stated in the run's config, never silently
-stale.
+stale. A validation cache for test-time augmentation holds the dihedral views of each image instead
+(:mod:`vptcli.tta`).
 
 The cache lives in memory for a run and, with ``cache_dir``, also on disk as one safetensors file
 per key, so that later runs on the same data (other learning rates, prompts, methods with the same
@@ -27,6 +28,7 @@ import torch
 
 from vptcli.errors import VptError
 from vptcli.fsutil import atomic_save_safetensors
+from vptcli.tta import dihedral_view
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -50,10 +52,12 @@ class FeatureCache:
     key: str
 
     @staticmethod
-    def make_key(sha256s: list[str], backbone_identity: dict, img_size: int, start_block: int, views: int, augment_seed: int, dtype: str) -> str:
-        """sha256 of everything the cached values depend on."""
+    def make_key(sha256s: list[str], backbone_identity: dict, img_size: int, start_block: int, views: int, augment_seed: int,
+                 dtype: str, dihedral: bool = False) -> str:
+        """sha256 of everything the cached values depend on (``dihedral``: see :meth:`build`)."""
         h = hashlib.sha256()
-        h.update(json.dumps([backbone_identity, img_size, start_block, views, augment_seed, dtype], sort_keys=True).encode())
+        settings = [backbone_identity, img_size, start_block, views, augment_seed, dtype] + (["dihedral"] if dihedral else [])
+        h.update(json.dumps(settings, sort_keys=True).encode())
         for s in sha256s:
             h.update(s.encode())
         return h.hexdigest()
@@ -84,6 +88,7 @@ class FeatureCache:
         device: torch.device | str = "cpu",
         progress=None,
         cache_dir: str | Path | None = None,
+        dihedral: bool = False,
     ) -> FeatureCache:
         """Run the frozen part once for every image and view.
 
@@ -95,12 +100,14 @@ class FeatureCache:
             progress: optional callable ``progress(done_images)`` for a progress bar.
             cache_dir: folder of on-disk caches; a file for ``key`` is loaded instead of computing,
                 and a computed cache is saved there (atomically).
+            dihedral: view ``v`` is :func:`vptcli.tta.dihedral_view` ``v`` of the plain image instead
+                (``views <= 8``, ``augment`` unused): the views test-time augmentation averages.
 
         Raises:
-            VptError: when ``views < 1``.
+            VptError: when ``views < 1``, or ``views > 8`` with ``dihedral``.
         """
-        if views < 1:
-            raise VptError("--cache-views must be >= 1")
+        if views < 1 or (dihedral and views > 8):
+            raise VptError("--cache-views must be >= 1" + (" (at most 8 dihedral views)" if dihedral else ""))
         key = cls.final_key(key, dataset)
         k = start_block
         path = Path(cache_dir) / f"{key}.safetensors" if cache_dir is not None else None
@@ -116,7 +123,10 @@ class FeatureCache:
         for v in range(views):
             for start in range(0, n, batch_size):
                 idx = range(start, min(n, start + batch_size))
-                images = torch.stack([dataset.view(i, v, augment and v > 0) for i in idx]).to(device)
+                if dihedral:
+                    images = dihedral_view(torch.stack([dataset.view(i, 0, False) for i in idx]), v).to(device)
+                else:
+                    images = torch.stack([dataset.view(i, v, augment and v > 0) for i in idx]).to(device)
                 hidden = model.embed(images, k).to("cpu", DTYPES[dtype])
                 if out is None:
                     out = torch.empty((views, n, *hidden.shape[1:]), dtype=DTYPES[dtype])
@@ -146,6 +156,10 @@ class FeatureCache:
     def batch(self, view_of: torch.Tensor, indices: torch.Tensor, device, dtype=torch.float32) -> torch.Tensor:
         """``[B, L, D]`` hidden states of images ``indices`` in views ``view_of`` (both ``[B]`` int64)."""
         return self.hidden[view_of, indices].to(device=device, dtype=dtype, non_blocking=True)
+
+    def all_views(self, indices: torch.Tensor, device, dtype=torch.float32) -> torch.Tensor:
+        """``[V, B, L, D]`` hidden states of images ``indices`` (``[B]`` int64) in every cached view."""
+        return self.hidden[:, indices].to(device=device, dtype=dtype, non_blocking=True)
 
     @property
     def nbytes(self) -> int:

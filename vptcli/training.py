@@ -49,6 +49,7 @@ from vptcli.ood import OOD_FILE
 from vptcli.prompting import PromptConfig, PromptedViT
 from vptcli.train_config import CONFIG_JSON, TRAIN_IMAGES, TrainConfig, load_run_config
 from vptcli.train_report import TrainReporter
+from vptcli.tta import dihedral_views, tta_views
 from vptcli.warm_start import InitSource
 
 LAST_CKPT = "last.ckpt.safetensors"
@@ -135,7 +136,7 @@ def build_model(cfg: TrainConfig, backbone, n_classes: int, device: torch.device
     k = cfg.resolved_start_block(n_blocks, device.type)
     if not 0 <= k < n_blocks:
         raise VptError(f"--prompt-start-block must be in [0, {n_blocks - 1}] for this backbone")
-    pcfg = PromptConfig(cfg.method, cfg.num_prompts_used, k, cfg.prompt_dropout, cfg.head_input)
+    pcfg = PromptConfig(cfg.method, cfg.num_prompts_used, k, cfg.prompt_dropout, cfg.head_input, cfg.tta)
     dc = backbone.data_config
     try:
         model = PromptedViT(backbone.model, n_classes, pcfg, tuple(dc["mean"]), tuple(dc["std"])).to(device)
@@ -266,7 +267,7 @@ def run_info(s: Setup, backbone) -> dict:
             "device": str(s.device), "amp_dtype": _dtype_name(s.dtype), "tuned": s.model.num_tuned(),
             "backbone_parameters": s.model.num_backbone(), "balance": s.balance, "imbalance": s.imbalance,
             "cpu_hint_block": hint, "auto_start_block": auto_block, "n_blocks": n_blocks,
-            "img_size": int(backbone.data_config["input_size"][-1]), "head_input": pcfg.head_input,
+            "img_size": int(backbone.data_config["input_size"][-1]), "head_input": pcfg.head_input, "tta": pcfg.tta,
             "head_init": s.cfg.head_init, "fits_head_only": pcfg.spec.head_fit,
             "views": s.cfg.resolved_views(s.device.type) if s.use_cache else 0, "auto_views": s.cfg.cache_views is None,
             "auto_img_size": s.cfg.img_size == "auto", "init_from": s.cfg.init_from}
@@ -300,7 +301,8 @@ def train_images(manifest) -> dict:
 
 
 def build_caches(s: Setup, backbone, reporter: TrainReporter, builder=None) -> tuple[FeatureCache, FeatureCache]:
-    """The train (``views`` per image) and val (1 view) feature caches of the frozen blocks before k.
+    """The train (``views`` per image) and val (1 view, or with test-time augmentation its dihedral views,
+    :mod:`vptcli.tta`) feature caches of the frozen blocks before k.
 
     Args:
         builder: a callable with :meth:`FeatureCache.build`'s signature (default: that method); the
@@ -312,19 +314,20 @@ def build_caches(s: Setup, backbone, reporter: TrainReporter, builder=None) -> t
 
         builder = sharded_cache_builder(s.dist, builder)
     cfg, k, views = s.cfg, s.start_block, s.cfg.resolved_views(s.device.type)
-    n_train = len(s.train_ds)
+    n_train, val_views = len(s.train_ds), tta_views(s.model.config.tta)
     common = {"backbone_identity": backbone.identity.to_dict(), "img_size": int(backbone.data_config["input_size"][-1]),
               "start_block": k, "augment_seed": cfg.seed, "dtype": cfg.cache_dtype}
     t0 = time.perf_counter()
-    with reporter.task("caching frozen blocks", views * n_train + len(s.val_ds)) as update:
+    with reporter.task("caching frozen blocks", views * n_train + val_views * len(s.val_ds)) as update:
         train_cache = builder(s.model, s.train_ds, start_block=k, views=views, augment=cfg.augment, dtype=cfg.cache_dtype,
                               device=s.device, batch_size=cfg.batch_size,
                               key=FeatureCache.make_key([r.sha256 for r in s.train_ds.records], views=views, **common),
                               progress=lambda d: update(d), cache_dir=cfg.cache_dir)
-        val_cache = builder(s.model, s.val_ds, start_block=k, views=1, augment=False, dtype=cfg.cache_dtype,
+        tta = {"dihedral": True} if val_views > 1 else {}  # without TTA the call builders written before it know
+        val_cache = builder(s.model, s.val_ds, start_block=k, views=val_views, augment=False, dtype=cfg.cache_dtype,
                             device=s.device, batch_size=cfg.batch_size,
-                            key=FeatureCache.make_key([r.sha256 for r in s.val_ds.records], views=1, **common),
-                            progress=lambda d: update(views * n_train + d), cache_dir=cfg.cache_dir)
+                            key=FeatureCache.make_key([r.sha256 for r in s.val_ds.records], views=val_views, **common, **tta),
+                            progress=lambda d: update(views * n_train + d), cache_dir=cfg.cache_dir, **tta)
     reporter.cache_built(k, views, train_cache.nbytes + val_cache.nbytes, time.perf_counter() - t0)
     return train_cache, val_cache
 
@@ -373,24 +376,33 @@ def _plain_hidden(s: Setup, ds: ManifestDataset, ix) -> torch.Tensor:
 
 
 @torch.no_grad()
-def head_features(s: Setup, ds: ManifestDataset, cache: FeatureCache | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The head's input with the model's current prompts: ``([V * N, F], labels [V * N])``, view-major,
-    for every view of the cache (V = its views), else from decoded plain images (V = 1)."""
+def head_features(s: Setup, ds: ManifestDataset, cache: FeatureCache | None,
+                  average_views: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The head's input with the model's current prompts, for every view of the cache (V = its views),
+    else of decoded plain images (V = 1, or with ``average_views`` the model's test-time augmented views).
+
+    Returns:
+        ``([V * N, F], labels [V * N])`` view-major; with ``average_views`` ``([N, F], labels [N])``, the
+        mean over each image's views (a validation cache holds the views test-time augmentation averages).
+    """
     model, k, bs = s.model, s.start_block, s.cfg.batch_size
     model.eval()
-    feats, labels = [], []
-    y_all = torch.as_tensor(ds.labels, dtype=torch.long)
-    for v in range(cache.hidden.shape[0] if cache is not None else 1):
-        for ix in chunks(range(len(ds)), bs):
-            ix_t = torch.as_tensor(ix)
-            with torch.autocast(s.device.type, dtype=s.dtype, enabled=s.dtype is not None):
-                if cache is not None:
-                    hidden = cache.batch(torch.full((len(ix),), v, dtype=torch.long), ix_t, s.device)
-                else:
-                    hidden = _plain_hidden(s, ds, ix)
-                feats.append(model.forward_from(hidden, k)[0].float().cpu())
-            labels.append(y_all[ix_t])
-    return torch.cat(feats), torch.cat(labels)
+    views = cache.hidden.shape[0] if cache is not None else (tta_views(model.config.tta) if average_views else 1)
+    feats = []
+    for ix in chunks(range(len(ds)), bs):
+        with torch.autocast(s.device.type, dtype=s.dtype, enabled=s.dtype is not None):
+            if cache is not None:
+                hidden = cache.all_views(torch.as_tensor(ix), s.device).flatten(0, 1)
+            else:
+                images = torch.stack([ds.view(i, 0, False) for i in ix]).to(s.device)
+                hidden = model.embed(dihedral_views(images) if views > 1 else images, k)
+            f = model.forward_from(hidden, k)[0].float().cpu()
+        feats.append(f.reshape(views, len(ix), -1))
+    x = torch.cat(feats, dim=1)  # [V, N, F]
+    y = torch.as_tensor(ds.labels, dtype=torch.long)
+    if average_views:
+        return x.mean(dim=0), y
+    return x.flatten(0, 1), y.repeat(views)
 
 
 def fit_head(s: Setup, train_cache: FeatureCache | None, val_cache: FeatureCache | None, reporter: TrainReporter) -> dict:
@@ -401,7 +413,7 @@ def fit_head(s: Setup, train_cache: FeatureCache | None, val_cache: FeatureCache
 
     t0 = time.perf_counter()
     x, y = head_features(s, s.train_ds, train_cache)
-    xv, yv = head_features(s, s.val_ds, val_cache)  # the val cache holds one view
+    xv, yv = head_features(s, s.val_ds, val_cache, average_views=True)  # the model's view(s): TTA's mean
     class_weight = balanced_class_weights(s.counts) if s.balance != "off" else None  # as the loss (or sampler) balances
     fit = fit_linear_probe(x, y, xv, yv, len(s.classes), sample_weight=None if class_weight is None else class_weight[y].numpy())
     with torch.no_grad():
@@ -510,14 +522,15 @@ def _step_loss(s: Setup, inputs: torch.Tensor, y: torch.Tensor, denom, loss_cfg,
 
 
 def validate(s: Setup, cache: FeatureCache | None) -> dict:
-    """Validation loss, top-1 and macro-F1 (from the val cache when there is one)."""
+    """Validation loss, top-1 and macro-F1 of the model as it predicts (test-time augmentation included),
+    from the val cache when there is one."""
     from sklearn.metrics import f1_score
 
     ds, bs, k = s.val_ds, s.cfg.batch_size, s.start_block
     share = s.dist.span(len(ds))  # the whole split in one process; this rank's share in a torchrun job
-    if cache is not None:
-        batches = ((cache.batch(torch.zeros(len(ix), dtype=torch.long), torch.as_tensor(ix), s.device),
-                    torch.as_tensor([ds.labels[i] for i in ix]), k) for ix in chunks(share, bs))
+    if cache is not None:  # [V, B, L, D]: every view the val cache holds (one, or those TTA averages)
+        batches = ((cache.all_views(torch.as_tensor(ix), s.device), torch.as_tensor([ds.labels[i] for i in ix]), k)
+                   for ix in chunks(share, bs))
     else:
         batches = ((torch.stack([ds[i][0] for i in ix]), torch.as_tensor([ds.labels[i] for i in ix]), None)
                    for ix in chunks(share, bs))
@@ -814,7 +827,7 @@ def write_ood_reference(s: Setup, run_dir: Path, train_cache: FeatureCache | Non
     tensors, meta = read_prompt_file(run_dir / PROMPT_FILE)
     s.model.load_tuned_state({k: v.to(s.device) for k, v in tensors.items()})
     x, y = head_features(s, s.train_ds, train_cache)
-    xv, _ = head_features(s, s.val_ds, val_cache)
+    xv, _ = head_features(s, s.val_ds, val_cache, average_views=True)
     with torch.no_grad():
         predicted = s.model.head(xv.to(s.device)).argmax(1).cpu().numpy()
     ref = fit_reference(x.numpy(), y.numpy(), xv.numpy(), s.classes, val_predicted=predicted, seed=s.cfg.seed,

@@ -22,13 +22,14 @@ from vptcli.errors import VptError
 from vptcli.fsutil import atomic_write_all, atomic_write_json
 from vptcli.train_config import PROMPT_INITS, TrainConfig
 from vptcli.train_report import TrainReporter
+from vptcli.tta import TTA_MODES
 
 TUNABLE = {"lr": "lr", "head-lr-scale": "head_lr_scale", "prompts": "num_prompts", "prompt-start-block": "prompt_start_block",
            "epochs": "epochs", "weight-decay": "weight_decay", "batch-size": "batch_size", "prompt-dropout": "prompt_dropout",
            "label-smoothing": "label_smoothing", "warmup-epochs": "warmup_epochs"}
 """Numeric settings a candidate may change: flag name (without ``--``) -> :class:`TrainConfig` field."""
 
-TUNABLE_CHOICES = {"prompt-init": ("prompt_init", PROMPT_INITS)}
+TUNABLE_CHOICES = {"prompt-init": ("prompt_init", PROMPT_INITS), "tta": ("tta", tuple(TTA_MODES))}
 """Settings with named values a candidate may change: flag name -> (field, allowed values)."""
 
 SETTINGS = [*TUNABLE, *TUNABLE_CHOICES]

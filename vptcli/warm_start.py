@@ -73,13 +73,14 @@ def weights_option(source_label: str) -> str | None:
 
 def settings_from(meta) -> dict:
     """The :class:`vptcli.train_config.TrainConfig` settings a run takes from a source file's metadata
-    (method, prompts, first prompted block, head input, backbone, weights, image size) and its resize
+    (method, prompts, first prompted block, head input, test-time augmentation, backbone, weights, image
+    size) and its resize
     policy under the key ``resize``."""
     from vptcli.datasets import resize_policy
 
     p = meta.prompt
     return {"method": meta.method, "num_prompts": p.get("num_prompts", 0), "prompt_start_block": p.get("prompt_start_block", 0),
-            "head_input": p.get("head_input", "cls"), "backbone": meta.backbone.get("name"),
+            "head_input": p.get("head_input", "cls"), "tta": p.get("tta", "none"), "backbone": meta.backbone.get("name"),
             "weights": weights_option(str(meta.backbone.get("source", ""))), "img_size": meta.img_size,
             "resize": resize_policy(meta.data_config)}
 

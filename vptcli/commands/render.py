@@ -84,6 +84,9 @@ class ConsoleTrainReporter(ConsoleReporter, TrainReporter):
                       + ("; head fitted to convergence (L-BFGS), no epochs" if info["fits_head_only"] and info["head_init"] == "probe"
                          else "; prompts and head from --init-from" if info.get("init_from")
                          else "; head warm-started from a linear probe" if info["head_init"] == "probe" else ""))
+        if info.get("tta", "none") != "none":
+            console.print(f"test-time augmentation {info['tta']}: validation, eval, predict and the exported graph average "
+                          "the 8 rotations and mirror images of each image (8x their cost)")
         if info["cpu_hint_block"] is not None:
             console.print(f"hint: on a CPU, late prompts (--prompt-start-block {info['cpu_hint_block']}) train about 5x faster, "
                           "with prompts in the last 3 blocks only (a different model; see docs/benchmarks.md)")

@@ -23,8 +23,8 @@ def predict_probs(model, batches, device: str | torch.device = "cpu", dtype: tor
         batches: iterable of ``(inputs, labels [B] or None, from_block)``; ``from_block=None``: inputs
             are images ``[B, 3, H, W]`` in ``[0, 1]`` (the model applies its test-time augmentation);
             an int k: hidden states entering block k (a feature cache, see
-            :meth:`PromptedViT.forward_from`), ``[B, L, D]``, or ``[V, B, L, D]`` for V views of each
-            image whose head inputs are averaged (:func:`vptcli.tta.mean_over_views`).
+            :meth:`PromptedViT.forward_from`), ``[V, B, L, D]`` for V views of each image (1, or the
+            views test-time augmentation averages: :func:`vptcli.tta.mean_over_views`).
         dtype: autocast dtype (AMP on CUDA) or None for fp32.
         progress: optional ``progress(n_done)`` callback.
 
@@ -41,10 +41,8 @@ def predict_probs(model, batches, device: str | torch.device = "cpu", dtype: tor
                 if from_block is None:
                     logits = model(inputs.to(device))
                 else:
-                    views = inputs.shape[0] if inputs.dim() == 4 else 1
-                    hidden = inputs.to(device).flatten(0, 1) if inputs.dim() == 4 else inputs.to(device)
-                    feats = model.forward_from(hidden, from_block)[0]
-                    logits = model.head(mean_over_views(feats, views))
+                    feats = model.forward_from(inputs.to(device).flatten(0, 1), from_block)[0]
+                    logits = model.head(mean_over_views(feats, inputs.shape[0]))
             logits = logits.float()
             if y is not None:
                 y = y.to(device)

@@ -165,7 +165,8 @@ def fit_reference(train_features, train_labels, val_features, classes: list[str]
 
     Args:
         train_features: ``[N, F]`` (every view of every training image); train_labels: ``[N]`` int.
-        val_features: ``[N_val, F]`` plain (un-augmented) validation images.
+        val_features: ``[N_val, F]`` the validation images as the model predicts them (plain, or the
+            mean over the test-time augmented views).
         val_predicted: ``[N_val]`` int classes the model predicts on them (for the class-share shift).
         level: threshold quantile in (0, 1).
 

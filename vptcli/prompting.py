@@ -125,6 +125,7 @@ def _patch_area(backbone: nn.Module) -> int:
 
 
 def _img_size(backbone: nn.Module) -> tuple[int, ...]:
+    """The backbone's input size ``(H, W)`` in pixels (``(0, 0)`` when the patch embedding does not say)."""
     size = getattr(backbone.patch_embed, "img_size", None) or (0, 0)
     return tuple(int(v) for v in (size if isinstance(size, (tuple, list)) else (size, size)))
 
@@ -345,15 +346,15 @@ class PromptedViT(nn.Module):
             prompts=self.prompts[index - self.config.prompt_start_block],
         )
 
-    def features(self, images: torch.Tensor, prompts: torch.Tensor | None = None, *, tta: bool = True) -> torch.Tensor:
+    def features(self, images: torch.Tensor, prompts: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, 3, H, W]`` in ``[0, 1]`` -> the head's input ``[B, F]`` (``prompts``: see :meth:`forward_from`).
 
-        With test-time augmentation (``config.tta``, and ``tta`` True) the features are the mean over
-        the views (:func:`vptcli.tta.dihedral_views`: ``V * B`` images through the backbone); ``tta=False``
-        gives the plain view alone (explanations map the image as it is).
+        With test-time augmentation (``config.tta``) the features are the mean over the views
+        (:func:`vptcli.tta.dihedral_views`: ``V * B`` images through the backbone, view-major, so rows
+        ``[0, B)`` of every block's input are the plain images).
         """
         k = self.frozen_blocks
-        views = tta_views(self.config.tta) if tta else 1
+        views = tta_views(self.config.tta)
         if views > 1:
             images = dihedral_views(images)
         return mean_over_views(self.forward_from(self.embed(images, k), k, prompts=prompts)[0], views)

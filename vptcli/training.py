@@ -49,7 +49,7 @@ from vptcli.ood import OOD_FILE
 from vptcli.prompting import PromptConfig, PromptedViT
 from vptcli.train_config import CONFIG_JSON, TRAIN_IMAGES, TrainConfig, load_run_config
 from vptcli.train_report import TrainReporter
-from vptcli.tta import dihedral_views, tta_views
+from vptcli.tta import dihedral_view, mean_over_views, tta_views
 from vptcli.warm_start import InitSource
 
 LAST_CKPT = "last.ckpt.safetensors"
@@ -192,7 +192,7 @@ def plan_cache(cfg: TrainConfig, model: PromptedViT, input_size, k: int, n_train
         return False
     seq_len = model.embed(torch.zeros(1, *input_size, device=device), k).shape[1]
     need = (estimate_bytes(n_train, cfg.resolved_views(device.type), seq_len, model.embed_dim, cfg.cache_dtype)
-            + estimate_bytes(n_val, 1, seq_len, model.embed_dim, cfg.cache_dtype))
+            + estimate_bytes(n_val, tta_views(cfg.tta), seq_len, model.embed_dim, cfg.cache_dtype))
     fits = need <= cfg.cache_max_gb * 1024**3
     if cfg.cache == "on" and not fits:
         raise VptError(f"the feature cache needs {need / 1024**3:.1f} GiB > --cache-max-gb {cfg.cache_max_gb}; "
@@ -323,11 +323,11 @@ def build_caches(s: Setup, backbone, reporter: TrainReporter, builder=None) -> t
                               device=s.device, batch_size=cfg.batch_size,
                               key=FeatureCache.make_key([r.sha256 for r in s.train_ds.records], views=views, **common),
                               progress=lambda d: update(d), cache_dir=cfg.cache_dir)
-        tta = {"dihedral": True} if val_views > 1 else {}  # without TTA the call builders written before it know
         val_cache = builder(s.model, s.val_ds, start_block=k, views=val_views, augment=False, dtype=cfg.cache_dtype,
-                            device=s.device, batch_size=cfg.batch_size,
-                            key=FeatureCache.make_key([r.sha256 for r in s.val_ds.records], views=val_views, **common, **tta),
-                            progress=lambda d: update(views * n_train + d), cache_dir=cfg.cache_dir, **tta)
+                            device=s.device, batch_size=cfg.batch_size, dihedral=val_views > 1,
+                            key=FeatureCache.make_key([r.sha256 for r in s.val_ds.records], views=val_views,
+                                                      dihedral=val_views > 1, **common),
+                            progress=lambda d: update(views * n_train + d), cache_dir=cfg.cache_dir)
     reporter.cache_built(k, views, train_cache.nbytes + val_cache.nbytes, time.perf_counter() - t0)
     return train_cache, val_cache
 
@@ -370,16 +370,19 @@ def check_prompt_init(s: Setup) -> None:
                        f"{s.model.config.num_prompts} prompt prototypes; use fewer --prompts or --prompt-init random")
 
 
-def _plain_hidden(s: Setup, ds: ManifestDataset, ix) -> torch.Tensor:
-    """``[B, L, D]`` hidden states entering ``s.start_block`` of the plain (unaugmented) images ``ix`` of ``ds``."""
-    return s.model.embed(torch.stack([ds.view(i, 0, False) for i in ix]).to(s.device), s.start_block)
+def _plain_hidden(s: Setup, ds: ManifestDataset, ix, view: int = 0) -> torch.Tensor:
+    """``[B, L, D]`` hidden states entering ``s.start_block`` of the plain (unaugmented) images ``ix`` of ``ds``,
+    or of their :func:`vptcli.tta.dihedral_view` ``view``."""
+    images = torch.stack([ds.view(i, 0, False) for i in ix])
+    return s.model.embed((dihedral_view(images, view) if view else images).to(s.device), s.start_block)
 
 
 @torch.no_grad()
 def head_features(s: Setup, ds: ManifestDataset, cache: FeatureCache | None,
                   average_views: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The head's input with the model's current prompts, for every view of the cache (V = its views),
-    else of decoded plain images (V = 1, or with ``average_views`` the model's test-time augmented views).
+    else of decoded plain images (V = 1, or with ``average_views`` the model's test-time augmented
+    views, :func:`vptcli.tta.dihedral_view`). One pass per view and batch (``batch_size`` images).
 
     Returns:
         ``([V * N, F], labels [V * N])`` view-major; with ``average_views`` ``([N, F], labels [N])``, the
@@ -389,20 +392,19 @@ def head_features(s: Setup, ds: ManifestDataset, cache: FeatureCache | None,
     model.eval()
     views = cache.hidden.shape[0] if cache is not None else (tta_views(model.config.tta) if average_views else 1)
     feats = []
-    for ix in chunks(range(len(ds)), bs):
-        with torch.autocast(s.device.type, dtype=s.dtype, enabled=s.dtype is not None):
-            if cache is not None:
-                hidden = cache.all_views(torch.as_tensor(ix), s.device).flatten(0, 1)
-            else:
-                images = torch.stack([ds.view(i, 0, False) for i in ix]).to(s.device)
-                hidden = model.embed(dihedral_views(images) if views > 1 else images, k)
-            f = model.forward_from(hidden, k)[0].float().cpu()
-        feats.append(f.reshape(views, len(ix), -1))
-    x = torch.cat(feats, dim=1)  # [V, N, F]
+    for v in range(views):
+        for ix in chunks(range(len(ds)), bs):
+            with torch.autocast(s.device.type, dtype=s.dtype, enabled=s.dtype is not None):
+                if cache is not None:
+                    hidden = cache.batch(torch.full((len(ix),), v, dtype=torch.long), torch.as_tensor(ix), s.device)
+                else:
+                    hidden = _plain_hidden(s, ds, ix, view=v)
+                feats.append(model.forward_from(hidden, k)[0].float().cpu())
+    x = torch.cat(feats)  # [V * N, F], view-major
     y = torch.as_tensor(ds.labels, dtype=torch.long)
     if average_views:
-        return x.mean(dim=0), y
-    return x.flatten(0, 1), y.repeat(views)
+        return mean_over_views(x, views), y
+    return x, y.repeat(views)
 
 
 def fit_head(s: Setup, train_cache: FeatureCache | None, val_cache: FeatureCache | None, reporter: TrainReporter) -> dict:
@@ -817,9 +819,14 @@ def write_ood_reference(s: Setup, run_dir: Path, train_cache: FeatureCache | Non
 
     The best prompt file's tensors are loaded into ``s.model``; its head input
     (:func:`head_features`) on every cached view of the training images gives the class means and the
-    shared covariance, the plain validation images give the threshold and the two-sample reference
-    (:func:`vptcli.ood.fit_reference`). Without caches the images are decoded (plain views). A
-    validation split too small for the threshold's level is said through ``reporter``.
+    shared covariance, the validation images as the model predicts them (plain, or with test-time
+    augmentation the mean over their views) give the threshold and the two-sample reference
+    (:func:`vptcli.ood.fit_reference`), so the threshold is calibrated on the features ``vpt predict``
+    scores. Under test-time augmentation the covariance still comes from single training views, wider
+    than the spread of averaged features: scores come out smaller, the threshold with them, and the
+    detection is somewhat less sensitive than without it. Without caches the training images are
+    decoded (plain views). A validation split too small for the threshold's level is said through
+    ``reporter``.
     """
     from vptcli.artifacts import read_prompt_file
     from vptcli.ood import fit_reference, save_reference

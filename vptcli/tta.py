@@ -70,7 +70,11 @@ def dihedral_views(images: torch.Tensor) -> torch.Tensor:
 
 
 def mean_over_views(features: torch.Tensor, views: int) -> torch.Tensor:
-    """``[V * B, F]`` view-major -> ``[B, F]``, the mean over the ``V = views`` views of each image."""
+    """``[V * B, F]`` view-major -> ``[B, F]``, the mean over the ``V = views`` views of each image.
+
+    Raises:
+        RuntimeError: a row count that is not a multiple of ``views`` (from ``reshape``).
+    """
     if views == 1:
         return features
     return features.reshape(views, -1, features.shape[-1]).mean(dim=0)

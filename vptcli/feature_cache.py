@@ -120,14 +120,15 @@ class FeatureCache:
         n = len(dataset)
         out = None
         done = 0
-        for v in range(views):
-            for start in range(0, n, batch_size):
-                idx = range(start, min(n, start + batch_size))
+        for start in range(0, n, batch_size):
+            idx = range(start, min(n, start + batch_size))
+            plain = torch.stack([dataset.view(i, 0, False) for i in idx])  # decoded once for all its views
+            for v in range(views):
                 if dihedral:
-                    images = dihedral_view(torch.stack([dataset.view(i, 0, False) for i in idx]), v).to(device)
+                    images = dihedral_view(plain, v)
                 else:
-                    images = torch.stack([dataset.view(i, v, augment and v > 0) for i in idx]).to(device)
-                hidden = model.embed(images, k).to("cpu", DTYPES[dtype])
+                    images = torch.stack([dataset.view(i, v, True) for i in idx]) if augment and v > 0 else plain
+                hidden = model.embed(images.to(device), k).to("cpu", DTYPES[dtype])
                 if out is None:
                     out = torch.empty((views, n, *hidden.shape[1:]), dtype=DTYPES[dtype])
                 out[v, idx.start : idx.stop] = hidden

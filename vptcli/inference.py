@@ -559,12 +559,27 @@ def _refuse_export_without_graph(model, graph) -> None:
 # ------------------------------------------------------------------------------------------- inputs
 
 
-def _walk(folder: Path) -> Iterator[Path]:
+def _walk(folder: Path) -> Iterator[tuple[Path, Path | None]]:
     """Files under ``folder`` as ingest scans them (:func:`vptcli.files.walk_files`: recursive,
-    sorted, links followed, loops cut, hidden and system files skipped). An unlistable sub-folder is
-    yielded itself (its row then says it is unreadable)."""
+    sorted, links followed, loops cut, hidden and system files skipped), as ``(path, model_folder)``:
+    ``model_folder`` is the run or export folder (one holding a prompt file, ``folder`` itself
+    included) that ``path`` lies in, else None; its plots and heatmaps are not images to judge. An
+    unlistable sub-folder is yielded itself (its row then says it is unreadable)."""
+    from vptcli.artifacts import PROMPT_FILE
+
+    top = os.path.abspath(folder)
+    owner: dict[str, Path | None] = {}
+
+    def model_folder(d: Path) -> Path | None:
+        key = os.path.abspath(d)
+        if key not in owner:
+            inside = key != top and key.startswith(top + os.sep)
+            parent = model_folder(d.parent) if inside else None
+            owner[key] = parent if parent is not None else d if (d / PROMPT_FILE).is_file() else None
+        return owner[key]
+
     for path, _error in walk_files(folder):
-        yield path
+        yield path, model_folder(path.parent)
 
 
 def is_image_name(path: Path) -> bool:
@@ -580,7 +595,9 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list
     - a file is taken as is, whatever its name (decoding then decides by content);
     - a folder is walked recursively (:func:`_walk`: hidden files and folders, ``__MACOSX`` and
       ``Thumbs.db`` are ignored as in ingest) and its files with an image suffix are taken; other files
-      (``labels.csv``, ``README.md``, ...) are listed in ``skipped`` instead of becoming error rows;
+      (``labels.csv``, ``README.md``, ...) are listed in ``skipped`` instead of becoming error rows,
+      and so is, once, a run or export folder found inside it (it holds a prompt file: its plots and
+      heatmaps are not images to judge);
     - an argument with ``*``, ``?`` or ``[`` that is not an existing path is a glob (``**``
       recursive): matching files are taken as is (hidden ones excepted), matching folders walked.
 
@@ -598,8 +615,11 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list
             paths.append(p)
 
     def add_folder(folder: Path) -> None:
-        for f in _walk(folder):
-            if is_image_name(f) or f.is_dir():
+        for f, model_folder in _walk(folder):
+            if model_folder is not None:
+                if model_folder not in skipped:
+                    skipped.append(model_folder)
+            elif is_image_name(f) or f.is_dir():
                 add(f)
             else:
                 skipped.append(f)

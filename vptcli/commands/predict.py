@@ -141,9 +141,12 @@ def _inputs(model: str | None, paths: list[str] | None, onnx: Path | None, promp
             raise VptError(f"{what} {given}: no such file or folder; pass a run folder, export folder, prompt "
                            "file or .onnx graph")
     files, problems, skipped = expand_inputs(args)
-    if skipped:
-        names = ", ".join(p.name for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
-        console.print(f"skipped {len(skipped)} file(s) without an image suffix in the folders given ({names})", soft_wrap=True)
+    models = [p for p in skipped if (p / PROMPT_FILE).is_file()]
+    for what, found in (("run or export folder(s) (their plots are not images to judge)", models),
+                        ("file(s) without an image suffix", [p for p in skipped if p not in models])):
+        if found:
+            names = ", ".join(p.name for p in found[:3]) + (", ..." if len(found) > 3 else "")
+            console.print(f"skipped {len(found)} {what} in the folders given ({names})", soft_wrap=True)
     if not files and not problems:
         raise VptError(f"no image files found in {', '.join(args)}")
     return model_arg, files, problems

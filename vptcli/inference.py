@@ -616,13 +616,10 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list
 
     def add_folder(folder: Path) -> None:
         for f, model_folder in _walk(folder):
-            if model_folder is not None:
-                if model_folder not in skipped:
-                    skipped.append(model_folder)
-            elif is_image_name(f) or f.is_dir():
+            if model_folder is None and (is_image_name(f) or f.is_dir()):
                 add(f)
             else:
-                skipped.append(f)
+                skipped.append(model_folder or f)
 
     for arg in inputs:
         s = str(arg)
@@ -643,7 +640,7 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list
                     add(mp)
         else:
             problems.append((s, "missing: no such file or folder"))
-    return paths, problems, skipped
+    return paths, problems, list(dict.fromkeys(skipped))  # a model folder once, not once per file
 
 
 # -------------------------------------------------------------------------------------------- rows

@@ -379,6 +379,9 @@ def test_predict_folder_with_bad_files_reports_them_and_continues(export_a, tmp_
     (folder / "labels.csv").write_text("path,label\n")  # not an image name: skipped, not an error
     write_images(folder / "run1", 2)  # a run folder trained into the image folder: skipped whole
     (folder / "run1" / PROMPT_FILE).write_bytes(b"x")
+    write_images(folder / "eval-test", 1)  # so is a `vpt eval` report with its confusion matrix
+    (folder / "eval-test" / "img_00.png").rename(folder / "eval-test" / "confusion_matrix.png")
+    (folder / "eval-test" / "report.json").write_text("{}")
     out_file = tmp_path / "pred.csv"
     code, out, err = run_cli(["predict", export_a.out_dir, folder, "--out", out_file, "--batch-size", "3"], capsys, monkeypatch)
     assert code == 1
@@ -390,7 +393,10 @@ def test_predict_folder_with_bad_files_reports_them_and_continues(export_a, tmp_
     oks = [r for r in rows if r["status"] == "ok"]
     assert len(oks) == 6 and all(r["label"] in ("crack", "ok", "scratch") and float(r["confidence"]) > 0 for r in oks)
     assert "8 files: 6 ok, 0 review, 2 error" in out and "skipped 1 file(s) without an image suffix" in err
-    assert "skipped 1 run or export folder(s)" in err and "(run1)" in err
+    assert "skipped 2 folder(s) written by vpt" in err and "(eval-test, run1)" in err
+    # the failing files and their reasons are said on stderr too, not only in the rows
+    assert f"error: {folder / 'img_02_truncated.png'}: truncated or corrupt" in err
+    assert f"error: {folder / 'sub' / 'page.jpg'}: not an image" in err
     # the same without --out: CSV rows on stdout (not a terminal), summary on stderr
     code, out, err = run_cli(["predict", export_a.out_dir, folder / "sub"], capsys, monkeypatch)
     assert code == 1 and out.splitlines()[0].startswith("path,label,confidence,top1_label")
@@ -490,16 +496,17 @@ def test_expand_inputs_files_folders_globs(tmp_path):
 
 def test_expand_inputs_skips_run_folders_found_inside_a_folder(tmp_path):
     """A run or export folder inside a PATH folder (or matched by a glob) is skipped once, whole: its
-    plots and heatmaps are not line images."""
+    plots and heatmaps are not line images. A folder with only a ``report.json`` is the user's."""
     write_images(tmp_path / "line" / "cam1", 2)
     for run in ("run-a", "run-b"):
         write_images(tmp_path / "line" / run / "heatmaps", 2)
         (tmp_path / "line" / run / PROMPT_FILE).write_bytes(b"x")
     write_images(tmp_path / "line" / "run-c", 1)  # no prompt file: an ordinary image folder
+    (tmp_path / "line" / "run-c" / "report.json").write_text("{}")  # not a vpt eval report alone
     files, problems, skipped = expand_inputs([tmp_path / "line", str(tmp_path / "line" / "run-*")])
     assert [f.relative_to(tmp_path / "line").as_posix() for f in files] == [
         "cam1/img_00.png", "cam1/img_01.png", "run-c/img_00.png"]
-    assert [p.name for p in skipped] == ["run-a", "run-b"] and problems == []
+    assert [p.name for p in skipped] == ["run-a", "run-b", "report.json"] and problems == []
 
 
 # ------------------------------------------------------------------------------------------ devices

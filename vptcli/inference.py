@@ -559,27 +559,37 @@ def _refuse_export_without_graph(model, graph) -> None:
 # ------------------------------------------------------------------------------------------- inputs
 
 
+def is_output_folder(folder: Path) -> bool:
+    """True for a folder that vpt wrote: a run or export folder (it holds a prompt file), a ``vpt eval``
+    report (``report.json`` with ``confusion_matrix.png``), a ``vpt drift`` report or a ``vpt explain``
+    gallery. Its plots and heatmaps are not images to judge."""
+    from vptcli.artifacts import PROMPT_FILE
+    from vptcli.drift import REPORT_JSON
+    from vptcli.explain_report import INDEX_JSON
+
+    markers = ((PROMPT_FILE,), ("report.json", "confusion_matrix.png"), (REPORT_JSON,), (INDEX_JSON,))
+    return any(all((folder / name).is_file() for name in names) for names in markers)
+
+
 def _walk(folder: Path) -> Iterator[tuple[Path, Path | None]]:
     """Files under ``folder`` as ingest scans them (:func:`vptcli.files.walk_files`: recursive,
-    sorted, links followed, loops cut, hidden and system files skipped), as ``(path, model_folder)``:
-    ``model_folder`` is the run or export folder (one holding a prompt file, ``folder`` itself
-    included) that ``path`` lies in, else None; its plots and heatmaps are not images to judge. An
-    unlistable sub-folder is yielded itself (its row then says it is unreadable)."""
-    from vptcli.artifacts import PROMPT_FILE
-
+    sorted, links followed, loops cut, hidden and system files skipped), as ``(path, output_folder)``:
+    ``output_folder`` is the folder written by vpt (:func:`is_output_folder`, ``folder`` itself
+    included) that ``path`` lies in, else None. An unlistable sub-folder is yielded itself (its row
+    then says it is unreadable)."""
     top = os.path.abspath(folder)
     owner: dict[str, Path | None] = {}
 
-    def model_folder(d: Path) -> Path | None:
+    def output_folder(d: Path) -> Path | None:
         key = os.path.abspath(d)
         if key not in owner:
             inside = key != top and key.startswith(top + os.sep)
-            parent = model_folder(d.parent) if inside else None
-            owner[key] = parent if parent is not None else d if (d / PROMPT_FILE).is_file() else None
+            parent = output_folder(d.parent) if inside else None
+            owner[key] = parent if parent is not None else d if is_output_folder(d) else None
         return owner[key]
 
     for path, _error in walk_files(folder):
-        yield path, model_folder(path.parent)
+        yield path, output_folder(path.parent)
 
 
 def is_image_name(path: Path) -> bool:
@@ -596,8 +606,8 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list
     - a folder is walked recursively (:func:`_walk`: hidden files and folders, ``__MACOSX`` and
       ``Thumbs.db`` are ignored as in ingest) and its files with an image suffix are taken; other files
       (``labels.csv``, ``README.md``, ...) are listed in ``skipped`` instead of becoming error rows,
-      and so is, once, a run or export folder found inside it (it holds a prompt file: its plots and
-      heatmaps are not images to judge);
+      and so is, once, a folder written by vpt found inside it (:func:`is_output_folder`: a run,
+      export, eval, drift or explain folder, whose plots and heatmaps are not images to judge);
     - an argument with ``*``, ``?`` or ``[`` that is not an existing path is a glob (``**``
       recursive): matching files are taken as is (hidden ones excepted), matching folders walked.
 
@@ -615,11 +625,11 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list
             paths.append(p)
 
     def add_folder(folder: Path) -> None:
-        for f, model_folder in _walk(folder):
-            if model_folder is None and (is_image_name(f) or f.is_dir()):
+        for f, output_folder in _walk(folder):
+            if output_folder is None and (is_image_name(f) or f.is_dir()):
                 add(f)
             else:
-                skipped.append(model_folder or f)
+                skipped.append(output_folder or f)
 
     for arg in inputs:
         s = str(arg)

@@ -9,6 +9,8 @@ import typer
 
 TABLE_ROWS = 50
 """Rows shown in the terminal table (all rows go to --out)."""
+ERROR_LINES = 5
+"""Error rows also said on stderr, with the file and the reason (all of them are in the rows)."""
 
 
 def predict(
@@ -34,8 +36,8 @@ def predict(
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="ONNX Runtime intra-op threads and PyTorch threads (default: the CPUs this process may use, container limits and affinity included).")] = None,
     registry: Annotated[Path | None, typer.Option("--registry", envvar="VPT_REGISTRY", help="A prompt registry (`vpt registry`; or the environment variable VPT_REGISTRY, used with --task): --task's version predicts; omit MODEL (every argument is a PATH); rows record task, version and prompt sha256.")] = None,
     task: Annotated[str | None, typer.Option("--task", help="With --registry: TASK (its production version predicts) or TASK@VERSION.")] = None,
-    explain: Annotated[Path | None, typer.Option("--explain", metavar="DIR", help="Write heatmap overlays and index.html into DIR for every row flagged for review and every row predicted as an --explain-class (default: every predicted row).")] = None,
-    explain_class: Annotated[list[str] | None, typer.Option("--explain-class", metavar="CLASS", help="With --explain: the predicted classes to explain besides review rows (repeatable), e.g. the defect classes.")] = None,
+    explain: Annotated[Path | None, typer.Option("--explain", metavar="DIR", help="Write heatmap overlays and index.html into DIR for every row flagged for review or as unfamiliar and every row predicted as an --explain-class (default: every predicted row).")] = None,
+    explain_class: Annotated[list[str] | None, typer.Option("--explain-class", metavar="CLASS", help="With --explain: the predicted classes to explain besides review and unfamiliar rows (repeatable), e.g. the defect classes.")] = None,
     explain_method: Annotated[str | None, typer.Option("--explain-method", help="With --explain: gradcam (torch default) | rollout | prompt-attention; ONNX: the graph's own (`vpt export --heatmap`).")] = None,
 ) -> None:
     """Predict classes of image files; one row per file (path, label, confidence, top-k, ood_score, status, reason). Status 'unfamiliar': unlike the training images (the run's ood_reference.safetensors). Exit code 1 when any file failed."""
@@ -69,8 +71,8 @@ def predict(
                 "max_pixels": max_pixels, "workers": workers, "problems": problems}
     selected: list = []
     keep = None if explain is None else _explain_keeper(selected, explain_class)
-    counts, shown = _predict_rows(predictor, files, out, settings, provenance, keep)
-    print_predictions(predictor, counts, shown, out)
+    counts, shown, failed = _predict_rows(predictor, files, out, settings, provenance, keep)
+    print_predictions(predictor, counts, shown, out, failed)
     if explain is not None:
         from vptcli.commands.explain_output import write_explanations
 
@@ -141,8 +143,9 @@ def _inputs(model: str | None, paths: list[str] | None, onnx: Path | None, promp
             raise VptError(f"{what} {given}: no such file or folder; pass a run folder, export folder, prompt "
                            "file or .onnx graph")
     files, problems, skipped = expand_inputs(args)
-    models = [p for p in skipped if (p / PROMPT_FILE).is_file()]
-    for what, found in (("run or export folder(s) (their plots are not images to judge)", models),
+    models = [p for p in skipped if p.is_dir()]  # folders written by vpt (inference.is_output_folder)
+    written = "folder(s) written by vpt (run, export, eval, drift or explain: their plots are not images to judge)"
+    for what, found in ((written, models),
                         ("file(s) without an image suffix", [p for p in skipped if p not in models])):
         if found:
             names = ", ".join(p.name for p in found[:3]) + (", ..." if len(found) > 3 else "")
@@ -204,7 +207,7 @@ def _predict_rows(predictor, files, out: Path | None, settings: dict, provenance
         writer = RowWriter(out, min(top_k, len(predictor.classes)) if top_k > 0 else top_k, stream=sys.stdout if to_stdout else None,
                            extra=provenance)
     counts = {"ok": 0, "review": 0, "unfamiliar": 0, "error": 0}
-    shown = []
+    shown, failed = [], []
     try:
         with Progress(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                       TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
@@ -225,13 +228,15 @@ def _predict_rows(predictor, files, out: Path | None, settings: dict, provenance
                     writer.write(row)
                 if stdout.is_terminal and len(shown) < TABLE_ROWS:
                     shown.append(row)
+                if row.status == "error" and len(failed) < ERROR_LINES:
+                    failed.append(row)
         if writer is not None:
             writer.close()
     except BaseException:
         if writer is not None:
             writer.abort()
         raise
-    return counts, shown
+    return counts, shown, failed
 
 
 def predict_merge(

@@ -191,9 +191,10 @@ def print_train_result(result: TrainResult, full_model: bool) -> None:
     print_written(result.files)
 
 
-def print_predictions(predictor, counts: dict[str, int], shown: list, out: Path | None) -> None:
-    """``vpt predict``'s table (when stdout is a terminal; :func:`predictions_table`) and its summary
-    line (stderr when the rows go to stdout)."""
+def print_predictions(predictor, counts: dict[str, int], shown: list, out: Path | None, failed: list = ()) -> None:
+    """``vpt predict``'s table (when stdout is a terminal; :func:`predictions_table`), its summary
+    line (stderr when the rows go to stdout), and one ``error: FILE: reason`` line on stderr for each
+    row of ``failed`` (the first error rows; the table has no reason column and piped rows are not read)."""
     total = sum(counts.values())
     if stdout.is_terminal:
         stdout.print(predictions_table(shown, predictor, stdout.width))
@@ -205,6 +206,10 @@ def print_predictions(predictor, counts: dict[str, int], shown: list, out: Path 
                + (f"{counts['unfamiliar']} unfamiliar, " if getattr(predictor, "ood", None) is not None else "")
                + f"{counts['error']} error; {predictor.backend} on {predictor.device}" + (f"; rows in {out}" if out else ""))
     (console if to_stdout else stdout).print(summary, soft_wrap=True)
+    for row in failed:
+        console.print(f"error: {row.path}: {row.reason}", markup=False, highlight=False, soft_wrap=True)
+    if counts["error"] > len(failed):
+        console.print(f"… {counts['error'] - len(failed)} more error rows" + (f" in {out}" if out else ""), soft_wrap=True)
 
 
 def left_ellipsis(text: str, width: int) -> str:

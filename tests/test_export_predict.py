@@ -24,6 +24,7 @@ from vptcli.artifacts import (
     save_prompt_file,
 )
 from vptcli.backbones import load_backbone
+from vptcli.commands.predict import is_output_folder
 from vptcli.errors import VptError
 from vptcli.export import ExportError, export_onnx, synthetic_images
 from vptcli.inference import (
@@ -503,7 +504,8 @@ def test_expand_inputs_skips_run_folders_found_inside_a_folder(tmp_path):
         (tmp_path / "line" / run / PROMPT_FILE).write_bytes(b"x")
     write_images(tmp_path / "line" / "run-c", 1)  # no prompt file: an ordinary image folder
     (tmp_path / "line" / "run-c" / "report.json").write_text("{}")  # not a vpt eval report alone
-    files, problems, skipped = expand_inputs([tmp_path / "line", str(tmp_path / "line" / "run-*")])
+    files, problems, skipped = expand_inputs([tmp_path / "line", str(tmp_path / "line" / "run-*")],
+                                             skip_folder=is_output_folder)
     assert [f.relative_to(tmp_path / "line").as_posix() for f in files] == [
         "cam1/img_00.png", "cam1/img_01.png", "run-c/img_00.png"]
     assert [p.name for p in skipped] == ["run-a", "run-b", "report.json"] and problems == []
@@ -819,3 +821,20 @@ def test_predict_out_replaces_only_an_earlier_predict_output(export_a, tmp_path,
         for _ in range(2):  # the second run replaces the first one's rows
             code, _, err = run_cli(["predict", export_a.out_dir, tmp_path / "imgs", "--out", tmp_path / name], capsys, monkeypatch)
             assert code == 0 and len(read_rows(tmp_path / name)) == 2, err
+
+
+def test_predict_names_the_first_failing_files_and_counts_the_rest(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from vptcli.commands.predict import ERROR_LINES
+    from vptcli.commands.render import print_predictions
+    from vptcli.inference import PredictionRow
+
+    failed = [PredictionRow(path=f"lot[1]/img_{i}.png", label=None, confidence=None, top_k=[], status="error",
+                            reason="truncated or corrupt") for i in range(ERROR_LINES)]
+    predictor = SimpleNamespace(backend="onnx", device="cpu", ood=None)
+    print_predictions(predictor, {"ok": 3, "review": 0, "unfamiliar": 0, "error": ERROR_LINES + 2}, [],
+                      tmp_path / "p[1].csv", failed)
+    err = " ".join(capsys.readouterr().err.split())
+    assert "error: lot[1]/img_0.png: truncated or corrupt" in err and f"img_{ERROR_LINES - 1}.png" in err
+    assert f"… 2 more error rows in {tmp_path / 'p[1].csv'}" in err

@@ -214,3 +214,31 @@ def test_benchmark_memo_serves_the_dihedral_views_the_feature_cache_builds(tmp_p
     torch.testing.assert_close(memo.build(model, ds, **args).hidden, ours, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(ours[0], ours[5])  # the views differ
     torch.testing.assert_close(memo.get(model, ds, 3, 0, False), ours[0])  # view 0 is the plain image
+
+
+@pytest.mark.parametrize("dihedral", [False, True])
+def test_feature_cache_holds_each_image_in_each_view_across_batches(tmp_path, vpt, dihedral):
+    """``FeatureCache.build`` decodes a batch once and embeds every view of it: row ``[v, i]`` is view v of
+    image i, also when the last batch is partial (augmented views: ``dataset.view(i, v, True)``)."""
+    from vptcli.backbones import load_backbone
+    from vptcli.datasets import ManifestDataset
+    from vptcli.feature_cache import FeatureCache
+    from vptcli.manifest import Manifest
+
+    src = _invariant_tree(tmp_path / "src", n=3)
+    code, _, err = vpt("ingest", src, "--out", tmp_path / "data", "--val-fraction", "0.0", "--test-fraction", "0.0")
+    assert code == 0, err
+    bb = load_backbone("test_vit", weights="random", img_size=IMG)
+    model = PromptedViT(bb.model, 2, PromptConfig("vpt-deep", 2, 3)).eval()
+    ds = ManifestDataset(Manifest.read(tmp_path / "data"), "train", bb.data_config, augment=True, seed=4)
+    n, views = len(ds), 3
+    assert n % 4
+    cache = FeatureCache.build(model, ds, start_block=3, views=views, augment=True, key="k", batch_size=4,
+                               dihedral=dihedral).hidden
+    assert cache.shape[:2] == (views, n)
+    with torch.no_grad():
+        for v in range(views):
+            for i in (0, n - 1):
+                image = dihedral_view(ds.view(i, 0, False)[None], v) if dihedral else ds.view(i, v, v > 0)[None]
+                torch.testing.assert_close(cache[v, i], model.embed(image, 3)[0], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(cache[1], cache[2])

@@ -122,7 +122,7 @@ class FeatureCache:
         done = 0
         for start in range(0, n, batch_size):
             idx = range(start, min(n, start + batch_size))
-            plain = torch.stack([dataset.view(i, 0, False) for i in idx])  # decoded once for all its views
+            plain = torch.stack([dataset.view(i, 0, False) for i in idx])  # view 0, and every dihedral view
             for v in range(views):
                 if dihedral:
                     images = dihedral_view(plain, v)

@@ -38,7 +38,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -559,37 +559,25 @@ def _refuse_export_without_graph(model, graph) -> None:
 # ------------------------------------------------------------------------------------------- inputs
 
 
-def is_output_folder(folder: Path) -> bool:
-    """True for a folder that vpt wrote: a run or export folder (it holds a prompt file), a ``vpt eval``
-    report (``report.json`` with ``confusion_matrix.png``), a ``vpt drift`` report or a ``vpt explain``
-    gallery. Its plots and heatmaps are not images to judge."""
-    from vptcli.artifacts import PROMPT_FILE
-    from vptcli.drift import REPORT_JSON
-    from vptcli.explain_report import INDEX_JSON
-
-    markers = ((PROMPT_FILE,), ("report.json", "confusion_matrix.png"), (REPORT_JSON,), (INDEX_JSON,))
-    return any(all((folder / name).is_file() for name in names) for names in markers)
-
-
-def _walk(folder: Path) -> Iterator[tuple[Path, Path | None]]:
+def _walk(folder: Path, skip_folder: Callable[[Path], bool] | None = None) -> Iterator[tuple[Path, Path | None]]:
     """Files under ``folder`` as ingest scans them (:func:`vptcli.files.walk_files`: recursive,
-    sorted, links followed, loops cut, hidden and system files skipped), as ``(path, output_folder)``:
-    ``output_folder`` is the folder written by vpt (:func:`is_output_folder`, ``folder`` itself
-    included) that ``path`` lies in, else None. An unlistable sub-folder is yielded itself (its row
-    then says it is unreadable)."""
+    sorted, links followed, loops cut, hidden and system files skipped), as ``(path, skipped_in)``:
+    ``skipped_in`` is the folder (``folder`` itself included) for which ``skip_folder`` is true that
+    ``path`` lies in, else None. An unlistable sub-folder is yielded itself (its row then says it is
+    unreadable)."""
     top = os.path.abspath(folder)
     owner: dict[str, Path | None] = {}
 
     def output_folder(d: Path) -> Path | None:
         key = os.path.abspath(d)
         if key not in owner:
-            inside = key != top and key.startswith(top + os.sep)
+            inside = key != top and Path(key).is_relative_to(top)
             parent = output_folder(d.parent) if inside else None
-            owner[key] = parent if parent is not None else d if is_output_folder(d) else None
+            owner[key] = parent if parent is not None else d if skip_folder is not None and skip_folder(d) else None
         return owner[key]
 
-    for path, _error in walk_files(folder):
-        yield path, output_folder(path.parent)
+    for path, error in walk_files(folder):  # an unlistable folder comes as itself, with its error
+        yield path, output_folder(path if error is not None else path.parent)
 
 
 def is_image_name(path: Path) -> bool:
@@ -599,15 +587,17 @@ def is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def expand_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[tuple[str, str]], list[Path]]:
+def expand_inputs(inputs: Iterable[str | os.PathLike], skip_folder: Callable[[Path], bool] | None = None,
+                  ) -> tuple[list[Path], list[tuple[str, str]], list[Path]]:
     """PATH arguments -> ``(image paths in order without duplicates, [(argument, problem)], skipped)``.
 
     - a file is taken as is, whatever its name (decoding then decides by content);
     - a folder is walked recursively (:func:`_walk`: hidden files and folders, ``__MACOSX`` and
       ``Thumbs.db`` are ignored as in ingest) and its files with an image suffix are taken; other files
       (``labels.csv``, ``README.md``, ...) are listed in ``skipped`` instead of becoming error rows,
-      and so is, once, a folder written by vpt found inside it (:func:`is_output_folder`: a run,
-      export, eval, drift or explain folder, whose plots and heatmaps are not images to judge);
+      and so is, once, a folder inside it (or itself) for which ``skip_folder`` is true (``vpt predict`` passes
+      :func:`vptcli.commands.predict.is_output_folder`: the plots and heatmaps of a folder written by
+      vpt are not images to judge);
     - an argument with ``*``, ``?`` or ``[`` that is not an existing path is a glob (``**``
       recursive): matching files are taken as is (hidden ones excepted), matching folders walked.
 
@@ -625,7 +615,7 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list
             paths.append(p)
 
     def add_folder(folder: Path) -> None:
-        for f, output_folder in _walk(folder):
+        for f, output_folder in _walk(folder, skip_folder):
             if output_folder is None and (is_image_name(f) or f.is_dir()):
                 add(f)
             else:

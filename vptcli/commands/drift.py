@@ -22,6 +22,7 @@ def drift(
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="ONNX Runtime intra-op threads and PyTorch threads.")] = None,
 ) -> None:
     """Compare FOLDER with the training reference: MMD two-sample test on the features, share of unfamiliar images, shift of predicted class shares. Writes drift_report.md/.json and a score histogram. Exit code 3 when drift is detected."""
+    from vptcli.commands.predict import is_output_folder
     from vptcli.commands.render import print_drift
     from vptcli.console import warn
     from vptcli.drift import DRIFT_EXIT_CODE, check_report_dir, default_out, measure_drift, write_report
@@ -36,9 +37,11 @@ def drift(
         raise VptError(f"FOLDER {folder}: not a folder; pass the folder of recent images")
     out = out if out is not None else default_out(folder)
     check_report_dir(out, folder)  # before any image is read
-    files, _problems, _skipped = expand_inputs([folder])
+    files, _problems, skipped = expand_inputs([folder], skip_folder=is_output_folder)
     if not files:
-        raise VptError(f"no image files found in {folder}")
+        written = [str(p) for p in skipped if p.is_dir()]
+        raise VptError(f"no image files found in {folder}"
+                       + (f" (skipped, written by vpt: {', '.join(written[:3])})" if written else ""))
     predictor = open_predictor(model, backend=backend, device=device, threads=threads)
     predictor.set_ood_level(ood_level)
     for w in predictor.warnings:

@@ -106,6 +106,19 @@ def _explain_keeper(selected: list, classes: list[str] | None):
     return lambda row: selected.extend(predict_selection([row], classes or None))
 
 
+def is_output_folder(folder: Path) -> bool:
+    """True for a folder that vpt wrote: a run or export folder (it holds a prompt file), a ``vpt eval``
+    report (``report.json`` with ``confusion_matrix.png``), a ``vpt drift`` report or a ``vpt explain``
+    gallery. Its plots and heatmaps are not images to judge (:func:`vptcli.inference.expand_inputs`
+    skips it)."""
+    from vptcli.artifacts import PROMPT_FILE
+    from vptcli.drift import REPORT_JSON
+    from vptcli.explain_report import INDEX_JSON
+
+    markers = ((PROMPT_FILE,), ("report.json", "confusion_matrix.png"), (REPORT_JSON,), (INDEX_JSON,))
+    return any(all((folder / name).is_file() for name in names) for names in markers)
+
+
 def _inputs(model: str | None, paths: list[str] | None, onnx: Path | None, prompt_file: Path | None = None,
             registry_mode: bool = False):
     """``(MODEL or None, image files, problems)`` from the arguments (with ``--onnx`` MODEL is a PATH;
@@ -132,7 +145,7 @@ def _inputs(model: str | None, paths: list[str] | None, onnx: Path | None, promp
     if not args:
         where = "with --task TASK" if registry_mode else "with --onnx GRAPH" if onnx is not None else "after MODEL"
         raise VptError(f"no PATH given: pass image files, folders or glob patterns {where}")
-    for a in args:  # a model folder given as a PATH (not one found inside a PATH): its plots would be read as images
+    for a in args:  # a model folder given as a PATH (one found inside a PATH is skipped): not images
         if Path(a).is_dir() and (Path(a) / PROMPT_FILE).is_file():
             hint = ("with --registry/--task the registry's version predicts: every argument is an image PATH"
                     if registry_mode else "with --onnx the graph predicts: every argument is an image PATH"
@@ -142,11 +155,10 @@ def _inputs(model: str | None, paths: list[str] | None, onnx: Path | None, promp
         if given is not None and not Path(given).exists():  # before any folder is scanned
             raise VptError(f"{what} {given}: no such file or folder; pass a run folder, export folder, prompt "
                            "file or .onnx graph")
-    files, problems, skipped = expand_inputs(args)
-    models = [p for p in skipped if p.is_dir()]  # folders written by vpt (inference.is_output_folder)
+    files, problems, skipped = expand_inputs(args, skip_folder=is_output_folder)
     written = "folder(s) written by vpt (run, export, eval, drift or explain: their plots are not images to judge)"
-    for what, found in ((written, models),
-                        ("file(s) without an image suffix", [p for p in skipped if p not in models])):
+    for what, found in ((written, [p for p in skipped if p.is_dir()]),
+                        ("file(s) without an image suffix", [p for p in skipped if not p.is_dir()])):
         if found:
             names = ", ".join(p.name for p in found[:3]) + (", ..." if len(found) > 3 else "")
             console.print(f"skipped {len(found)} {what} in the folders given ({names})", soft_wrap=True)
@@ -183,7 +195,8 @@ def _predict_rows(predictor, files, out: Path | None, settings: dict, provenance
     ``keep(row)``, when given, sees every row.
 
     Returns:
-        ``(counts by status, the first TABLE_ROWS rows when stdout is a terminal)``.
+        ``(counts by status, the first TABLE_ROWS rows when stdout is a terminal, the first
+        ERROR_LINES error rows)``.
     """
     import sys
 

@@ -205,11 +205,12 @@ def print_predictions(predictor, counts: dict[str, int], shown: list, out: Path 
     summary = (f"{total} file{'' if total == 1 else 's'}: {counts['ok']} ok, {counts['review']} review, "
                + (f"{counts['unfamiliar']} unfamiliar, " if getattr(predictor, "ood", None) is not None else "")
                + f"{counts['error']} error; {predictor.backend} on {predictor.device}" + (f"; rows in {out}" if out else ""))
-    (console if to_stdout else stdout).print(summary, soft_wrap=True)
+    (console if to_stdout else stdout).print(summary, markup=False, soft_wrap=True)
     for row in failed:
         console.print(f"error: {row.path}: {row.reason}", markup=False, highlight=False, soft_wrap=True)
     if counts["error"] > len(failed):
-        console.print(f"… {counts['error'] - len(failed)} more error rows" + (f" in {out}" if out else ""), soft_wrap=True)
+        console.print(f"… {counts['error'] - len(failed)} more error rows" + (f" in {out}" if out else ""), markup=False,
+                      highlight=False, soft_wrap=True)
 
 
 def left_ellipsis(text: str, width: int) -> str:

@@ -568,16 +568,16 @@ def _walk(folder: Path, skip_folder: Callable[[Path], bool] | None = None) -> It
     top = os.path.abspath(folder)
     owner: dict[str, Path | None] = {}
 
-    def output_folder(d: Path) -> Path | None:
+    def skipped_in(d: Path) -> Path | None:
         key = os.path.abspath(d)
         if key not in owner:
             inside = key != top and Path(key).is_relative_to(top)
-            parent = output_folder(d.parent) if inside else None
+            parent = skipped_in(d.parent) if inside else None
             owner[key] = parent if parent is not None else d if skip_folder is not None and skip_folder(d) else None
         return owner[key]
 
     for path, error in walk_files(folder):  # an unlistable folder comes as itself, with its error
-        yield path, output_folder(path if error is not None else path.parent)
+        yield path, skipped_in(path if error is not None else path.parent)
 
 
 def is_image_name(path: Path) -> bool:
@@ -615,11 +615,11 @@ def expand_inputs(inputs: Iterable[str | os.PathLike], skip_folder: Callable[[Pa
             paths.append(p)
 
     def add_folder(folder: Path) -> None:
-        for f, output_folder in _walk(folder, skip_folder):
-            if output_folder is None and (is_image_name(f) or f.is_dir()):
+        for f, skipped_by in _walk(folder, skip_folder):
+            if skipped_by is None and (is_image_name(f) or f.is_dir()):
                 add(f)
             else:
-                skipped.append(output_folder or f)
+                skipped.append(skipped_by or f)
 
     for arg in inputs:
         s = str(arg)

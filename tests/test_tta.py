@@ -242,3 +242,35 @@ def test_feature_cache_holds_each_image_in_each_view_across_batches(tmp_path, vp
                 image = dihedral_view(ds.view(i, 0, False)[None], v) if dihedral else ds.view(i, v, v > 0)[None]
                 torch.testing.assert_close(cache[v, i], model.embed(image, 3)[0], atol=1e-5, rtol=1e-5)
     assert not torch.allclose(cache[1], cache[2])
+
+
+def test_head_features_without_a_cache_decode_each_image_once_for_all_its_views(tmp_path, vpt):
+    """``training.head_features(..., average_views=True)`` with no feature cache (``--cache off``): the mean
+    head input over the 8 dihedral views of each image, from one decode per image (not one per view)."""
+    from types import SimpleNamespace
+
+    from vptcli.backbones import load_backbone
+    from vptcli.datasets import ManifestDataset
+    from vptcli.manifest import Manifest
+    from vptcli.training import head_features
+
+    src = _invariant_tree(tmp_path / "src", n=3)
+    code, _, err = vpt("ingest", src, "--out", tmp_path / "data", "--val-fraction", "0.0", "--test-fraction", "0.0")
+    assert code == 0, err
+    bb = load_backbone("test_vit", weights="random", img_size=IMG)
+    torch.manual_seed(0)
+    model = PromptedViT(bb.model, 2, PromptConfig("vpt-deep", 2, 3, tta="dihedral")).eval()
+    ds = ManifestDataset(Manifest.read(tmp_path / "data"), "train", bb.data_config)
+    decoded = []
+    view = ds.view
+    ds.view = lambda i, v, augment: decoded.append(i) or view(i, v, augment)
+    s = SimpleNamespace(model=model, start_block=3, cfg=SimpleNamespace(batch_size=4), device=torch.device("cpu"),
+                        dtype=None)
+    x, y = head_features(s, ds, None, average_views=True)
+    assert sorted(decoded) == list(range(len(ds)))  # once each
+    assert x.shape == (len(ds), model.head.in_features) and y.tolist() == list(ds.labels)
+    with torch.no_grad():
+        image = view(len(ds) - 1, 0, False)[None]
+        expected = torch.stack([model.forward_from(model.embed(dihedral_view(image, v), 3), 3)[0][0]
+                                for v in range(8)]).mean(0)
+    torch.testing.assert_close(x[-1], expected, atol=1e-5, rtol=1e-5)

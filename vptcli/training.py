@@ -351,7 +351,7 @@ def init_prompts(s: Setup, train_cache: FeatureCache | None, reporter: TrainRepo
         if train_cache is not None:
             hidden = train_cache.batch(torch.zeros(len(ix), dtype=torch.long), ix, s.device)
         else:
-            hidden = torch.cat([_plain_hidden(s, s.train_ds, c) for c in chunks(ix.tolist(), s.cfg.batch_size)])
+            hidden = torch.cat([_plain_hidden(s, _plain_images(s.train_ds, c)) for c in chunks(ix.tolist(), s.cfg.batch_size)])
         s.model.prompts.copy_(patch_prototypes(s.model, hidden, s.start_block, seed=s.cfg.seed, batch_size=s.cfg.batch_size))
     broadcast_(s.dist, s.model.prompts.data)
     depth, n, _ = s.model.prompts.shape
@@ -370,10 +370,14 @@ def check_prompt_init(s: Setup) -> None:
                        f"{s.model.config.num_prompts} prompt prototypes; use fewer --prompts or --prompt-init random")
 
 
-def _plain_hidden(s: Setup, ds: ManifestDataset, ix, view: int = 0) -> torch.Tensor:
-    """``[B, L, D]`` hidden states entering ``s.start_block`` of the plain (unaugmented) images ``ix`` of ``ds``,
-    or of their :func:`vptcli.tta.dihedral_view` ``view``."""
-    images = torch.stack([ds.view(i, 0, False) for i in ix])
+def _plain_images(ds: ManifestDataset, ix) -> torch.Tensor:
+    """``[B, 3, H, W]`` the plain (unaugmented) decoded images ``ix`` of ``ds``."""
+    return torch.stack([ds.view(i, 0, False) for i in ix])
+
+
+def _plain_hidden(s: Setup, images: torch.Tensor, view: int = 0) -> torch.Tensor:
+    """``[B, L, D]`` hidden states entering ``s.start_block`` of ``images`` ``[B, 3, H, W]``, or of their
+    :func:`vptcli.tta.dihedral_view` ``view``."""
     return s.model.embed((dihedral_view(images, view) if view else images).to(s.device), s.start_block)
 
 
@@ -382,7 +386,8 @@ def head_features(s: Setup, ds: ManifestDataset, cache: FeatureCache | None,
                   average_views: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The head's input with the model's current prompts, for every view of the cache (V = its views),
     else of decoded plain images (V = 1, or with ``average_views`` the model's test-time augmented
-    views, :func:`vptcli.tta.dihedral_view`). One pass per view and batch (``batch_size`` images).
+    views, :func:`vptcli.tta.dihedral_view`). One pass per view and batch (``batch_size`` images); each
+    batch is decoded once for all its views.
 
     Returns:
         ``([V * N, F], labels [V * N])`` view-major; with ``average_views`` ``([N, F], labels [N])``, the
@@ -391,16 +396,17 @@ def head_features(s: Setup, ds: ManifestDataset, cache: FeatureCache | None,
     model, k, bs = s.model, s.start_block, s.cfg.batch_size
     model.eval()
     views = cache.hidden.shape[0] if cache is not None else (tta_views(model.config.tta) if average_views else 1)
-    feats = []
-    for v in range(views):
-        for ix in chunks(range(len(ds)), bs):
+    feats: list[list[torch.Tensor]] = [[] for _ in range(views)]  # per view, per batch: [B, F]
+    for ix in chunks(range(len(ds)), bs):
+        images = _plain_images(ds, ix) if cache is None else None
+        for v in range(views):
             with torch.autocast(s.device.type, dtype=s.dtype, enabled=s.dtype is not None):
-                if cache is not None:
+                if images is None:
                     hidden = cache.batch(torch.full((len(ix),), v, dtype=torch.long), torch.as_tensor(ix), s.device)
                 else:
-                    hidden = _plain_hidden(s, ds, ix, view=v)
-                feats.append(model.forward_from(hidden, k)[0].float().cpu())
-    x = torch.cat(feats)  # [V * N, F], view-major
+                    hidden = _plain_hidden(s, images, view=v)
+                feats[v].append(model.forward_from(hidden, k)[0].float().cpu())
+    x = torch.cat([f for per_view in feats for f in per_view])  # [V * N, F], view-major
     y = torch.as_tensor(ds.labels, dtype=torch.long)
     if average_views:
         return mean_over_views(x, views), y

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import timm
@@ -151,6 +153,8 @@ def test_training_selects_on_the_tta_model_and_the_export_keeps_it(tmp_path, vpt
                          "--batch-size", "4", "--tta", "dihedral", *extra)
     assert code == 0, err
     assert "test-time augmentation dihedral" in out + err
+    assert ("feature cache off (--cache off): every epoch decodes the images and runs the frozen blocks 0..3 again"
+            in err) == ("off" in extra)
     _, meta = read_prompt_file(run / "prompts.safetensors")
     assert meta.prompt["tta"] == "dihedral" and meta.format_version == 3
     # The validation figures the saved model was selected by are its own, views averaged
@@ -164,6 +168,16 @@ def test_training_selects_on_the_tta_model_and_the_export_keeps_it(tmp_path, vpt
     # The exported graph averages the views too: a turned image gets the same logits
     code, out, err = vpt("export", run, "--out", tmp_path / "exp")
     assert code == 0, err
+    said = "test-time augmentation dihedral: the mean over the 8 rotations and mirror images of each image (8x the compute)"
+    assert said in out
+    # eval, its report and predict say so too: 8x the time has a reason
+    code, _, err = vpt("eval", run, tmp_path / "data", "--split", "test", "--out", tmp_path / "eval")
+    assert code == 0, err
+    assert said in err
+    assert json.loads((tmp_path / "eval" / "report.json").read_text())["context"]["test-time augmentation"] == said[23:]
+    code, _, err = vpt("predict", tmp_path / "exp", src / "dark" / "00.png")
+    assert code == 0, err
+    assert "; " + said in err
     session = ort.InferenceSession(str(tmp_path / "exp" / "model.onnx"), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(1).random((2, 3, IMG, IMG), dtype=np.float32)
     a = session.run(["logits"], {"images": x})[0]

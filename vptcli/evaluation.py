@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from vptcli.errors import VptError
-from vptcli.tta import mean_over_views
+from vptcli.tta import describe, mean_over_views
 
 
 @torch.no_grad()
@@ -274,6 +274,7 @@ def evaluate(model_path: str | Path, data: str | Path, *, split: str | None = No
         "data": str(data),
         "data kind": "raw folder (every image)" if ev.raw else "ingested data set",
         "split": ev.split,
+        "test-time augmentation": describe(meta.prompt.get("tta", "none")),
         "data fingerprint (manifest sha256)": ev.manifest.fingerprint(),
         "trained on (manifest sha256)": meta.data_fingerprint,
         "leakage check": (f"against {hashes_from}: {excluded} image(s) used in training left out" if hashes is not None

@@ -178,6 +178,8 @@ class ExportResult:
     int8_bytes: int = 0
     int8_check: object = None
     """:class:`vptcli.quantize.Int8Check` of the int8 graph (``--int8``), else None."""
+    tta: str = "none"
+    """The graph's test-time augmentation (:data:`vptcli.tta.TTA_MODES`)."""
 
     @property
     def max_abs_logits(self) -> float:
@@ -555,7 +557,7 @@ def export_onnx(
         min_onnxruntime=min_onnxruntime(opset, int(proto.ir_version)),
         inputs=list(spec["input_names"]), outputs=list(spec.get("output_names", GRAPH_OUTPUTS)),
         warnings=warn_list, int8_path=out / INT8_ONNX_FILE if int8_graph else None,
-        int8_bytes=len(int8_graph or b""), int8_check=int8_check,
+        int8_bytes=len(int8_graph or b""), int8_check=int8_check, tta=model.config.tta,
     )
 
 

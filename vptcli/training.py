@@ -270,7 +270,8 @@ def run_info(s: Setup, backbone) -> dict:
             "img_size": int(backbone.data_config["input_size"][-1]), "head_input": pcfg.head_input, "tta": pcfg.tta,
             "head_init": s.cfg.head_init, "fits_head_only": pcfg.spec.head_fit,
             "views": s.cfg.resolved_views(s.device.type) if s.use_cache else 0, "auto_views": s.cfg.cache_views is None,
-            "auto_img_size": s.cfg.img_size == "auto", "init_from": s.cfg.init_from}
+            "auto_img_size": s.cfg.img_size == "auto", "init_from": s.cfg.init_from,
+            "cache_off": s.cfg.cache == "off" and s.cfg.spec.uses_cache, "start_block": s.start_block}
 
 
 def resolved_settings(s: Setup, backbone, manifest) -> dict:

@@ -32,6 +32,16 @@ def tta_views(mode: str) -> int:
     return TTA_MODES[mode]
 
 
+def describe(mode: str) -> str:
+    """One line naming ``mode`` and its cost, for the outputs of ``vpt eval``, ``export`` and ``predict``.
+
+    Raises:
+        ValueError: an unknown mode.
+    """
+    n = tta_views(mode)
+    return "none" if n == 1 else f"{mode}: the mean over the {n} rotations and mirror images of each image ({n}x the compute)"
+
+
 def dihedral_view(images: torch.Tensor, index: int) -> torch.Tensor:
     """Element ``index`` (0..7) of the dihedral group applied to the last two axes of ``images``.
 

@@ -11,7 +11,8 @@ import typer
 def eval_command(
     model: Annotated[Path, typer.Argument(help="A run folder of `vpt train`, an export folder or a prompt file (.safetensors).")],
     data: Annotated[Path, typer.Argument(help="An ingest output folder, or a plain class-per-folder tree (a held-out lot: every image in it is scored; it may hold some of the model's classes).")],
-    split: Annotated[str | None, typer.Option(help="Ingested data set only: test (default) | val | train | all.")] = None,
+    split: Annotated[str | None, typer.Option(help="Ingested data set only: test (default) | val | train | all. The model's own val and train images are "
+                                                        "refused (they trained or selected it): val and train are for another model's data set.")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for report.json, report.md, confusion_matrix.png (default: RUN/eval-SPLIT for a run folder, ./eval-SPLIT otherwise; never inside an export folder).")] = None,
     exclude_trained: Annotated[bool, typer.Option("--exclude-trained", help="Leave out images used to train or select the model (same pixels) and say how many, instead of refusing.")] = False,
     unknown_classes: Annotated[bool, typer.Option("--unknown-classes", help="Score images of classes the model does not know in an 'unknown' row instead of refusing.")] = False,
@@ -44,6 +45,8 @@ def eval_command(
 
     report, context = evaluate(model, data, split=split, weights=weights, force=force, device=device, batch_size=batch_size,
                                reporter=ConsoleReporter(), exclude_trained=exclude_trained, unknown_classes=unknown_classes)
+    if context["test-time augmentation"] != "none":
+        console.print(f"test-time augmentation {context['test-time augmentation']}", markup=False, soft_wrap=True)
     print_eval_report(report, console)
     if out is None:
         out = default_eval_dir(model, context["split"])

@@ -84,6 +84,10 @@ class ConsoleTrainReporter(ConsoleReporter, TrainReporter):
                       + ("; head fitted to convergence (L-BFGS), no epochs" if info["fits_head_only"] and info["head_init"] == "probe"
                          else "; prompts and head from --init-from" if info.get("init_from")
                          else "; head warm-started from a linear probe" if info["head_init"] == "probe" else ""))
+        if info.get("cache_off"):
+            k = info["start_block"]
+            console.print("feature cache off (--cache off): every epoch decodes the images and "
+                          + (f"runs the frozen blocks 0..{k - 1} again" if k else "embeds them again"), soft_wrap=True)
         if info.get("tta", "none") != "none":
             console.print(f"test-time augmentation {info['tta']}: validation, eval, predict and the exported graph average "
                           "the 8 rotations and mirror images of each image (8x their cost)")

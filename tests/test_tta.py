@@ -174,7 +174,7 @@ def test_training_selects_on_the_tta_model_and_the_export_keeps_it(tmp_path, vpt
     code, _, err = vpt("eval", run, tmp_path / "data", "--split", "test", "--out", tmp_path / "eval")
     assert code == 0, err
     assert said in err
-    assert json.loads((tmp_path / "eval" / "report.json").read_text())["context"]["test-time augmentation"] == said[23:]
+    assert json.loads((tmp_path / "eval" / "report.json").read_text())["context"]["test-time augmentation"] == said.removeprefix("test-time augmentation ")
     code, _, err = vpt("predict", tmp_path / "exp", src / "dark" / "00.png")
     assert code == 0, err
     assert "; " + said in err

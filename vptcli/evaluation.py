@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from vptcli.errors import VptError
-from vptcli.tta import describe, mean_over_views
+from vptcli.tta import describe_tta, mean_over_views, tta_views
 
 
 @torch.no_grad()
@@ -252,7 +252,8 @@ def evaluate(model_path: str | Path, data: str | Path, *, split: str | None = No
                          classes=classes + sorted({r.label for r in foreign}))
     dev = resolve_device(device)
     model.to(dev)
-    with reporter.task(f"evaluating {len(ds)} images", len(ds)) as update:
+    views = tta_views(model.config.tta)
+    with reporter.task(f"evaluating {len(ds)} images" + (f" x {views} test-time views" if views > 1 else ""), len(ds)) as update:
         probs = predict_split(model, ds, batch_size=batch_size, device=dev, progress=update)
     n_known = len(known)
     report = classification_report(np.asarray(ds.labels[:n_known]), probs[:n_known], classes, present_only=True)
@@ -274,7 +275,7 @@ def evaluate(model_path: str | Path, data: str | Path, *, split: str | None = No
         "data": str(data),
         "data kind": "raw folder (every image)" if ev.raw else "ingested data set",
         "split": ev.split,
-        "test-time augmentation": describe(meta.prompt.get("tta", "none")),
+        "test-time augmentation": describe_tta(meta.prompt.get("tta", "none")),
         "data fingerprint (manifest sha256)": ev.manifest.fingerprint(),
         "trained on (manifest sha256)": meta.data_fingerprint,
         "leakage check": (f"against {hashes_from}: {excluded} image(s) used in training left out" if hashes is not None

@@ -402,7 +402,7 @@ def head_features(s: Setup, ds: ManifestDataset, cache: FeatureCache | None,
         images = _plain_images(ds, ix) if cache is None else None
         for v in range(views):
             with torch.autocast(s.device.type, dtype=s.dtype, enabled=s.dtype is not None):
-                if images is None:
+                if cache is not None:
                     hidden = cache.batch(torch.full((len(ix),), v, dtype=torch.long), torch.as_tensor(ix), s.device)
                 else:
                     hidden = _plain_hidden(s, images, view=v)

@@ -32,14 +32,12 @@ def tta_views(mode: str) -> int:
     return TTA_MODES[mode]
 
 
-def describe(mode: str) -> str:
-    """One line naming ``mode`` and its cost, for the outputs of ``vpt eval``, ``export`` and ``predict``.
-
-    Raises:
-        ValueError: an unknown mode.
-    """
-    n = tta_views(mode)
-    return "none" if n == 1 else f"{mode}: the mean over the {n} rotations and mirror images of each image ({n}x the compute)"
+def describe_tta(mode: str) -> str:
+    """``mode`` in words, with its cost, for what ``vpt train``, ``eval``, ``export`` and ``predict`` print:
+    ``"none"``, the dihedral mode's 8 views, or an unknown mode (a graph from a newer vptcli) as given."""
+    if mode == "dihedral":
+        return f"{mode}: the mean over the 8 rotations and mirror images of each image (8x the compute)"
+    return mode
 
 
 def dihedral_view(images: torch.Tensor, index: int) -> torch.Tensor:

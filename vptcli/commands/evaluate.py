@@ -11,8 +11,8 @@ import typer
 def eval_command(
     model: Annotated[Path, typer.Argument(help="A run folder of `vpt train`, an export folder or a prompt file (.safetensors).")],
     data: Annotated[Path, typer.Argument(help="An ingest output folder, or a plain class-per-folder tree (a held-out lot: every image in it is scored; it may hold some of the model's classes).")],
-    split: Annotated[str | None, typer.Option(help="Ingested data set only: test (default) | val | train | all. The model's own val and train images are "
-                                                        "refused (they trained or selected it): val and train are for another model's data set.")] = None,
+    split: Annotated[str | None, typer.Option(help="Ingested data set only: test (default) | val | train | all. On the model's own data set val, train and all "
+                                                        "are refused (those images trained or selected it) unless --exclude-trained.")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for report.json, report.md, confusion_matrix.png (default: RUN/eval-SPLIT for a run folder, ./eval-SPLIT otherwise; never inside an export folder).")] = None,
     exclude_trained: Annotated[bool, typer.Option("--exclude-trained", help="Leave out images used to train or select the model (same pixels) and say how many, instead of refusing.")] = False,
     unknown_classes: Annotated[bool, typer.Option("--unknown-classes", help="Score images of classes the model does not know in an 'unknown' row instead of refusing.")] = False,

@@ -25,7 +25,7 @@ def export(
     from vptcli.console import console, warn
     from vptcli.console import out as stdout
     from vptcli.export import export_onnx
-    from vptcli.tta import describe
+    from vptcli.tta import describe_tta
 
     with console.status("exporting to ONNX and checking parity with PyTorch" + (" (and int8)" if int8 else "") + "..."):
         r = export_onnx(model, out, opset=opset, fp16=fp16, shared_backbone=shared_backbone, weights=weights, force=force,
@@ -48,7 +48,7 @@ def export(
         soft_wrap=True,
     )
     if r.tta != "none":
-        stdout.print(f"test-time augmentation {describe(r.tta)}: in the graph", soft_wrap=True)
+        stdout.print(f"test-time augmentation {describe_tta(r.tta)}: in the graph", soft_wrap=True)
     stdout.print(f"onnx: {r.onnx_path} ({r.onnx_bytes / 2**20:.1f} MiB{', with external data' if r.external_data else ''})", soft_wrap=True)
     if r.int8_path is not None:
         c = r.int8_check

@@ -46,7 +46,7 @@ def predict(
     from vptcli.console import console, warn
     from vptcli.inference import check_predict_options, open_predictor
     from vptcli.shards import parse_shard, take_shard
-    from vptcli.tta import describe
+    from vptcli.tta import describe_tta
 
     check_predict_options(batch_size=batch_size, top_k=top_k, reject_below=reject_below, out=out, ood_level=ood_level)
     provenance = None
@@ -68,7 +68,7 @@ def predict(
     method = _explain_method(predictor, explain, explain_class, explain_method)
     tta = predictor.meta.prompt.get("tta", "none")
     console.print(f"{predictor.backend} backend on {predictor.device}: {predictor.source} ({len(predictor.classes)} classes)"
-                  + (f"; test-time augmentation {describe(tta)}" if tta != "none" else ""), soft_wrap=True, markup=False)
+                  + (f"; test-time augmentation {describe_tta(tta)}" if tta != "none" else ""), soft_wrap=True, markup=False)
     settings = {"batch_size": batch_size, "top_k": top_k, "reject_below": reject_below, "bit_depth": bit_depth,
                 "max_pixels": max_pixels, "workers": workers, "problems": problems}
     selected: list = []

@@ -84,13 +84,15 @@ class ConsoleTrainReporter(ConsoleReporter, TrainReporter):
                       + ("; head fitted to convergence (L-BFGS), no epochs" if info["fits_head_only"] and info["head_init"] == "probe"
                          else "; prompts and head from --init-from" if info.get("init_from")
                          else "; head warm-started from a linear probe" if info["head_init"] == "probe" else ""))
-        if info.get("cache_off"):
+        if info.get("cache_off") and not info["fits_head_only"]:
             k = info["start_block"]
             console.print("feature cache off (--cache off): every epoch decodes the images and "
                           + (f"runs the frozen blocks 0..{k - 1} again" if k else "embeds them again"), soft_wrap=True)
         if info.get("tta", "none") != "none":
-            console.print(f"test-time augmentation {info['tta']}: validation, eval, predict and the exported graph average "
-                          "the 8 rotations and mirror images of each image (8x their cost)")
+            from vptcli.tta import describe_tta
+
+            console.print(f"test-time augmentation {describe_tta(info['tta'])}; in validation, eval, predict and the "
+                          "exported graph", soft_wrap=True)
         if info["cpu_hint_block"] is not None:
             console.print(f"hint: on a CPU, late prompts (--prompt-start-block {info['cpu_hint_block']}) train about 5x faster, "
                           "with prompts in the last 3 blocks only (a different model; see docs/benchmarks.md)")

@@ -275,7 +275,7 @@ def evaluate(model_path: str | Path, data: str | Path, *, split: str | None = No
         "data": str(data),
         "data kind": "raw folder (every image)" if ev.raw else "ingested data set",
         "split": ev.split,
-        "test-time augmentation": describe_tta(meta.prompt.get("tta", "none")),
+        "test-time augmentation": describe_tta(model.config.tta),
         "data fingerprint (manifest sha256)": ev.manifest.fingerprint(),
         "trained on (manifest sha256)": meta.data_fingerprint,
         "leakage check": (f"against {hashes_from}: {excluded} image(s) used in training left out" if hashes is not None

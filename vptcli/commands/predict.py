@@ -66,7 +66,7 @@ def predict(
     for w in predictor.warnings:
         warn(w)
     method = _explain_method(predictor, explain, explain_class, explain_method)
-    tta = predictor.meta.prompt.get("tta", "none")
+    tta = predictor.meta.prompt_config.tta
     console.print(f"{predictor.backend} backend on {predictor.device}: {predictor.source} ({len(predictor.classes)} classes)"
                   + (f"; test-time augmentation {describe_tta(tta)}" if tta != "none" else ""), soft_wrap=True, markup=False)
     settings = {"batch_size": batch_size, "top_k": top_k, "reject_below": reject_below, "bit_depth": bit_depth,

@@ -1,0 +1,158 @@
+"""How far one optimiser step may move the prompts from the warm start before the training loss rises (issue 11).
+
+On full ELPV the training loss of every prompt run rose above the warm start's in the first epochs,
+whatever the learning rate (docs/benchmarks.md, ninth and tenth rounds). This measures why, in one
+run, side by side:
+
+1. The warm start exactly as ``vpt train`` builds it: VPT-deep, ``--prompts P`` per block from
+   ``--prompt-start-block K``, ``--head-input last4+mean``, prompts drawn at random (VPT's uniform
+   Xavier draw, seed 0), the head a linear probe fitted on the features of those prompts
+   (:mod:`vptcli.probe`). It is built by :func:`vptcli.training.train` itself with one epoch at a
+   learning rate of 1e-12, which leaves the warm start as it is.
+2. Its training loss ``L0`` on ``--images`` training images (cross-entropy of the model as it
+   predicts, no class weights), the gradient ``g`` of that loss, and the loss after one step of each
+   size ``eta`` in ``--etas``:
+
+   - along ``-g`` (plain gradient descent; the first-order prediction ``L0 - eta |g|^2`` is printed
+     beside it), and
+   - along ``-sign(g)``, the direction of AdamW's first step, which moves every coordinate by about
+     the learning rate,
+
+   for the prompt tokens and, for comparison, for the head.
+3. The per-token standard deviation (over channels) of the prompts and of the class and patch tokens
+   entering block K, for the scale of the prompts against the tokens they join.
+
+A step "helps" when its loss is below ``L0``. The largest helpful sign step is the largest AdamW
+learning rate whose first step lowers the loss (a necessary condition for training to descend).
+
+Usage: ``python benchmarks/prompt_sharpness.py [--images 256] [--prompt-start-block 9] [--prompts 50]
+[--out benchmarks/results/prompt_sharpness-DATE.json] [--smoke]``
+
+ELPV images: CC BY-NC-SA 4.0 (Buerhop-Lutz et al. 2018; Deitsch et al. 2019).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as C
+
+ETAS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="See the module docstring for what is measured.")
+    p.add_argument("--images", type=int, default=256, help="training images the loss and gradient are measured on (default 256)")
+    p.add_argument("--prompt-start-block", type=int, default=9, help="first prompted block K (default 9)")
+    p.add_argument("--prompts", type=int, default=50, help="prompt tokens per block (default 50)")
+    p.add_argument("--head-input", default="last4+mean", help="vpt train --head-input (default last4+mean)")
+    p.add_argument("--etas", type=float, nargs="*", default=list(ETAS), help="step sizes (default 1e-6 ... 1e-1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, default=None, help="results JSON (default benchmarks/results/prompt_sharpness-<date>.json)")
+    p.add_argument("--smoke", action="store_true", help="tiny timm test_vit at 32 px, random weights, few images")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+    import torch.nn.functional as F
+    from rich.table import Table
+
+    from vptcli.datasets import ManifestDataset
+    from vptcli.training import TrainConfig, train
+
+    con, date, out, backbone = C.start("prompt_sharpness", args)
+    k = min(args.prompt_start_block, 2) if args.smoke else args.prompt_start_block
+    manifest, _records, _split = C.elpv_manifest("binary")
+    if args.smoke:
+        manifest = C.subset_manifest(manifest, {"train": 24, "val": 8, "test": 4})
+    cfg = TrainConfig(method="vpt-deep", num_prompts=args.prompts, prompt_start_block=k, epochs=1, lr=1e-12,
+                      cache="auto", cache_views=1, seed=args.seed, workers=0, device="cpu", backbone=backbone.identity.name,
+                      head_input="cls" if args.smoke else args.head_input, img_size=backbone.img_size)
+    con.rule(f"warm start: VPT-deep, {args.prompts} prompts from block {k}, head {cfg.head_input} (one epoch at lr 1e-12)")
+    with tempfile.TemporaryDirectory() as tmp:
+        res = train(manifest, backbone, cfg, Path(tmp) / "run")
+        model, _meta = C.load_trained(res.run_dir, backbone)
+    model.eval()
+    ds = ManifestDataset(manifest, "train", backbone.data_config, augment=False)
+    n = min(args.images, len(ds))
+    index = torch.randperm(len(ds), generator=torch.Generator().manual_seed(args.seed))[:n].tolist()
+    x = torch.stack([ds[i][0] for i in index])
+    y = torch.tensor([ds.labels[i] for i in index])
+    start = model.frozen_blocks  # the head may read class tokens of blocks before K
+    with torch.no_grad():
+        hidden = model.embed(x, start)
+        entering = hidden
+        for blk in model.backbone.blocks[start:k]:
+            entering = blk(entering)
+    token_std = entering.std(-1)  # [B, L] over channels
+    scales = {"prompts": float(model.prompts.detach().std(-1).median()), "class_token": float(token_std[:, 0].median()),
+              "patch_tokens": float(token_std[:, 1:].median())}
+
+    def loss() -> torch.Tensor:
+        feats, _ = model.forward_from(hidden, start)
+        return F.cross_entropy(model.head(feats), y)
+
+    groups = {"prompts": [model.prompts], "head": list(model.head.parameters())}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for ps in groups.values():
+        for p in ps:
+            p.requires_grad_(True)
+    l0 = loss()
+    l0.backward()
+    l0 = float(l0.detach())
+    rows = []
+    for name, ps in groups.items():
+        saved = [p.detach().clone() for p in ps]
+        grads = [p.grad.detach().clone() for p in ps]
+        g2 = sum(float((g * g).sum()) for g in grads)
+        for direction in ("gradient", "sign"):
+            for eta in args.etas:
+                with torch.no_grad():
+                    for p, p0, g in zip(ps, saved, grads):
+                        p.copy_(p0 - eta * (g if direction == "gradient" else g.sign()))
+                    value = float(loss())
+                    for p, p0 in zip(ps, saved):
+                        p.copy_(p0)
+                rows.append({"parameters": name, "direction": direction, "eta": eta, "loss": round(value, 6),
+                             "ratio_to_l0": round(value / l0, 4),
+                             "first_order": round(l0 - eta * g2, 6) if direction == "gradient" else None})
+        con.print(f"{name}: {sum(p.numel() for p in ps):,} values, |g| {g2 ** 0.5:.4g}")
+
+    def largest_helpful(name, direction):
+        ok = [r["eta"] for r in rows if r["parameters"] == name and r["direction"] == direction and r["loss"] < l0]
+        return max(ok) if ok else None
+
+    result = {"benchmark": "prompt_sharpness", "date": date, **C.provenance(), "smoke": args.smoke, "machine": C.machine_info(),
+              "backbone": backbone.identity.to_dict(), "img_size": backbone.img_size,
+              "setting": {"method": "vpt-deep", "prompt_start_block": k, "prompts": args.prompts, "head_input": cfg.head_input,
+                          "head": "linear probe fitted on the initial features", "images": n, "seed": args.seed,
+                          "loss": "cross-entropy, no class weights, eval mode"},
+              "l0": round(l0, 6), "token_std": {k2: round(v, 4) for k2, v in scales.items()},
+              "largest_helpful_eta": {f"{g}/{d}": largest_helpful(g, d) for g in groups for d in ("gradient", "sign")},
+              "rows": rows}
+    C.dump_json(out, result)
+    t = Table(title=f"training loss after one step from the warm start (L0 = {l0:.4f}, {n} training images)")
+    for c in ("parameters", "direction", "eta", "loss", "x L0", "first-order"):
+        t.add_column(c, justify="right")
+    for r in rows:
+        t.add_row(r["parameters"], r["direction"], f"{r['eta']:g}", f"{r['loss']:.4f}", f"{r['ratio_to_l0']:.3f}",
+                  "" if r["first_order"] is None else f"{r['first_order']:.4f}")
+    con.print(t)
+    con.print(f"per-token std over channels (median): {result['token_std']}")
+    con.print(f"largest step that lowers the loss: {result['largest_helpful_eta']}")
+    con.print(f"results: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

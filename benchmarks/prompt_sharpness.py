@@ -1,31 +1,37 @@
-"""How far one optimiser step may move the prompts from the warm start before the training loss rises (issue 11).
+"""How far one step may move the prompts from the warm start before the training loss rises (issue 11).
 
-On full ELPV the training loss of every prompt run rose above the warm start's in the first epochs,
-whatever the learning rate (docs/benchmarks.md, ninth and tenth rounds). This measures why, in one
-run, side by side:
+On full ELPV the training loss of the prompt runs rose above the warm start's in the first epochs,
+whatever the learning rate (docs/benchmarks.md, ninth and tenth rounds). This measures, in one run,
+how large a single step from the warm start may be before the loss rises:
 
-1. The warm start exactly as ``vpt train`` builds it: VPT-deep, ``--prompts P`` per block from
-   ``--prompt-start-block K``, ``--head-input last4+mean``, prompts drawn at random (VPT's uniform
-   Xavier draw, seed 0), the head a linear probe fitted on the features of those prompts
-   (:mod:`vptcli.probe`). It is built by :func:`vptcli.training.train` itself with one epoch at a
-   learning rate of 1e-12, which leaves the warm start as it is.
-2. Its training loss ``L0`` on ``--images`` training images (cross-entropy of the model as it
-   predicts, no class weights), the gradient ``g`` of that loss, and the loss after one step of each
-   size ``eta`` in ``--etas``:
+1. The warm start exactly as ``vpt train`` builds it: VPT-deep (Jia et al., ECCV 2022), ``--prompts P``
+   per block from ``--prompt-start-block K`` (prompts ``[12 - K, P, D]``, VPT's uniform Xavier draw,
+   seed ``--seed``), ``--head-input`` (default ``last4+mean``), the head ``[C, F]`` a linear probe
+   fitted on the features of those prompts (:mod:`vptcli.probe`). It is built by
+   :func:`vptcli.training.train` itself with one epoch at a learning rate of 1e-12, which leaves the
+   warm start as it is.
+2. On ``--images`` plain training images (drawn from the train split with ``--seed``): the training
+   loss ``L0`` (cross-entropy in nats, mean over images, no class weights, eval mode), its gradient
+   ``g``, and the loss after one step of each size ``eta`` in ``--etas``, for the prompts and, for
+   comparison, for the head (the other one left as it is):
 
-   - along ``-g`` (plain gradient descent; the first-order prediction ``L0 - eta |g|^2`` is printed
-     beside it), and
-   - along ``-sign(g)``, the direction of AdamW's first step, which moves every coordinate by about
-     the learning rate,
+   - ``gradient``: ``theta - eta * g`` (gradient descent; ``eta`` multiplies the gradient). The JSON's
+     ``first_order`` is the linear prediction ``L0 - eta * |g|^2``.
+   - ``sign``: ``theta - eta * sign(g)`` (every coordinate moves by ``eta``): the direction of Adam's
+     first step (Kingma & Ba, ICLR 2015; AdamW: Loshchilov & Hutter, ICLR 2019), whose size is about
+     the learning rate.
 
-   for the prompt tokens and, for comparison, for the head.
-3. The per-token standard deviation (over channels) of the prompts and of the class and patch tokens
-   entering block K, for the scale of the prompts against the tokens they join.
+   ``ratio_to_l0`` is the loss after the step over ``L0``; ``largest_helpful_eta`` the largest grid
+   value whose step lowers the loss (the limit lies between it and the next grid value).
+3. ``token_std``: the median over tokens of each token's standard deviation over its D channels, for
+   the prompts (all prompted blocks) and for the class and patch tokens entering block K.
 
-A step "helps" when its loss is below ``L0``. The largest helpful sign step is the largest AdamW
-learning rate whose first step lowers the loss (a necessary condition for training to descend).
+A single step from one warm start on a sample of the training split: AdamW's real steps follow one
+batch, include the learning-rate warm-up and, after the first, are divided by a running gradient
+scale.
 
 Usage: ``python benchmarks/prompt_sharpness.py [--images 256] [--prompt-start-block 9] [--prompts 50]
+[--head-input last4+mean] [--etas 1e-6 ... 1e-1] [--seed 0] [--threads 2]
 [--out benchmarks/results/prompt_sharpness-DATE.json] [--smoke]``
 
 ELPV images: CC BY-NC-SA 4.0 (Buerhop-Lutz et al. 2018; Deitsch et al. 2019).
@@ -94,8 +100,9 @@ def main(argv=None) -> int:
         for blk in model.backbone.blocks[start:k]:
             entering = blk(entering)
     token_std = entering.std(-1)  # [B, L] over channels
+    prefix = model.backbone.num_prefix_tokens  # the class token (and registers, where a backbone has them)
     scales = {"prompts": float(model.prompts.detach().std(-1).median()), "class_token": float(token_std[:, 0].median()),
-              "patch_tokens": float(token_std[:, 1:].median())}
+              "patch_tokens": float(token_std[:, prefix:].median())}
 
     def loss() -> torch.Tensor:
         feats, _ = model.forward_from(hidden, start)
@@ -123,13 +130,13 @@ def main(argv=None) -> int:
                     value = float(loss())
                     for p, p0 in zip(ps, saved):
                         p.copy_(p0)
-                rows.append({"parameters": name, "direction": direction, "eta": eta, "loss": round(value, 6),
+                rows.append({"parameters": name, "direction": direction, "eta": eta, "loss": round(value, 6), "helps": value < l0,
                              "ratio_to_l0": round(value / l0, 4),
                              "first_order": round(l0 - eta * g2, 6) if direction == "gradient" else None})
         con.print(f"{name}: {sum(p.numel() for p in ps):,} values, |g| {g2 ** 0.5:.4g}")
 
     def largest_helpful(name, direction):
-        ok = [r["eta"] for r in rows if r["parameters"] == name and r["direction"] == direction and r["loss"] < l0]
+        ok = [r["eta"] for r in rows if r["parameters"] == name and r["direction"] == direction and r["helps"]]
         return max(ok) if ok else None
 
     result = {"benchmark": "prompt_sharpness", "date": date, **C.provenance(), "smoke": args.smoke, "machine": C.machine_info(),

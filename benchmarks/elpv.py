@@ -76,7 +76,7 @@ def parse_args(argv=None):
     p.add_argument("--tries-regime", default="64", help="regime of the tries: a few-shot size or 'full' (default 64)")
     p.add_argument("--tries-grid", nargs="*", default=["lr=1e-2", "lr=1e-3", "p=50"],
                    help="tries besides the main row, each 'lr=X', 'p=N', 'e=E', 'k=K' (prompt start block), 'hls=X' "
-                        "(head lr scale), 'init=patch-kmeans' (prompt init) or combined with ',' (default lr=1e-2 lr=1e-3 p=50)")
+                        "(head lr scale), 'init=patch-kmeans' (prompt init), 'c=X' (--probe-c) or combined with ',' (default lr=1e-2 lr=1e-3 p=50)")
     p.add_argument("--only", nargs="*", default=None, help="run only these row ids (see the JSON); for reruns")
     p.add_argument("--out", type=Path, default=None, help="results JSON (default benchmarks/results/elpv-<date>.json)")
     p.add_argument("--append", action="store_true", help="keep rows already in --out and skip their ids")
@@ -89,8 +89,8 @@ def parse_try(text: str, base: dict) -> dict:
     d = dict(base)
     for part in text.split(","):
         k, v = part.split("=")
-        d[{"lr": "lr", "p": "prompts", "e": "epochs", "k": "k", "hls": "hls", "init": "init"}[k]] = (
-            float(v) if k in ("lr", "hls") else v if k == "init" else int(v))
+        d[{"lr": "lr", "p": "prompts", "e": "epochs", "k": "k", "hls": "hls", "init": "init", "c": "c"}[k]] = (
+            float(v) if k in ("lr", "hls", "c") else v if k == "init" else int(v))
     return d
 
 
@@ -142,7 +142,7 @@ def main(argv=None) -> int:
     def sid(seed):
         return f"/seed{seed}" if seed else ""
 
-    base = {"prompts": args.prompts, "lr": None, "seed": args.seed[0], "k": None, "hls": None, "init": "random"}
+    base = {"prompts": args.prompts, "lr": None, "seed": args.seed[0], "k": None, "hls": None, "init": "random", "c": None}
     tries = []
     for seed in args.seed:
         b = dict(base, seed=seed)
@@ -199,7 +199,7 @@ def main(argv=None) -> int:
                           augment=augment, cache="auto" if spec(method).uses_cache else "off",
                           cache_views=args.cache_views, seed=s["seed"], workers=0, device="cpu",
                           backbone=backbone.identity.name, cache_max_gb=16.0, head_input=args.head_input,
-                          head_init=args.head_init, img_size=backbone.img_size, head_lr_scale=s["hls"],
+                          head_init=args.head_init, img_size=backbone.img_size, head_lr_scale=s["hls"], probe_c=s.get("c"),
                           prompt_init=s["init"] if spec(method).has_prompts else "random",
                           class_balance=args.class_balance, tta=args.tta)
         bb = backbone
@@ -234,7 +234,7 @@ def main(argv=None) -> int:
             "prompt_start_block": k if spec(method).has_prompts else None,
             "num_prompts": s["prompts"] if spec(method).has_prompts else 0,
             "lr": cfg.resolved_lr(), "head_lr_scale": cfg.resolved_head_lr_scale(), "class_balance": args.class_balance,
-            "prompt_init": cfg.prompt_init, "tta": cfg.tta,
+            "prompt_init": cfg.prompt_init, "tta": cfg.tta, "probe_c": cfg.probe_c,
             "epochs": cfg.epochs, "batch_size": cfg.batch_size, "augment": augment,
             "cache_views": (cfg.cache_views if augment else 1) if spec(method).uses_cache else 0,
             "n_train": len(m.usable("train")), "n_val": len(m.usable("val")), "n_test": len(test_ds),

@@ -138,6 +138,22 @@ def test_linear_probe_is_fitted_not_trained_and_resume_has_nothing_left(tiny_dat
     assert again.best_epoch == 0 and len(again.history) == 1
 
 
+def test_probe_c_fixes_the_warm_starts_regularisation(tiny_data, tmp_path, capsys):
+    from vptcli.artifacts import read_prompt_file
+    from vptcli.commands.render import ConsoleTrainReporter
+    from vptcli.errors import VptError
+
+    norms = {}
+    for c in (1e-4, 10.0):
+        run = tmp_path / f"c{c:g}"
+        train(tiny_data, tiny(), cfg(method="linear-probe", probe_c=c), run, reporter=ConsoleTrainReporter())
+        assert f"C={c:g} from --probe-c" in " ".join(capsys.readouterr().err.split())
+        norms[c] = float(read_prompt_file(run / "prompts.safetensors")[0]["head.weight"].norm())
+    assert norms[1e-4] < norms[10.0] / 10  # a smaller C: a smaller head
+    with pytest.raises(VptError, match="--probe-c must be > 0"):
+        cfg(probe_c=0.0)
+
+
 def test_random_head_init_keeps_the_epoch_loop_for_the_probe(tiny_data, tmp_path):
     train(tiny_data, tiny(), cfg(method="linear-probe", epochs=3, head_init="random"), tmp_path / "lp")
     assert [int(r["epoch"]) for r in rows(tmp_path / "lp")] == [1, 2, 3]

@@ -56,7 +56,10 @@ class TrainConfig:
     and the last :data:`CPU_PROMPTED_BLOCKS` on a CPU (:meth:`resolved_start_block`);
     ``cache_views=None`` (auto) 4 on CUDA, :data:`CPU_CACHE_VIEWS` on a CPU (:meth:`resolved_views`);
     ``head_init="probe"`` starts the head from a converged linear probe on the run's initial
-    features (:mod:`vptcli.probe`), ``"random"`` from VPT's small random head. ``prompt_init``:
+    features (:mod:`vptcli.probe`), ``"random"`` from VPT's small random head. ``probe_c``: that probe's
+    inverse L2 strength (scikit-learn's ``C`` on standardised features); None chooses it on validation
+    from :data:`vptcli.probe.C_GRID`. A smaller ``C`` gives a smaller head, and with it a training loss
+    that is less sensitive to the prompts (docs/benchmarks.md, eleventh round). ``prompt_init``:
     ``"random"`` (VPT's uniform draw) or ``"patch-kmeans"`` (prototypes of the training images' patch
     tokens, :mod:`vptcli.prompt_init`). ``init_from``: a prompt
     file whose prompts and head the run starts from instead (:mod:`vptcli.warm_start`). ``tta``:
@@ -98,6 +101,7 @@ class TrainConfig:
     img_size: int | str | None = None
     head_input: str = "cls"
     head_init: str = "probe"
+    probe_c: float | None = None
     prompt_init: str = "random"
     init_from: str | None = None
     tta: str = "none"
@@ -170,6 +174,7 @@ class TrainConfig:
             (self.head_input in HEAD_INPUTS, f"--head-input must be one of {', '.join(HEAD_INPUTS)}"),
             (self.tta in TTA_MODES, f"--tta must be one of {', '.join(TTA_MODES)}"),
             (self.head_init in HEAD_INITS, f"--head-init must be one of {', '.join(HEAD_INITS)}"),
+            (self.probe_c is None or self.probe_c > 0, f"--probe-c must be > 0 (got {self.probe_c})"),
             (self.prompt_init in PROMPT_INITS, f"--prompt-init must be one of {', '.join(PROMPT_INITS)}"),
             (self.prompt_init == "random" or (self.spec.has_prompts and self.init_from is None),
              f"--prompt-init {self.prompt_init} needs a prompt method (VPT, DA-VPT) and no --init-from"),

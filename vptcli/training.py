@@ -416,7 +416,7 @@ def head_features(s: Setup, ds: ManifestDataset, cache: FeatureCache | None,
 
 def fit_head(s: Setup, train_cache: FeatureCache | None, val_cache: FeatureCache | None, reporter: TrainReporter) -> dict:
     """Fit the head to the current features (a converged linear probe, :func:`vptcli.probe.fit_linear_probe`,
-    its L2 strength chosen on validation) and load it into the model; the linear probe's whole
+    its L2 strength chosen on validation unless ``--probe-c`` fixes it) and load it into the model; the linear probe's whole
     training, and every other method's warm start. Returns the ``fit`` entry of the epoch-0 row."""
     from vptcli.probe import fit_linear_probe
 
@@ -424,13 +424,15 @@ def fit_head(s: Setup, train_cache: FeatureCache | None, val_cache: FeatureCache
     x, y = head_features(s, s.train_ds, train_cache)
     xv, yv = head_features(s, s.val_ds, val_cache, average_views=True)  # the model's view(s): TTA's mean
     class_weight = balanced_class_weights(s.counts) if s.balance != "off" else None  # as the loss (or sampler) balances
-    fit = fit_linear_probe(x, y, xv, yv, len(s.classes), sample_weight=None if class_weight is None else class_weight[y].numpy())
+    grid = {} if s.cfg.probe_c is None else {"c_grid": (s.cfg.probe_c,)}  # --probe-c: this C, no choice on validation
+    fit = fit_linear_probe(x, y, xv, yv, len(s.classes), sample_weight=None if class_weight is None else class_weight[y].numpy(), **grid)
     with torch.no_grad():
         s.model.head.weight.copy_(fit.weight.to(s.device))
         s.model.head.bias.copy_(fit.bias.to(s.device))
         train_loss = float(F.cross_entropy(x @ fit.weight.T + fit.bias, y, weight=class_weight, label_smoothing=s.cfg.label_smoothing))
     seconds = time.perf_counter() - t0
-    reporter.head_fitted({"features": len(y), "dim": int(x.shape[1]), "c": fit.c, "seconds": seconds})
+    reporter.head_fitted({"features": len(y), "dim": int(x.shape[1]), "c": fit.c, "c_fixed": s.cfg.probe_c is not None,
+                          "seconds": seconds})
     return {"loss": train_loss, "metric_loss": 0.0, "seen": len(y), "seconds": seconds}
 
 

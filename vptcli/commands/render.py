@@ -117,7 +117,8 @@ class ConsoleTrainReporter(ConsoleReporter, TrainReporter):
 
     def head_fitted(self, info: dict) -> None:
         console.print(f"head: linear probe fitted on {info['features']:,} feature rows of {info['dim']} values "
-                      f"(L-BFGS, C={info['c']:g} chosen on validation) in {info['seconds']:.1f}s")
+                      f"(L-BFGS, C={info['c']:g} {'from --probe-c' if info.get('c_fixed') else 'chosen on validation'}) "
+                      f"in {info['seconds']:.1f}s")
 
     def warm_started(self, info: dict) -> None:
         new = f"; new class(es) imprinted: {', '.join(info['new'])}" if info["new"] else ""

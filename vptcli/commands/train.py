@@ -51,6 +51,7 @@ def train(
     img_size: Annotated[str | None, Opt(help="Input size in pixels, or auto: a multiple of the patch size near the training images' median side (default: the backbone's, 224 for DINOv2-S).")] = D["img_size"],
     head_input: Annotated[str, Opt(help="What the linear head reads: " + "; ".join(f"{h.name}: {h.summary}" for h in HEAD_INPUTS.values()) + ".")] = D["head_input"],
     head_init: Annotated[str, Opt(help=f"{' | '.join(HEAD_INITS)}: start the head from a linear probe fitted to convergence on the initial features (linear-probe: that fit is the training), or from a small random head.")] = D["head_init"],
+    probe_c: Annotated[float | None, Opt("--probe-c", help="Inverse L2 strength C of the linear probe that starts the head (or is the linear-probe method), on standardised features; default: chosen on the validation split. A smaller C gives a smaller head, which lets prompts train at higher learning rates.")] = D["probe_c"],
     tta: Annotated[str, Opt("--tta", help=f"{' | '.join(TTA_MODES)}: test-time augmentation of the trained model; dihedral averages the 8 rotations and mirror images of each image (8x the inference cost) in validation, eval, predict and the exported graph. Stored in the prompt file.")] = D["tta"],
     prompt_init: Annotated[str, Opt(help=f"{' | '.join(PROMPT_INITS)}: prompt tokens drawn at random (VPT), or started at k-means centres of the training images' patch tokens entering each prompted block (Self-Prompt Tuning).")] = D["prompt_init"],
     device: Annotated[str, Opt(help="auto | cpu | cuda (auto picks CUDA when present).")] = D["device"],
@@ -103,7 +104,7 @@ def train(
     else:
         cfg = TrainConfig(
             method=method.value, num_prompts=prompts, prompt_start_block=_int_or_auto(prompt_start_block, "--prompt-start-block"),
-            prompt_dropout=prompt_dropout, head_input=head_input, head_init=head_init, prompt_init=prompt_init, tta=tta,
+            prompt_dropout=prompt_dropout, head_input=head_input, head_init=head_init, probe_c=probe_c, prompt_init=prompt_init, tta=tta,
             epochs=epochs, batch_size=batch_size, lr=lr, head_lr_scale=head_lr_scale, weight_decay=weight_decay, device=device, amp=amp, seed=seed,
             workers=workers, patience=patience, class_balance=class_balance, augment=augment, cache=cache,
             cache_views=cache_views, cache_dtype=cache_dtype, cache_max_gb=cache_max_gb,

@@ -23,7 +23,13 @@ how large a single step from the warm start may be before the loss rises:
 
    ``ratio_to_l0`` is the loss after the step over ``L0``; ``largest_helpful_eta`` the largest grid
    value whose step lowers the loss (the limit lies between it and the next grid value).
-3. ``token_std``: the median over tokens of each token's standard deviation over its D channels, for
+3. With ``--probe-c C ...``: the same for the prompts under heads of a fixed regularisation. For
+   each ``C`` a linear probe is refitted as ``vpt train --probe-c C`` fits it, on the warm start's
+   head inputs of every plain training image (its validation figures on the plain validation
+   images), and the prompts' steps are measured under it. ``heads`` lists each head's weight norm
+   (Frobenius), ``L0`` and validation figures: how sensitive the loss is to the prompts as a
+   function of the head's size.
+4. ``token_std``: the median over tokens of each token's standard deviation over its D channels, for
    the prompts (all prompted blocks) and for the class and patch tokens entering block K.
 
 A single step from one warm start on a sample of the training split: AdamW's real steps follow one
@@ -31,7 +37,7 @@ batch, include the learning-rate warm-up and, after the first, are divided by a 
 scale.
 
 Usage: ``python benchmarks/prompt_sharpness.py [--images 256] [--prompt-start-block 9] [--prompts 50]
-[--head-input last4+mean] [--etas 1e-6 ... 1e-1] [--seed 0] [--threads 2]
+[--head-input last4+mean] [--etas 1e-6 ... 1e-1] [--probe-c C ...] [--seed 0] [--threads 2]
 [--out benchmarks/results/prompt_sharpness-DATE.json] [--smoke]``
 
 ELPV images: CC BY-NC-SA 4.0 (Buerhop-Lutz et al. 2018; Deitsch et al. 2019).
@@ -59,11 +65,29 @@ def parse_args(argv=None):
     p.add_argument("--prompts", type=int, default=50, help="prompt tokens per block (default 50)")
     p.add_argument("--head-input", default="last4+mean", help="vpt train --head-input (default last4+mean)")
     p.add_argument("--etas", type=float, nargs="*", default=list(ETAS), help="step sizes (default 1e-6 ... 1e-1)")
+    p.add_argument("--probe-c", type=float, nargs="*", default=[],
+                   help="also measure the prompts' steps under linear probes of these fixed C (vpt train --probe-c), "
+                        "refitted on the warm start's features of every plain training image")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=None, help="results JSON (default benchmarks/results/prompt_sharpness-<date>.json)")
     p.add_argument("--smoke", action="store_true", help="tiny timm test_vit at 32 px, random weights, few images")
     return p.parse_args(argv)
+
+
+def head_inputs(model, manifest, split: str, backbone, start: int, batch_size: int = 32):
+    """``([N, F] head inputs, [N] labels)`` of a split's plain images under the model's current prompts."""
+    import torch
+
+    from vptcli.datasets import ManifestDataset
+
+    ds = ManifestDataset(manifest, split, backbone.data_config, augment=False)
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(ds), batch_size):
+            x = torch.stack([ds[j][0] for j in range(i, min(i + batch_size, len(ds)))])
+            out.append(model.forward_from(model.embed(x, start), start)[0])
+    return torch.cat(out), torch.as_tensor(ds.labels, dtype=torch.long)
 
 
 def main(argv=None) -> int:
@@ -108,35 +132,61 @@ def main(argv=None) -> int:
         feats, _ = model.forward_from(hidden, start)
         return F.cross_entropy(model.head(feats), y)
 
-    groups = {"prompts": [model.prompts], "head": list(model.head.parameters())}
     for p in model.parameters():
         p.requires_grad_(False)
-    for ps in groups.values():
-        for p in ps:
-            p.requires_grad_(True)
-    l0 = loss()
-    l0.backward()
-    l0 = float(l0.detach())
-    rows = []
-    for name, ps in groups.items():
-        saved = [p.detach().clone() for p in ps]
-        grads = [p.grad.detach().clone() for p in ps]
-        g2 = sum(float((g * g).sum()) for g in grads)
-        for direction in ("gradient", "sign"):
-            for eta in args.etas:
-                with torch.no_grad():
-                    for p, p0, g in zip(ps, saved, grads):
-                        p.copy_(p0 - eta * (g if direction == "gradient" else g.sign()))
-                    value = float(loss())
-                    for p, p0 in zip(ps, saved):
-                        p.copy_(p0)
-                rows.append({"parameters": name, "direction": direction, "eta": eta, "loss": round(value, 6), "helps": value < l0,
-                             "ratio_to_l0": round(value / l0, 4),
-                             "first_order": round(l0 - eta * g2, 6) if direction == "gradient" else None})
-        con.print(f"{name}: {sum(p.numel() for p in ps):,} values, |g| {g2 ** 0.5:.4g}")
+
+    def measure(groups: dict, head: str) -> tuple[float, list[dict]]:
+        """``L0`` and one row per (parameter group, direction, step size) for the model's current head."""
+        for ps in groups.values():
+            for p in ps:
+                p.requires_grad_(True)
+                p.grad = None
+        l0 = loss()
+        l0.backward()
+        l0 = float(l0.detach())
+        rows = []
+        for name, ps in groups.items():
+            saved = [p.detach().clone() for p in ps]
+            grads = [p.grad.detach().clone() for p in ps]
+            g2 = sum(float((g * g).sum()) for g in grads)
+            for direction in ("gradient", "sign"):
+                for eta in args.etas:
+                    with torch.no_grad():
+                        for p, p0, g in zip(ps, saved, grads):
+                            p.copy_(p0 - eta * (g if direction == "gradient" else g.sign()))
+                        value = float(loss())
+                        for p, p0 in zip(ps, saved):
+                            p.copy_(p0)
+                    rows.append({"head": head, "parameters": name, "direction": direction, "eta": eta, "loss": round(value, 6),
+                                 "helps": value < l0, "ratio_to_l0": round(value / l0, 4),
+                                 "first_order": round(l0 - eta * g2, 6) if direction == "gradient" else None})
+            con.print(f"{head}, {name}: {sum(p.numel() for p in ps):,} values, |g| {g2 ** 0.5:.4g}")
+        for ps in groups.values():
+            for p in ps:
+                p.requires_grad_(False)
+        return l0, rows
+
+    l0, rows = measure({"prompts": [model.prompts], "head": list(model.head.parameters())}, "warm start")
+    heads = [{"head": "warm start", "c": None, "head_weight_norm": round(float(model.head.weight.norm()), 4), "l0": round(l0, 6)}]
+    if args.probe_c:  # the same prompts under probes of fixed C, fitted as vpt train --probe-c C fits them
+        from vptcli.probe import fit_linear_probe
+
+        con.rule(f"probes of fixed C {args.probe_c} on the warm start's features (plain training and validation images)")
+        tx, ty = head_inputs(model, manifest, "train", backbone, start)
+        vx, vy = head_inputs(model, manifest, "val", backbone, start)
+        for c in args.probe_c:
+            fit = fit_linear_probe(tx, ty, vx, vy, len(manifest.classes), c_grid=(c,))
+            with torch.no_grad():
+                model.head.weight.copy_(fit.weight)
+                model.head.bias.copy_(fit.bias)
+            lc, rc = measure({"prompts": [model.prompts]}, f"C={c:g}")
+            rows += rc
+            heads.append({"head": f"C={c:g}", "c": c, "head_weight_norm": round(float(fit.weight.norm()), 4), "l0": round(lc, 6),
+                          "val_macro_f1": round(fit.val_macro_f1, 4), "val_top1": round(fit.val_top1, 4)})
 
     def largest_helpful(name, direction):
-        ok = [r["eta"] for r in rows if r["parameters"] == name and r["direction"] == direction and r["helps"]]
+        ok = [r["eta"] for r in rows if r["head"] == "warm start" and r["parameters"] == name and r["direction"] == direction
+              and r["helps"]]
         return max(ok) if ok else None
 
     result = {"benchmark": "prompt_sharpness", "date": date, **C.provenance(), "smoke": args.smoke, "machine": C.machine_info(),
@@ -145,17 +195,19 @@ def main(argv=None) -> int:
                           "head": "linear probe fitted on the initial features", "images": n, "seed": args.seed,
                           "loss": "cross-entropy, no class weights, eval mode"},
               "l0": round(l0, 6), "token_std": {k2: round(v, 4) for k2, v in scales.items()},
-              "largest_helpful_eta": {f"{g}/{d}": largest_helpful(g, d) for g in groups for d in ("gradient", "sign")},
+              "largest_helpful_eta": {f"{g}/{d}": largest_helpful(g, d) for g in ("prompts", "head") for d in ("gradient", "sign")},
+              "heads": heads,
               "rows": rows}
     C.dump_json(out, result)
     t = Table(title=f"training loss after one step from the warm start (L0 = {l0:.4f}, {n} training images)")
-    for c in ("parameters", "direction", "eta", "loss", "x L0", "first-order"):
+    for c in ("head", "parameters", "direction", "eta", "loss", "x L0", "first-order"):
         t.add_column(c, justify="right")
     for r in rows:
-        t.add_row(r["parameters"], r["direction"], f"{r['eta']:g}", f"{r['loss']:.4f}", f"{r['ratio_to_l0']:.3f}",
+        t.add_row(r["head"], r["parameters"], r["direction"], f"{r['eta']:g}", f"{r['loss']:.4f}", f"{r['ratio_to_l0']:.3f}",
                   "" if r["first_order"] is None else f"{r['first_order']:.4f}")
     con.print(t)
     con.print(f"per-token std over channels (median): {result['token_std']}")
+    con.print(f"heads: {heads}")
     con.print(f"largest step that lowers the loss: {result['largest_helpful_eta']}")
     con.print(f"results: {out}")
     return 0

@@ -19,6 +19,8 @@ def test_parse_candidate():
     c = parse_candidate("lr=1e-3, head-lr-scale=0.1,prompts=50,--prompt-start-block=9")
     assert c.overrides == {"lr": 1e-3, "head_lr_scale": 0.1, "num_prompts": 50, "prompt_start_block": 9}
     assert isinstance(c.overrides["num_prompts"], int) and "/" not in c.folder
+    assert parse_candidate("probe-c=1").overrides == {"probe_c": 1.0}
+    assert isinstance(parse_candidate("probe-c=1").overrides["probe_c"], float)
     for bad in ("lr", "speed=2", "lr=fast", "", " , "):
         with pytest.raises(VptError, match="--tune-try"):
             parse_candidate(bad)

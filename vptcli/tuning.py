@@ -26,7 +26,7 @@ from vptcli.tta import TTA_MODES
 
 TUNABLE = {"lr": "lr", "head-lr-scale": "head_lr_scale", "prompts": "num_prompts", "prompt-start-block": "prompt_start_block",
            "epochs": "epochs", "weight-decay": "weight_decay", "batch-size": "batch_size", "prompt-dropout": "prompt_dropout",
-           "label-smoothing": "label_smoothing", "warmup-epochs": "warmup_epochs"}
+           "label-smoothing": "label_smoothing", "warmup-epochs": "warmup_epochs", "probe-c": "probe_c"}
 """Numeric settings a candidate may change: flag name (without ``--``) -> :class:`TrainConfig` field."""
 
 TUNABLE_CHOICES = {"prompt-init": ("prompt_init", PROMPT_INITS), "tta": ("tta", tuple(TTA_MODES))}
@@ -74,7 +74,7 @@ def parse_candidate(text: str) -> Candidate:
             number = float(value)
         except ValueError:
             raise VptError(f"--tune-try {text!r}: {name} must be a number, got {value.strip()!r}") from None
-        overrides[TUNABLE[name]] = int(number) if number.is_integer() and name not in ("lr", "head-lr-scale", "weight-decay") else number
+        overrides[TUNABLE[name]] = int(number) if number.is_integer() and name not in ("lr", "head-lr-scale", "weight-decay", "probe-c") else number
     if not overrides:
         raise VptError(f"--tune-try {text!r}: give at least one SETTING=VALUE (settings: {', '.join(SETTINGS)})")
     return Candidate(text.strip(), overrides)

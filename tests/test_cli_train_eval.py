@@ -156,6 +156,17 @@ def test_resume_of_a_finished_run_says_so(ingested, tmp_path, monkeypatch, capsy
     assert code == 0 and "already finished its 1 epochs" in " ".join(err.split())
 
 
+def test_a_run_on_a_raw_folder_resumes_and_refuses_a_used_out(tmp_path, make_tree, vpt):
+    src, run = make_tree(tmp_path / "src"), tmp_path / "run"
+    assert vpt("train", src, "--out", run, *TINY, "--epochs", "1")[0] == 0
+    code, _, err = vpt("train", src, "--out", run, *TINY, "--epochs", "1", "--resume")
+    assert code == 0 and "already finished its 1 epochs" in " ".join(err.split())
+    code, _, err = vpt("train", src, "--out", run, *TINY, "--epochs", "1")
+    assert code != 0 and "--resume" in " ".join(err.split())  # train's own refusal of a used --out
+    code, _, err = vpt("train", src, "--out", src / "run", *TINY, "--epochs", "1")
+    assert code != 0 and "inside the source folder" in " ".join(err.split())
+
+
 def test_resize_policy_is_stored_and_used_by_train_eval_export_predict(ingested, tmp_path, vpt):
     import csv
 

@@ -150,8 +150,11 @@ def test_probe_c_fixes_the_warm_starts_regularisation(tiny_data, tmp_path, capsy
         assert f"C={c:g} from --probe-c" in " ".join(capsys.readouterr().err.split())
         norms[c] = float(read_prompt_file(run / "prompts.safetensors")[0]["head.weight"].norm())
     assert norms[1e-4] < norms[10.0] / 10  # a smaller C: a smaller head
-    with pytest.raises(VptError, match="--probe-c must be > 0"):
-        cfg(probe_c=0.0)
+    for bad in (0.0, float("inf"), float("nan")):
+        with pytest.raises(VptError, match="--probe-c must be a finite number > 0"):
+            cfg(probe_c=bad)
+    with pytest.raises(VptError, match="needs --head-init probe"):
+        cfg(probe_c=0.1, head_init="random")
 
 
 def test_random_head_init_keeps_the_epoch_loop_for_the_probe(tiny_data, tmp_path):

@@ -74,6 +74,7 @@ __all__ = [
     "DuplicateGroup",
     "IngestResult",
     "check_out_dir",
+    "check_outside_source",
     "ingest_folder",
     "load_or_ingest",
     "render_report",
@@ -359,12 +360,9 @@ def _bit_depth_warnings(wide: list[_Probe], low_bit: list[_Probe], bit_depth: in
     return []
 
 
-def check_out_dir(src: str | os.PathLike, out_dir: str | os.PathLike,
-                  class_dirs: list[Path] | None = None) -> Path:
-    """Refuse an output folder inside SRC (ingest never writes there, and it would be scanned as a
-    class) or inside a scanned class folder, one that is an existing file, or one that holds other
-    files than an earlier ingest's (they would be mixed with or replace someone else's
-    ``manifest.csv``). Returns ``out_dir``."""
+def check_outside_source(src: str | os.PathLike, out_dir: str | os.PathLike, class_dirs: list[Path] | None = None) -> Path:
+    """Refuse an output folder inside SRC (vpt never writes there, and it would be scanned as a class)
+    or inside a scanned class folder. Returns ``out_dir``. Raises :class:`VptError`."""
     out = Path(out_dir)
     out_real = Path(os.path.realpath(out))
     src_real = Path(os.path.realpath(src))
@@ -376,6 +374,15 @@ def check_out_dir(src: str | os.PathLike, out_dir: str | os.PathLike,
                 f"--out {out} is inside the source folder {src}; vpt never writes into it (and "
                 f"the output would be read as a class); choose a folder outside it, e.g. {suggestion}"
             )
+    return out
+
+
+def check_out_dir(src: str | os.PathLike, out_dir: str | os.PathLike,
+                  class_dirs: list[Path] | None = None) -> Path:
+    """Refuse an output folder inside SRC or a scanned class folder (:func:`check_outside_source`),
+    one that is an existing file, or one that holds other files than an earlier ingest's (they would
+    be mixed with or replace someone else's ``manifest.csv``). Returns ``out_dir``."""
+    out = check_outside_source(src, out_dir, class_dirs)
     if out.exists() and not out.is_dir():
         raise VptError(f"--out {out} is a file; give a folder for manifest.csv and its companions")
     own = {MANIFEST_CSV, MANIFEST_JSON, CLASSES_FILE, REPORT_FILE}

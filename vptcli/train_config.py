@@ -9,6 +9,7 @@ block range of ``--prompt-start-block`` and ``--guided-block``) run when the tra
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -174,7 +175,10 @@ class TrainConfig:
             (self.head_input in HEAD_INPUTS, f"--head-input must be one of {', '.join(HEAD_INPUTS)}"),
             (self.tta in TTA_MODES, f"--tta must be one of {', '.join(TTA_MODES)}"),
             (self.head_init in HEAD_INITS, f"--head-init must be one of {', '.join(HEAD_INITS)}"),
-            (self.probe_c is None or self.probe_c > 0, f"--probe-c must be > 0 (got {self.probe_c})"),
+            (self.probe_c is None or (math.isfinite(self.probe_c) and self.probe_c > 0),
+             f"--probe-c must be a finite number > 0 (got {self.probe_c})"),
+            (self.probe_c is None or (self.head_init == "probe" and self.init_from is None),
+             "--probe-c sets the linear probe that starts the head: it needs --head-init probe and no --init-from"),
             (self.prompt_init in PROMPT_INITS, f"--prompt-init must be one of {', '.join(PROMPT_INITS)}"),
             (self.prompt_init == "random" or (self.spec.has_prompts and self.init_from is None),
              f"--prompt-init {self.prompt_init} needs a prompt method (VPT, DA-VPT) and no --init-from"),

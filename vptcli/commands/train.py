@@ -51,7 +51,7 @@ def train(
     img_size: Annotated[str | None, Opt(help="Input size in pixels, or auto: a multiple of the patch size near the training images' median side (default: the backbone's, 224 for DINOv2-S).")] = D["img_size"],
     head_input: Annotated[str, Opt(help="What the linear head reads: " + "; ".join(f"{h.name}: {h.summary}" for h in HEAD_INPUTS.values()) + ".")] = D["head_input"],
     head_init: Annotated[str, Opt(help=f"{' | '.join(HEAD_INITS)}: start the head from a linear probe fitted to convergence on the initial features (linear-probe: that fit is the training), or from a small random head.")] = D["head_init"],
-    probe_c: Annotated[float | None, Opt("--probe-c", help="Inverse L2 strength C of the linear probe that starts the head (or is the linear-probe method), on standardised features; default: chosen on the validation split. A smaller C gives a smaller head, which lets prompts train at higher learning rates.")] = D["probe_c"],
+    probe_c: Annotated[float | None, Opt("--probe-c", help="Inverse L2 strength C of the linear probe that starts the head (or is the linear-probe method), on standardised features; default: chosen on the validation split from 0.01 to 10. A smaller C gives a smaller head. Needs --head-init probe and no --init-from.")] = D["probe_c"],
     tta: Annotated[str, Opt("--tta", help=f"{' | '.join(TTA_MODES)}: test-time augmentation of the trained model; dihedral averages the 8 rotations and mirror images of each image (8x the inference cost) in validation, eval, predict and the exported graph. Stored in the prompt file.")] = D["tta"],
     prompt_init: Annotated[str, Opt(help=f"{' | '.join(PROMPT_INITS)}: prompt tokens drawn at random (VPT), or started at k-means centres of the training images' patch tokens entering each prompted block (Self-Prompt Tuning).")] = D["prompt_init"],
     device: Annotated[str, Opt(help="auto | cpu | cuda (auto picks CUDA when present).")] = D["device"],
@@ -88,7 +88,7 @@ def train(
     from vptcli.cpus import apply_torch_threads
     from vptcli.datasets import with_resize
     from vptcli.distributed import env_context
-    from vptcli.ingest import check_out_dir, load_or_ingest
+    from vptcli.ingest import check_outside_source, load_or_ingest
     from vptcli.manifest import is_manifest_dir
     from vptcli.tracking import tracked
     from vptcli.training import load_run_config
@@ -117,7 +117,7 @@ def train(
     with_resize({}, resize)  # an unknown --resize fails before anything is loaded
     apply_torch_threads(threads)
     if not is_manifest_dir(data):  # a raw image folder: never write the run inside it
-        check_out_dir(data, out)
+        check_outside_source(data, out)
     try:
         manifest = load_or_ingest(data)
         bb = load_backbone(cfg.backbone, weights=cfg.weights, img_size=_img_size(cfg, manifest))

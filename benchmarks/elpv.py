@@ -199,7 +199,7 @@ def main(argv=None) -> int:
                           augment=augment, cache="auto" if spec(method).uses_cache else "off",
                           cache_views=args.cache_views, seed=s["seed"], workers=0, device="cpu",
                           backbone=backbone.identity.name, cache_max_gb=16.0, head_input=args.head_input,
-                          head_init=args.head_init, img_size=backbone.img_size, head_lr_scale=s["hls"], probe_c=s.get("c"),
+                          head_init=args.head_init, img_size=backbone.img_size, head_lr_scale=s["hls"], probe_c=s["c"],
                           prompt_init=s["init"] if spec(method).has_prompts else "random",
                           class_balance=args.class_balance, tta=args.tta)
         bb = backbone

@@ -72,7 +72,10 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=None, help="results JSON (default benchmarks/results/prompt_sharpness-<date>.json)")
     p.add_argument("--smoke", action="store_true", help="tiny timm test_vit at 32 px, random weights, few images")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if any(not c > 0 for c in args.probe_c):
+        p.error("--probe-c values must be > 0")
+    return args
 
 
 def head_inputs(model, manifest, split: str, backbone, start: int, batch_size: int = 32):
@@ -199,7 +202,8 @@ def main(argv=None) -> int:
               "heads": heads,
               "rows": rows}
     C.dump_json(out, result)
-    t = Table(title=f"training loss after one step from the warm start (L0 = {l0:.4f}, {n} training images)")
+    t = Table(title=f"training loss after one step from the warm start ({n} training images; x L0: over the loss under "
+                    f"the row's head, warm start L0 = {l0:.4f})")
     for c in ("head", "parameters", "direction", "eta", "loss", "x L0", "first-order"):
         t.add_column(c, justify="right")
     for r in rows:

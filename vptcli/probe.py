@@ -7,7 +7,7 @@ folded back into the returned weight and bias, so the head applies to raw featur
 
 Regularisation: the inverse strength ``C`` is chosen on the validation split from :data:`C_GRID`, by
 validation macro-F1, then top-1 accuracy, then log loss (the same order the training loop uses to
-pick its best epoch). Method: scikit-learn ``LogisticRegression`` (lbfgs, multinomial).
+pick its best epoch), unless the caller gives one value (``vpt train --probe-c``). Method: scikit-learn ``LogisticRegression`` (lbfgs, multinomial).
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ def fit_linear_probe(
         val_x: ``[M, F]``; val_y: ``[M]``.
         n_classes: C (a class absent from ``train_y`` gets a zero row and a very low bias).
         sample_weight: ``[N]`` per-sample weights (class balance), or None.
+        c_grid: the ``C`` values tried; one value fixes ``C`` (``vpt train --probe-c``).
+        max_iter: L-BFGS iterations per fit.
 
     Returns:
         :class:`ProbeFit`.

@@ -59,8 +59,8 @@ class TrainConfig:
     ``head_init="probe"`` starts the head from a converged linear probe on the run's initial
     features (:mod:`vptcli.probe`), ``"random"`` from VPT's small random head. ``probe_c``: that probe's
     inverse L2 strength (scikit-learn's ``C`` on standardised features); None chooses it on validation
-    from :data:`vptcli.probe.C_GRID`. A smaller ``C`` gives a smaller head, and with it a training loss
-    that is less sensitive to the prompts (docs/benchmarks.md, eleventh round). ``prompt_init``:
+    from :data:`vptcli.probe.C_GRID`. A smaller ``C`` gives a smaller head; on ELPV the training loss
+    was then less sensitive to one step of the prompts (docs/benchmarks.md, eleventh round). ``prompt_init``:
     ``"random"`` (VPT's uniform draw) or ``"patch-kmeans"`` (prototypes of the training images' patch
     tokens, :mod:`vptcli.prompt_init`). ``init_from``: a prompt
     file whose prompts and head the run starts from instead (:mod:`vptcli.warm_start`). ``tta``:

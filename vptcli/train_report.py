@@ -49,7 +49,8 @@ class TrainReporter(Reporter):
 
     def head_fitted(self, info: dict) -> None:
         """The head was fitted on the run's initial features (:mod:`vptcli.probe`): ``info`` holds
-        ``features`` (rows fitted), ``dim``, ``c`` (chosen inverse L2 strength), ``seconds``."""
+        ``features`` (rows fitted), ``dim``, ``c`` (the inverse L2 strength), ``c_fixed`` (True: ``c`` came
+        from ``--probe-c``; False: chosen on validation), ``seconds``."""
 
     def warm_started(self, info: dict) -> None:
         """``--init-from``: prompts and head came from ``info["source"]``; ``copied`` / ``new`` / ``dropped``

@@ -418,14 +418,15 @@ def fit_head(s: Setup, train_cache: FeatureCache | None, val_cache: FeatureCache
     """Fit the head to the current features (a converged linear probe, :func:`vptcli.probe.fit_linear_probe`,
     its L2 strength chosen on validation unless ``--probe-c`` fixes it) and load it into the model; the linear probe's whole
     training, and every other method's warm start. Returns the ``fit`` entry of the epoch-0 row."""
-    from vptcli.probe import fit_linear_probe
+    from vptcli.probe import C_GRID, fit_linear_probe
 
     t0 = time.perf_counter()
     x, y = head_features(s, s.train_ds, train_cache)
     xv, yv = head_features(s, s.val_ds, val_cache, average_views=True)  # the model's view(s): TTA's mean
     class_weight = balanced_class_weights(s.counts) if s.balance != "off" else None  # as the loss (or sampler) balances
-    grid = {} if s.cfg.probe_c is None else {"c_grid": (s.cfg.probe_c,)}  # --probe-c: this C, no choice on validation
-    fit = fit_linear_probe(x, y, xv, yv, len(s.classes), sample_weight=None if class_weight is None else class_weight[y].numpy(), **grid)
+    grid = C_GRID if s.cfg.probe_c is None else (s.cfg.probe_c,)  # --probe-c: this C, no choice on validation
+    fit = fit_linear_probe(x, y, xv, yv, len(s.classes), sample_weight=None if class_weight is None else class_weight[y].numpy(),
+                           c_grid=grid)
     with torch.no_grad():
         s.model.head.weight.copy_(fit.weight.to(s.device))
         s.model.head.bias.copy_(fit.bias.to(s.device))

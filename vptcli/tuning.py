@@ -86,12 +86,12 @@ def default_candidates(cfg: TrainConfig) -> list[Candidate]:
     head is already a converged probe); and both at a third of the learning rate with that head rate.
 
     Raises:
-        VptError: a method whose head is fitted, not trained (the linear probe already chooses its
-            L2 strength on validation).
+        VptError: a method whose head is fitted, not trained (the linear probe chooses its L2
+            strength on validation unless ``--probe-c`` fixes it).
     """
     if cfg.spec.head_fit:
         raise VptError(f"--tune: {cfg.method} is fitted to convergence with its L2 strength chosen on validation; "
-                       "there is no learning rate to tune")
+                       "there is no learning rate to tune (compare fixed strengths with --tune-try probe-c=A --tune-try probe-c=B)")
     lr, hls = cfg.resolved_lr(), cfg.resolved_head_lr_scale()
     return [parse_candidate(t) for t in (f"lr={lr:g}", f"lr={lr:g},head-lr-scale={hls / 10:g}",
                                          f"lr={lr / 3:.3g},head-lr-scale={hls / 10:g}")]

@@ -117,7 +117,7 @@ class ConsoleTrainReporter(ConsoleReporter, TrainReporter):
 
     def head_fitted(self, info: dict) -> None:
         console.print(f"head: linear probe fitted on {info['features']:,} feature rows of {info['dim']} values "
-                      f"(L-BFGS, C={info['c']:g} {'from --probe-c' if info.get('c_fixed') else 'chosen on validation'}) "
+                      f"(L-BFGS, C={info['c']:g} {'from --probe-c' if info['c_fixed'] else 'chosen on validation'}) "
                       f"in {info['seconds']:.1f}s")
 
     def warm_started(self, info: dict) -> None:

@@ -64,12 +64,13 @@ def elpv_tables(d: dict) -> str:
     tries = [r for r in rows if r["method"] == Method.VPT_DEEP.value and (r["group"] == "tries" or r["regime"] == "64-shot")]
     if tries:
         out.append("")
-        out.append("| regime | seed | px | lr | head lr × | prompts | prompt init | head input | epochs | k | val macro-F1 (selection) | best epoch | val top-1 | "
+        out.append("| regime | seed | px | lr | head lr × | prompts | prompt init | head input | probe C | epochs | k | val macro-F1 (selection) | best epoch | val top-1 | "
                    "test top-1 (information only) | test bal. acc. | test macro-F1 | train s/epoch |")
-        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in tries:
             out.append(f"| {r['regime']} | {r.get('seed', 0)} | {r.get('img_size', 224)} | {r['lr']:g} | {r.get('head_lr_scale', 1.0):g} | {r['num_prompts']} | "
                        f"{r.get('prompt_init', 'random')} | {r.get('head_input', 'cls')} | "
+                       f"{'val' if r.get('probe_c') is None else format(r['probe_c'], 'g')} | "
                        f"{r['epochs']} | {r['prompt_start_block']} | {r['best_val_macro_f1']:.3f} | {r['best_epoch']} | "
                        f"{100 * r['best_val_top1']:.1f} % | {100 * r['test_top1']:.2f} % | {100 * r['test_balanced_accuracy']:.2f} % | "
                        f"{r['test_macro_f1']:.3f} | {r['train_seconds_per_epoch']:.1f} |")

@@ -78,19 +78,18 @@ def parse_args(argv=None):
     return args
 
 
-def head_inputs(model, manifest, split: str, backbone, start: int, batch_size: int = 32):
-    """``([N, F] head inputs, [N] labels)`` of a split's plain images under the model's current prompts."""
+def head_inputs(model, manifest, split: str, backbone, batch_size: int = 32):
+    """``([N, F] head inputs, [N] labels)`` of a split's plain images under the model's current prompts
+    (:meth:`vptcli.prompting.PromptedViT.features`)."""
     import torch
 
     from vptcli.datasets import ManifestDataset
+    from vptcli.evaluation import chunks
 
     ds = ManifestDataset(manifest, split, backbone.data_config, augment=False)
-    out = []
     with torch.no_grad():
-        for i in range(0, len(ds), batch_size):
-            x = torch.stack([ds[j][0] for j in range(i, min(i + batch_size, len(ds)))])
-            out.append(model.forward_from(model.embed(x, start), start)[0])
-    return torch.cat(out), torch.as_tensor(ds.labels, dtype=torch.long)
+        feats = [model.features(torch.stack([ds[i][0] for i in ix])) for ix in chunks(range(len(ds)), batch_size)]
+    return torch.cat(feats), torch.as_tensor(ds.labels, dtype=torch.long)
 
 
 def main(argv=None) -> int:
@@ -175,8 +174,8 @@ def main(argv=None) -> int:
         from vptcli.probe import fit_linear_probe
 
         con.rule(f"probes of fixed C {args.probe_c} on the warm start's features (plain training and validation images)")
-        tx, ty = head_inputs(model, manifest, "train", backbone, start)
-        vx, vy = head_inputs(model, manifest, "val", backbone, start)
+        tx, ty = head_inputs(model, manifest, "train", backbone)
+        vx, vy = head_inputs(model, manifest, "val", backbone)
         for c in args.probe_c:
             fit = fit_linear_probe(tx, ty, vx, vy, len(manifest.classes), c_grid=(c,))
             with torch.no_grad():

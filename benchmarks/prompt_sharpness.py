@@ -92,16 +92,13 @@ def head_inputs(model, manifest, split: str, backbone, batch_size: int = 32):
     return torch.cat(feats), torch.as_tensor(ds.labels, dtype=torch.long)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    import torch
-    import torch.nn.functional as F
-    from rich.table import Table
-
-    from vptcli.datasets import ManifestDataset
+def warm_start(args, backbone, con):
+    """``(manifest, model)``: binary ELPV (``--smoke``: a few images) and the warm start exactly as ``vpt train``
+    builds it (``args.prompts`` prompts per block from ``args.prompt_start_block``, VPT-deep, ``args.head_input``,
+    the head a linear probe fitted on the initial features), by :func:`vptcli.training.train` with one epoch at a
+    learning rate of 1e-12, which leaves it as it is. The model is in eval mode."""
     from vptcli.training import TrainConfig, train
 
-    con, date, out, backbone = C.start("prompt_sharpness", args)
     k = min(args.prompt_start_block, 2) if args.smoke else args.prompt_start_block
     manifest, _records, _split = C.elpv_manifest("binary")
     if args.smoke:
@@ -113,7 +110,20 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         res = train(manifest, backbone, cfg, Path(tmp) / "run")
         model, _meta = C.load_trained(res.run_dir, backbone)
-    model.eval()
+    return manifest, model.eval()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+    import torch.nn.functional as F
+    from rich.table import Table
+
+    from vptcli.datasets import ManifestDataset
+
+    con, date, out, backbone = C.start("prompt_sharpness", args)
+    manifest, model = warm_start(args, backbone, con)
+    k, cfg = model.config.prompt_start_block, model.config
     ds = ManifestDataset(manifest, "train", backbone.data_config, augment=False)
     n = min(args.images, len(ds))
     index = torch.randperm(len(ds), generator=torch.Generator().manual_seed(args.seed))[:n].tolist()

@@ -40,6 +40,15 @@ def seed_summary(rows: list[dict]) -> str:
     return "\n".join(out) if len(out) > 2 else ""
 
 
+def probe_c_cell(row: dict) -> str:
+    """The warm-start probe's ``C``: ``--probe-c``'s value, else the one chosen on validation as the run's
+    ``metrics.csv`` row 0 records it ("0.1 (val)"; plain "val" for runs made before it was recorded)."""
+    if row.get("probe_c") is not None:
+        return format(row["probe_c"], "g")
+    chosen = (row.get("history") or [{}])[0].get("probe_c")
+    return "val" if chosen is None else f"{chosen:g} (val)"
+
+
 def elpv_tables(d: dict) -> str:
     out = []
     rows = [r for r in d["rows"] if "error" not in r]
@@ -70,7 +79,7 @@ def elpv_tables(d: dict) -> str:
         for r in tries:
             out.append(f"| {r['regime']} | {r.get('seed', 0)} | {r.get('img_size', 224)} | {r['lr']:g} | {r.get('head_lr_scale', 1.0):g} | {r['num_prompts']} | "
                        f"{r.get('prompt_init', 'random')} | {r.get('head_input', 'cls')} | "
-                       f"{'val' if r.get('probe_c') is None else format(r['probe_c'], 'g')} | "
+                       f"{probe_c_cell(r)} | "
                        f"{r['epochs']} | {r['prompt_start_block']} | {r['best_val_macro_f1']:.3f} | {r['best_epoch']} | "
                        f"{100 * r['best_val_top1']:.1f} % | {100 * r['test_top1']:.2f} % | {100 * r['test_balanced_accuracy']:.2f} % | "
                        f"{r['test_macro_f1']:.3f} | {r['train_seconds_per_epoch']:.1f} |")

@@ -149,7 +149,16 @@ def test_probe_c_fixes_the_warm_starts_regularisation(tiny_data, tmp_path, capsy
         train(tiny_data, tiny(), cfg(method="linear-probe", probe_c=c), run, reporter=ConsoleTrainReporter())
         assert f"C={c:g} from --probe-c" in " ".join(capsys.readouterr().err.split())
         norms[c] = float(read_prompt_file(run / "prompts.safetensors")[0]["head.weight"].norm())
+        assert float(rows(run)[0]["probe_c"]) == c  # the run records the C it used
     assert norms[1e-4] < norms[10.0] / 10  # a smaller C: a smaller head
+    # without --probe-c the C chosen on validation is recorded in row 0 (and only there) and printed
+    from vptcli.probe import C_GRID
+
+    run = tmp_path / "chosen"
+    train(tiny_data, tiny(), cfg(epochs=1), run, reporter=ConsoleTrainReporter())
+    chosen = rows(run)[0]["probe_c"]
+    assert float(chosen) in C_GRID and rows(run)[1]["probe_c"] == ""
+    assert f"C={float(chosen):g}" in " ".join(capsys.readouterr().err.split())
     for bad in (0.0, float("inf"), float("nan")):
         with pytest.raises(VptError, match="--probe-c must be a finite number > 0"):
             cfg(probe_c=bad)

@@ -417,7 +417,8 @@ def head_features(s: Setup, ds: ManifestDataset, cache: FeatureCache | None,
 def fit_head(s: Setup, train_cache: FeatureCache | None, val_cache: FeatureCache | None, reporter: TrainReporter) -> dict:
     """Fit the head to the current features (a converged linear probe, :func:`vptcli.probe.fit_linear_probe`,
     its L2 strength chosen on validation unless ``--probe-c`` fixes it) and load it into the model; the linear probe's whole
-    training, and every other method's warm start. Returns the ``fit`` entry of the epoch-0 row."""
+    training, and every other method's warm start. Returns the ``fit`` entry of the epoch-0 row (with
+    ``probe_c``, the ``C`` used, which that row records)."""
     from vptcli.probe import C_GRID, fit_linear_probe
 
     t0 = time.perf_counter()
@@ -434,7 +435,7 @@ def fit_head(s: Setup, train_cache: FeatureCache | None, val_cache: FeatureCache
     seconds = time.perf_counter() - t0
     reporter.head_fitted({"features": len(y), "dim": int(x.shape[1]), "c": fit.c, "c_fixed": s.cfg.probe_c is not None,
                           "seconds": seconds})
-    return {"loss": train_loss, "metric_loss": 0.0, "seen": len(y), "seconds": seconds}
+    return {"loss": train_loss, "metric_loss": 0.0, "seen": len(y), "seconds": seconds, "probe_c": fit.c}
 
 
 def warm_start(s: Setup, backbone, train_cache: FeatureCache | None, reporter: TrainReporter) -> dict:
@@ -561,7 +562,8 @@ def validate(s: Setup, cache: FeatureCache | None) -> dict:
 
 
 def epoch_row(s: Setup, opt: Optimisation, epoch: int, fit: dict, val: dict) -> dict:
-    """The ``metrics.csv`` row of an epoch (``epoch = -1``: the fitted head before any epoch, row 0)."""
+    """The ``metrics.csv`` row of an epoch (``epoch = -1``: the fitted head before any epoch, row 0; a
+    fitted probe's row also has ``probe_c``, its inverse L2 strength, chosen on validation or ``--probe-c``)."""
     return {
         "epoch": epoch + 1,
         "train_loss": round(fit["loss"], 6),
@@ -570,6 +572,7 @@ def epoch_row(s: Setup, opt: Optimisation, epoch: int, fit: dict, val: dict) -> 
         "lr": f"{opt.scheduler.get_last_lr()[0]:.3e}" if epoch >= 0 else "",
         "train_seconds": round(fit["seconds"], 2),
         "train_img_per_s": round(fit["seen"] / fit["seconds"], 2),
+        **({"probe_c": fit["probe_c"]} if "probe_c" in fit else {}),
     }
 
 

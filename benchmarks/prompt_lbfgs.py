@@ -154,7 +154,7 @@ def main(argv=None) -> int:
         opt.step(closure)
         train_loss = float(closure(backward=False))  # at the current prompts; not an L-BFGS evaluation
         row = {"check": c, "iterations": opt.state[model.prompts]["n_iter"], "evals": evals, "train_loss": round(train_loss, 6),
-               **val_metrics(), "prompt_shift": round(float((model.prompts - p0).norm() / p0.norm()), 5),
+               **val_metrics(), "prompt_shift": round(float((model.prompts.detach() - p0).norm() / p0.norm()), 5),
                "s": round(time.perf_counter() - t1, 1)}
         checks.append(row)
         C.dump_json(out, result)

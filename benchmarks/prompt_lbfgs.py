@@ -42,24 +42,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C
-from prompt_sharpness import warm_start
+from prompt_sharpness import add_warm_start_args, warm_start
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="See the module docstring for what is measured.")
-    p.add_argument("--prompt-start-block", type=int, default=9, help="first prompted block K (default 9)")
-    p.add_argument("--prompts", type=int, default=50, help="prompt tokens per block (default 50)")
-    p.add_argument("--head-input", default="last4+mean", help="vpt train --head-input (default last4+mean)")
+    add_warm_start_args(p)
     p.add_argument("--checks", type=int, default=5, help="validation checks after the warm start (default 5)")
     p.add_argument("--evals-per-check", type=int, default=6,
                    help="full-batch loss and gradient evaluations between checks (default 6)")
     p.add_argument("--history", type=int, default=10, help="L-BFGS history size (default 10)")
     p.add_argument("--chunk", type=int, default=64, help="images per forward/backward chunk of the full batch (default 64)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=None, help="results JSON (default benchmarks/results/prompt_lbfgs-<date>.json)")
-    p.add_argument("--smoke", action="store_true", help="tiny timm test_vit at 32 px, random weights, few images")
     args = p.parse_args(argv)
     if min(args.checks, args.evals_per_check, args.history, args.chunk) < 1:
         p.error("--checks, --evals-per-check, --history and --chunk must be >= 1")

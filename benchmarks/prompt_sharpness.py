@@ -57,21 +57,26 @@ import _common as C
 ETAS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
 
+def add_warm_start_args(p: argparse.ArgumentParser) -> None:
+    """The options :func:`warm_start` reads, and ``--seed``, ``--threads``, ``--smoke``."""
+    p.add_argument("--prompt-start-block", type=int, default=9, help="first prompted block K (default 9)")
+    p.add_argument("--prompts", type=int, default=50, help="prompt tokens per block (default 50)")
+    p.add_argument("--head-input", default="last4+mean", help="vpt train --head-input (default last4+mean)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--smoke", action="store_true", help="tiny timm test_vit at 32 px, random weights, few images")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="See the module docstring for what is measured.")
     p.add_argument("--images", type=int, default=256, help="training images the loss and gradient are measured on (default 256)")
-    p.add_argument("--prompt-start-block", type=int, default=9, help="first prompted block K (default 9)")
-    p.add_argument("--prompts", type=int, default=50, help="prompt tokens per block (default 50)")
-    p.add_argument("--head-input", default="last4+mean", help="vpt train --head-input (default last4+mean)")
+    add_warm_start_args(p)
     p.add_argument("--etas", type=float, nargs="*", default=list(ETAS), help="step sizes (default 1e-6 ... 1e-1)")
     p.add_argument("--probe-c", type=float, nargs="*", default=[],
                    help="also measure the prompts' steps under linear probes of these fixed C (vpt train --probe-c), "
                         "refitted on the warm start's features of every plain training image")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=None, help="results JSON (default benchmarks/results/prompt_sharpness-<date>.json)")
-    p.add_argument("--smoke", action="store_true", help="tiny timm test_vit at 32 px, random weights, few images")
     args = p.parse_args(argv)
     if any(not c > 0 for c in args.probe_c):
         p.error("--probe-c values must be > 0")

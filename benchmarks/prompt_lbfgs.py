@@ -15,14 +15,15 @@ size, finds prompts that lower the training loss and raise validation where Adam
    weights, as ``vpt train`` uses on binary ELPV) over the prompts ``[12 - K, P, D]`` alone: the head
    stays the warm start's. After every ``--evals-per-check`` evaluations of the loss and its gradient
    (one evaluation: a forward and backward pass over every training image, the cost of about one
-   epoch; L-BFGS iterations take one or more each, line search included) a *check* records the
+   epoch; L-BFGS iterations take one or more each, line search included, and every group of
+   evaluations starts by re-evaluating the point the previous one ended at) a *check* records the
    training loss, the iterations and evaluations so far, the prompts' relative change and validation
    top-1 and macro-F1.
 4. Selection on validation only: the check with the best validation macro-F1 (the warm start is check
    0), and that check's prompts with the head refitted as the warm start's was (a linear probe, ``C``
    chosen on validation, :func:`vptcli.probe.fit_linear_probe`). Test metrics are computed for the warm
-   start and for these two models, each once; ``chosen`` names the one of the two with the higher
-   validation macro-F1.
+   start and for these two models, each once; ``chosen`` names the one of the three with the highest
+   validation macro-F1 (ties: the warm start, then the check).
 
 The results file is rewritten after every check (git commit and command recorded at the start).
 
@@ -159,14 +160,12 @@ def main(argv=None) -> int:
     model.prompts.requires_grad_(False)
 
     con.rule("test: the warm start, the validation-best check, and that check with the probe refitted")
-    warm_head = torch.nn.Linear(model.head.in_features, model.head.out_features)
-    warm_head.load_state_dict(model.head.state_dict())
     with torch.no_grad():
         model.prompts.copy_(p0)
-    rows = [{"model": "warm start", "check": 0, **checks[0], **test_metrics(warm_head)}]
+    rows = [{"model": "warm start", **checks[0], **test_metrics(model.head)}]
     with torch.no_grad():
         model.prompts.copy_(best_state)
-    rows.append({"model": "L-BFGS prompts (validation-best check)", **best, **test_metrics(warm_head)})
+    rows.append({"model": f"L-BFGS prompts (validation-best check: {best['check']})", **best, **test_metrics(model.head)})
     fit = fit_linear_probe(features(tr_h), tr_y, features(va_h), va_y, len(classes))
     refit = torch.nn.Linear(model.head.in_features, model.head.out_features)
     with torch.no_grad():
@@ -175,7 +174,7 @@ def main(argv=None) -> int:
     rows.append({"model": "L-BFGS prompts, probe refitted", **best, **val_metrics(refit), "probe_c": fit.c,
                  **test_metrics(refit)})
     result["test"] = rows
-    result["chosen"] = max(rows[1:], key=lambda r: r["val_macro_f1"])["model"]
+    result["chosen"] = max(rows, key=lambda r: r["val_macro_f1"])["model"]  # ties: the earlier row
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     C.dump_json(out, result)
     for r in rows:

@@ -42,11 +42,14 @@ def seed_summary(rows: list[dict]) -> str:
 
 def probe_c_cell(row: dict) -> str:
     """The warm-start probe's ``C``: ``--probe-c``'s value, else the one chosen on validation as the run's
-    ``metrics.csv`` row 0 records it ("0.1 (val)"; plain "val" for runs made before it was recorded)."""
+    ``metrics.csv`` row 0 records it ("0.1 (val)"; plain "val" for runs made before it was recorded;
+    "–" when the run fitted no probe)."""
     if row.get("probe_c") is not None:
         return format(row["probe_c"], "g")
-    chosen = (row.get("history") or [{}])[0].get("probe_c")
-    return "val" if chosen is None else f"{chosen:g} (val)"
+    first = (row.get("history") or [{}])[0]
+    if first.get("epoch") != 0:
+        return "–"
+    return "val" if first.get("probe_c") is None else f"{first['probe_c']:g} (val)"
 
 
 def elpv_tables(d: dict) -> str:

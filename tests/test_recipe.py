@@ -154,13 +154,22 @@ def test_probe_c_fixes_the_warm_starts_regularisation(tiny_data, tmp_path, capsy
     # without --probe-c the C chosen on validation is recorded in row 0 (and only there) and printed
     from vptcli.probe import C_GRID
 
+    class StopAfterFirstEpoch(ConsoleTrainReporter):
+        def epoch_done(self, row, improved):
+            super().epoch_done(row, improved)
+            if row["epoch"] == 1:
+                raise KeyboardInterrupt
+
     run = tmp_path / "chosen"
-    train(tiny_data, tiny(), cfg(epochs=1), run, reporter=ConsoleTrainReporter())
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_data, tiny(), cfg(epochs=2), run, reporter=StopAfterFirstEpoch())
     chosen = rows(run)[0]["probe_c"]
     assert float(chosen) in C_GRID and rows(run)[1]["probe_c"] == ""
     assert f"C={float(chosen):g}" in " ".join(capsys.readouterr().err.split())
-    for bad in (0.0, float("inf"), float("nan")):
-        with pytest.raises(VptError, match="--probe-c must be a finite number > 0"):
+    train(tiny_data, tiny(), cfg(epochs=2), run, resume=True)  # the resumed run keeps it in row 0
+    assert [r["probe_c"] for r in rows(run)] == [chosen, "", ""]
+    for bad in (0.0, 1e-320, 1e7, float("inf"), float("nan")):
+        with pytest.raises(VptError, match="--probe-c must be a number from 1e-06 to 1e"):
             cfg(probe_c=bad)
     with pytest.raises(VptError, match="needs --head-init probe"):
         cfg(probe_c=0.1, head_init="random")

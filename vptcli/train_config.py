@@ -9,7 +9,6 @@ block range of ``--prompt-start-block`` and ``--guided-block``) run when the tra
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -27,6 +26,9 @@ PROMPT_INITS = ("random", "patch-kmeans")
 CPU_CACHE_VIEWS = 1
 """``--cache-views`` auto on a CPU: the plain image only (building each augmented view runs the frozen
 blocks once more per image, the largest cost of a CPU run); on CUDA: 4."""
+PROBE_C_RANGE = (1e-6, 1e6)
+"""``--probe-c`` bounds: scikit-learn's ``C`` on standardised features; far outside, L-BFGS stops without
+a fit (a tiny ``C``) or the L2 term vanishes (a huge one)."""
 CPU_PROMPTED_BLOCKS = 1
 """``--prompt-start-block auto`` on a CPU: prompts in this many final blocks (on CUDA: every block)."""
 CACHE_MODES = ("auto", "on", "off")
@@ -175,8 +177,8 @@ class TrainConfig:
             (self.head_input in HEAD_INPUTS, f"--head-input must be one of {', '.join(HEAD_INPUTS)}"),
             (self.tta in TTA_MODES, f"--tta must be one of {', '.join(TTA_MODES)}"),
             (self.head_init in HEAD_INITS, f"--head-init must be one of {', '.join(HEAD_INITS)}"),
-            (self.probe_c is None or (math.isfinite(self.probe_c) and self.probe_c > 0),
-             f"--probe-c must be a finite number > 0 (got {self.probe_c})"),
+            (self.probe_c is None or PROBE_C_RANGE[0] <= self.probe_c <= PROBE_C_RANGE[1],
+             f"--probe-c must be a number from {PROBE_C_RANGE[0]:g} to {PROBE_C_RANGE[1]:g} (got {self.probe_c})"),
             (self.probe_c is None or (self.head_init == "probe" and self.init_from is None),
              "--probe-c sets the linear probe that starts the head: it needs --head-init probe and no --init-from"),
             (self.prompt_init in PROMPT_INITS, f"--prompt-init must be one of {', '.join(PROMPT_INITS)}"),

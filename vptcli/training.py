@@ -896,8 +896,10 @@ def _dtype_name(dtype: torch.dtype | None) -> str | None:
 
 
 def _metrics_csv(rows: list[dict]) -> str:
+    """CSV of the rows; the columns are every key of any row in first-seen order (row 0 alone has
+    ``probe_c``), a missing value is empty."""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
+    w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
     w.writeheader()
     w.writerows(rows)
     return buf.getvalue()

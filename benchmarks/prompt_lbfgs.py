@@ -107,12 +107,13 @@ def main(argv=None) -> int:
         with torch.no_grad():
             return torch.softmax(head(feats), -1).numpy()
 
-    def val_metrics(head=None) -> dict:
-        rep = classification_report(va_y.numpy(), probs(features(va_h), head or model.head), classes)
+    def val_metrics(head=None, feats=None) -> dict:
+        """Validation top-1 and macro-F1 of ``head`` (default the model's) on ``feats`` (default: the current prompts')."""
+        rep = classification_report(va_y.numpy(), probs(features(va_h) if feats is None else feats, head or model.head), classes)
         return {"val_top1": round(rep["accuracy"], 4), "val_macro_f1": round(rep["macro_f1"], 4)}
 
-    def test_metrics(head) -> dict:
-        rep = classification_report(te_y.numpy(), probs(features(te_h), head), classes)
+    def test_metrics(head, feats=None) -> dict:
+        rep = classification_report(te_y.numpy(), probs(features(te_h) if feats is None else feats, head), classes)
         return {k: (round(rep[k], 4) if rep[k] is not None else None)
                 for k in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "ece")}
 
@@ -165,14 +166,15 @@ def main(argv=None) -> int:
     rows = [{"model": "warm start", **checks[0], **test_metrics(model.head)}]
     with torch.no_grad():
         model.prompts.copy_(best_state)
-    rows.append({"model": f"L-BFGS prompts (validation-best check: {best['check']})", **best, **test_metrics(model.head)})
-    fit = fit_linear_probe(features(tr_h), tr_y, features(va_h), va_y, len(classes))
-    refit = torch.nn.Linear(model.head.in_features, model.head.out_features)
-    with torch.no_grad():
-        refit.weight.copy_(fit.weight)
-        refit.bias.copy_(fit.bias)
-    rows.append({"model": "L-BFGS prompts, probe refitted", **best, **val_metrics(refit), "probe_c": fit.c,
-                 **test_metrics(refit)})
+    va_f, te_f = features(va_h), features(te_h)  # the chosen prompts' features, shared by both heads
+    rows.append({"model": f"L-BFGS prompts (validation-best check: {best['check']})", **best, **test_metrics(model.head, te_f)})
+    fit = fit_linear_probe(features(tr_h), tr_y, va_f, va_y, len(classes))
+
+    def refit(feats: torch.Tensor) -> torch.Tensor:  # the refitted probe as a head: [N, F] -> [N, C] logits
+        return feats @ fit.weight.T + fit.bias
+
+    rows.append({"model": "L-BFGS prompts, probe refitted", **best, **val_metrics(refit, va_f), "probe_c": fit.c,
+                 **test_metrics(refit, te_f)})
     result["test"] = rows
     result["chosen"] = max(rows, key=lambda r: r["val_macro_f1"])["model"]  # ties: the earlier row
     result["wall_s"] = round(time.perf_counter() - t0, 1)
